@@ -1,0 +1,45 @@
+# `make test` is the whole check on a fresh machine: it builds .venv, installs the package with
+# its test dependencies, lints, type-checks, checks migrations, then runs the suite on SQLite
+# and again on PostgreSQL.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
+PYTEST_ARGS ?=
+
+.PHONY: install lint typecheck migrations test test-sqlite test-postgres demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+migrations: install
+	$(BIN)/django-admin makemigrations --check --dry-run --settings=tests.settings --pythonpath=.
+
+test-sqlite: install
+	$(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
+
+test-postgres: install
+	DATABASE_URL=$(POSTGRES_URL) $(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck migrations test-sqlite test-postgres
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+demo: install
+	cd example_project && ../$(BIN)/python manage.py migrate --no-input
+	@echo "Example shop on http://127.0.0.1:8000/ (Ctrl-C stops it)"
+	cd example_project && ../$(BIN)/python manage.py runserver 127.0.0.1:8000

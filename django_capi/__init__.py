@@ -1,0 +1,54 @@
+"""django-capi: reliable Meta Conversions API tracking for Django shops.
+
+The public API (everything else may change between releases):
+
+- ``ModelEvent`` and ``register``: declare which model saves are conversions, in a ``capi``
+  module of your app.
+- ``send_event``: record an event that is not a model save.
+- ``event_id_for``: the ``event_id`` the Pixel must reuse for a model's event.
+- ``normalize_user_data``: Meta's normalization and hashing of customer data.
+- ``OutboxEvent``: the outbox row, with its delivery status.
+
+Names are imported lazily so that ``import django_capi`` works before Django's app registry
+is ready (``INSTALLED_APPS`` imports the package first).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "ModelEvent": "registry",
+    "register": "registry",
+    "event_id_for": "registry",
+    "send_event": "events",
+    "normalize_user_data": "normalize",
+    "OutboxEvent": "models",
+}
+
+__all__ = [
+    "ModelEvent",
+    "OutboxEvent",
+    "__version__",
+    "event_id_for",
+    "normalize_user_data",
+    "register",
+    "send_event",
+]
+
+if TYPE_CHECKING:
+    from .events import send_event as send_event
+    from .models import OutboxEvent as OutboxEvent
+    from .normalize import normalize_user_data as normalize_user_data
+    from .registry import ModelEvent as ModelEvent
+    from .registry import event_id_for as event_id_for
+    from .registry import register as register
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,159 @@
+"""The ``DJANGO_CAPI`` settings: one validated, cached view of the user's configuration.
+
+Values come from ``settings.DJANGO_CAPI``; a key left out there falls back to its environment
+variable (read with django-environ), then to the default. The result is cached and the cache
+is cleared on ``setting_changed``, so ``override_settings`` works in tests while a request
+never re-validates the dict.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import environ
+import phonenumbers
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .exceptions import CapiConfigurationError
+
+SETTING_NAME = "DJANGO_CAPI"
+
+#: Meta accepts at most this many events in one request.
+META_MAX_BATCH_SIZE = 1000
+
+DEFAULTS: dict[str, Any] = {
+    "PIXEL_ID": None,
+    "ACCESS_TOKEN": None,
+    "GRAPH_API_URL": "https://graph.facebook.com",
+    "API_VERSION": "v25.0",
+    "TEST_EVENT_CODE": None,
+    "DEFAULT_PHONE_REGION": None,
+    "BATCH_SIZE": META_MAX_BATCH_SIZE,
+    "MAX_ATTEMPTS": 10,
+}
+
+#: Keys that may come from the environment when ``DJANGO_CAPI`` leaves them out.
+ENVIRONMENT: dict[str, str] = {
+    "PIXEL_ID": "CAPI_PIXEL_ID",
+    "ACCESS_TOKEN": "CAPI_ACCESS_TOKEN",
+    "TEST_EVENT_CODE": "CAPI_TEST_EVENT_CODE",
+    "GRAPH_API_URL": "CAPI_GRAPH_API_URL",
+}
+
+_API_VERSION = re.compile(r"v\d+\.\d+")
+_PIXEL_ID = re.compile(r"\d{1,32}")
+_URL = re.compile(r"https?://[^\s/?#]+(?::\d+)?/?")
+
+
+@dataclass(frozen=True)
+class CapiSettings:
+    """The validated settings. Per-pixel values sit together so several pixels can come later."""
+
+    pixel_id: str | None
+    access_token: str | None = field(repr=False)
+    graph_api_url: str
+    api_version: str
+    test_event_code: str | None
+    default_phone_region: str | None
+    batch_size: int
+    max_attempts: int
+
+    def events_url(self, pixel_id: str) -> str:
+        return f"{self.graph_api_url}/{self.api_version}/{pixel_id}/events"
+
+
+@cache
+def capi_settings() -> CapiSettings:
+    """Return the validated settings; raise ``CapiConfigurationError`` naming a bad key."""
+    user = getattr(settings, SETTING_NAME, None) or {}
+    if not isinstance(user, dict):
+        raise CapiConfigurationError(f"{SETTING_NAME} must be a dict, not {type(user).__name__}")
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise CapiConfigurationError(
+            f"{SETTING_NAME} has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(DEFAULTS)}"
+        )
+    env = environ.Env()
+    raw = {
+        key: user[key]
+        if key in user
+        else env.str(ENVIRONMENT[key], default=default)
+        if key in ENVIRONMENT
+        else default
+        for key, default in DEFAULTS.items()
+    }
+    return CapiSettings(
+        pixel_id=_pixel_id(raw["PIXEL_ID"]),
+        access_token=_optional_str("ACCESS_TOKEN", raw["ACCESS_TOKEN"]),
+        graph_api_url=_graph_api_url(raw["GRAPH_API_URL"]),
+        api_version=_api_version(raw["API_VERSION"]),
+        test_event_code=_optional_str("TEST_EVENT_CODE", raw["TEST_EVENT_CODE"]),
+        default_phone_region=_phone_region(raw["DEFAULT_PHONE_REGION"]),
+        batch_size=_int_between("BATCH_SIZE", raw["BATCH_SIZE"], 1, META_MAX_BATCH_SIZE),
+        max_attempts=_int_between("MAX_ATTEMPTS", raw["MAX_ATTEMPTS"], 1, 1000),
+    )
+
+
+@receiver(setting_changed)
+def _clear_cache(*, setting: str, **kwargs: object) -> None:
+    if setting == SETTING_NAME:
+        capi_settings.cache_clear()
+
+
+def _bad(key: str, expected: str) -> CapiConfigurationError:
+    # The value is left out on purpose: it may be the access token.
+    return CapiConfigurationError(f"{SETTING_NAME}[{key!r}] must be {expected}")
+
+
+def _optional_str(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad(key, "a string")
+    return value.strip() or None
+
+
+def _pixel_id(value: object) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    pixel_id = _optional_str("PIXEL_ID", value)
+    if pixel_id is not None and not _PIXEL_ID.fullmatch(pixel_id):
+        raise _bad("PIXEL_ID", "the pixel's numeric id, e.g. '1234567890123456'")
+    return pixel_id
+
+
+def _graph_api_url(value: object) -> str:
+    url = _optional_str("GRAPH_API_URL", value)
+    if url is None or not _URL.fullmatch(url):
+        raise _bad(
+            "GRAPH_API_URL", "an http(s) URL without a path, e.g. 'https://graph.facebook.com'"
+        )
+    return url.rstrip("/")
+
+
+def _api_version(value: object) -> str:
+    version = _optional_str("API_VERSION", value)
+    if version is None or not _API_VERSION.fullmatch(version):
+        raise _bad("API_VERSION", "a Graph API version such as 'v25.0'")
+    return version
+
+
+def _phone_region(value: object) -> str | None:
+    region = _optional_str("DEFAULT_PHONE_REGION", value)
+    if region is None:
+        return None
+    if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise _bad("DEFAULT_PHONE_REGION", "an ISO 3166-1 alpha-2 region such as 'US' or 'DE'")
+    return region.upper()
+
+
+def _int_between(key: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(key, f"an integer from {low} to {high}")
+    return value

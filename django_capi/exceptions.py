@@ -1,0 +1,58 @@
+"""Exceptions raised by django-capi.
+
+``CapiError`` is the root of everything that can go wrong with an *event*. Configuration
+problems derive from Django's ``ImproperlyConfigured`` instead and deliberately sit outside
+that tree, so code that catches event errors never swallows a broken setup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class CapiError(Exception):
+    """Base class for event errors raised by django-capi."""
+
+
+class EventValidationError(CapiError, ValueError):
+    """An event breaks one of Meta's rules; ``problems`` says what to fix, one line each."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
+        super().__init__("; ".join(self.problems))
+
+
+class UnknownUserDataKey(EventValidationError):
+    """``user_data`` holds a key Meta does not know (usually a typo such as ``email``)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"unknown user_data key {key!r}")
+
+
+class CapiConfigurationError(ImproperlyConfigured):
+    """``DJANGO_CAPI`` (or its environment variables) is missing a value or holds a bad one."""
+
+
+class HookError(CapiError):
+    """An integrator's ``ModelEvent`` hook raised; the event is recorded as failed, not lost."""
+
+    def __init__(self, where: str, error: BaseException) -> None:
+        self.where = where
+        super().__init__(f"{where} raised {type(error).__name__}: {redact(str(error))}")
+
+
+_EMAIL = re.compile(r"[^\s@'\"<>()]+@[^\s@'\"<>()]+")
+_LONG_NUMBER = re.compile(r"\+?\d[\d ()./-]{5,}\d")
+
+
+def redact(text: str, limit: int = 300) -> str:
+    """Mask what looks like an email or phone number in ``text`` (an exception message that
+    is about to be stored), and keep it short."""
+    text = _LONG_NUMBER.sub("[number]", _EMAIL.sub("[email]", text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"

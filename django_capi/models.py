@@ -1,0 +1,101 @@
+"""The outbox: one row per event Meta should receive, written in the business transaction."""
+
+from __future__ import annotations
+
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+
+class ActionSource(models.TextChoices):
+    """Where the conversion happened: Meta's nine ``action_source`` values."""
+
+    WEBSITE = "website", _("Website")
+    EMAIL = "email", _("Email")
+    APP = "app", _("App")
+    PHONE_CALL = "phone_call", _("Phone call")
+    CHAT = "chat", _("Chat")
+    PHYSICAL_STORE = "physical_store", _("Physical store")
+    SYSTEM_GENERATED = "system_generated", _("System generated")
+    BUSINESS_MESSAGING = "business_messaging", _("Business messaging")
+    OTHER = "other", _("Other")
+
+
+class OutboxEvent(models.Model):
+    """One Conversions API event and everything that happened to it.
+
+    ``payload`` is the Meta-ready event with user data already hashed; raw PII never lands
+    here. A row is unique per (``pixel_id``, ``event_name``, ``event_id``): Meta's own
+    deduplication key, so saving an order twice can never report two purchases.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        DELIVERED = "delivered", _("Delivered")
+        FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
+
+    class FailureReason(models.TextChoices):
+        INVALID = "invalid", _("Invalid event")
+        EXPIRED = "expired", _("Too old for Meta")
+        REJECTED = "rejected", _("Rejected by Meta")
+        EXHAUSTED = "exhausted", _("Retries exhausted")
+
+    pixel_id = models.CharField(_("pixel"), max_length=32)
+    event_name = models.CharField(_("event name"), max_length=50)
+    event_id = models.CharField(_("event id"), max_length=100)
+    event_time = models.DateTimeField(_("event time"))
+    action_source = models.CharField(
+        _("action source"), max_length=32, choices=ActionSource.choices
+    )
+    payload = models.JSONField(_("payload"), default=dict, blank=True)
+
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    failure_reason = models.CharField(
+        _("failure reason"), max_length=16, choices=FailureReason.choices, blank=True
+    )
+    last_error = models.TextField(_("last error"), blank=True)
+    warnings = models.JSONField(
+        _("warnings"), default=list, blank=True, help_text=_("Values dropped while normalizing.")
+    )
+
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), db_default=Now())
+    lease_token = models.UUIDField(_("lease token"), null=True, blank=True)
+    leased_until = models.DateTimeField(_("leased until"), null=True, blank=True)
+
+    created_at = models.DateTimeField(_("created"), db_default=Now())
+    delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
+
+    source_type = models.ForeignKey(
+        ContentType, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    source_id = models.CharField(_("source object id"), max_length=64, blank=True)
+    source = GenericForeignKey("source_type", "source_id")
+
+    class Meta:
+        verbose_name = _("outbox event")
+        verbose_name_plural = _("outbox events")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pixel_id", "event_name", "event_id"], name="capi_outbox_unique_event"
+            ),
+        ]
+        indexes = [
+            # The drainer's only question, "which pending rows are due?", stays an index range
+            # scan over the pending rows alone however many delivered rows pile up.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status="pending"),
+                name="capi_outbox_due",
+            ),
+            models.Index(fields=["status", "created_at"], name="capi_outbox_status_created"),
+            models.Index(fields=["source_type", "source_id"], name="capi_outbox_source"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_name} {self.event_id} ({self.status})"

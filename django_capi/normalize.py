@@ -1,0 +1,399 @@
+"""Normalize and hash ``user_data`` exactly as Meta's Conversions API documentation asks.
+
+Meta only matches a person when each identifier is normalized as its docs describe before it is
+SHA-256 hashed. The official Python SDK is looser (it keeps punctuation in names, adds no phone
+country code, does not reformat dates, passes malformed values on), so matches silently fail.
+
+Pure: no database, no Django settings, no logging. Unusable values are dropped and described in
+``NormalizedUserData.problems`` by key, position and reason, never by value: those lines are
+stored, and raw PII must not be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import cache
+from typing import Any
+
+import phonenumbers
+import pycountry
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+
+from django_capi.exceptions import UnknownUserDataKey
+
+HASHED_KEYS: frozenset[str] = frozenset(
+    {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
+)
+# fmt: off
+PLAIN_KEYS: frozenset[str] = frozenset({
+    "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id", "fb_login_id",
+    "lead_id", "anon_id", "madid", "page_id", "page_scoped_user_id", "ctwa_clid", "ig_account_id",
+    "ig_sid",
+})
+# fmt: on
+
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+_GENDERS = {"f": "f", "female": "f", "m": "m", "male": "m"}
+# pycountry only knows official and common names; these are frequent in shop address forms.
+_COUNTRY_ALIASES = dict.fromkeys(
+    ("uk", "britain", "greatbritain", "england", "scotland", "wales", "northernireland"), "GB"
+) | {"russia": "RU"}
+_EARLIEST_BIRTH_YEAR = 1900
+
+
+class NormalizedUserData(dict[str, Any]):
+    """A Meta-ready ``user_data`` dict (keys sorted); ``.problems`` lists what was dropped and why.
+
+    ``problems`` never holds a raw value, so it is safe to store.
+    """
+
+    problems: list[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.problems = []
+
+
+class _Drop(Exception):
+    """Raised by a single-value normalizer; its message must never include the value."""
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What one value's normalization may depend on from the rest of the record."""
+
+    # Alpha-2 codes read from raw `country` values; None when the record has no country
+    # at all (hashed or unknown countries give an empty tuple: present, but unreadable).
+    countries: tuple[str, ...] | None
+    phone_region: str | None
+
+
+def sha256_hex(value: str) -> str:
+    """Lowercase hex SHA-256 of ``value`` encoded as UTF-8."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def is_sha256_hex(value: str) -> bool:
+    """True if ``value`` is exactly 64 hexadecimal characters (any case, no padding)."""
+    return _SHA256_RE.fullmatch(value) is not None
+
+
+def normalize_user_data(
+    data: Mapping[str, object],
+    *,
+    phone_region: str | None = None,
+    default_phone_region: str | None = None,
+) -> NormalizedUserData:
+    """Return ``data`` normalized, hashed where Meta requires it, with unusable values dropped.
+
+    A phone number written without a country code is read in ``phone_region`` if given, else in
+    the record's own ``country``, else in ``default_phone_region``; with none of them its digits
+    must already start with the country code. Raises ``UnknownUserDataKey`` for a key Meta does
+    not know and ``ValueError`` for a region argument that is not a country phonenumbers knows.
+    """
+    for key in data:
+        if key not in HASHED_KEYS and key not in PLAIN_KEYS:
+            raise UnknownUserDataKey(str(key))
+    forced_region = _region_argument("phone_region", phone_region)
+    fallback_region = _region_argument("default_phone_region", default_phone_region)
+    countries = _record_countries(data.get("country"))
+    record_region = next((c for c in countries or () if c in phonenumbers.SUPPORTED_REGIONS), None)
+    record = _Record(countries, forced_region or record_region or fallback_region)
+
+    result = NormalizedUserData()
+    for key in sorted(data):
+        if key in HASHED_KEYS:
+            value: object = _hash_values(key, data[key], record, result.problems)
+        else:
+            value = _plain_value(key, data[key], result.problems)
+        if value is not None:
+            result[key] = value
+    return result
+
+
+def _hash_values(
+    key: str, value: object, record: _Record, problems: list[str]
+) -> str | list[str] | None:
+    many = isinstance(value, list | tuple)
+    items: tuple[object, ...] = tuple(value) if isinstance(value, list | tuple) else (value,)
+    hashes: list[str] = []
+    for position, item in enumerate(items, start=1):
+        try:
+            digest = _hash_one(key, item, record)
+        except _Drop as drop:
+            where = f"value {position} of {len(items)}" if many else "value"
+            problems.append(f"{key}: {where} {drop}; dropped")
+            continue
+        if digest is not None and digest not in hashes:
+            hashes.append(digest)
+    if not hashes:
+        return None
+    return hashes[0] if len(hashes) == 1 else hashes
+
+
+def _hash_one(key: str, item: object, record: _Record) -> str | None:
+    if item is None or (isinstance(item, str) and not item.strip()):
+        return None
+    if key == "db" and isinstance(item, date):
+        return sha256_hex(_birth_date(item.date() if isinstance(item, datetime) else item))
+    # Shops commonly use the primary key as external_id; str() of an int is lossless.
+    if key == "external_id" and isinstance(item, int) and not isinstance(item, bool):
+        return sha256_hex(str(item))
+    if not isinstance(item, str):
+        raise _Drop(f"has unsupported type {type(item).__name__}")
+    text = item.strip()
+    if is_sha256_hex(text):
+        # Already hashed by the caller (or by a previous pass): hashing again would never match.
+        return text.lower()
+    return sha256_hex(_NORMALIZERS[key](text, record))
+
+
+def _email(text: str, record: _Record) -> str:
+    try:
+        validate_email(text.lower())
+    except ValidationError:
+        raise _Drop("is not a valid email address") from None
+    return text.lower()
+
+
+def _phone(text: str, record: _Record) -> str:
+    number = _parse_phone(text, record.phone_region)
+    # LOCAL_ONLY numbers lack the area code Meta needs, so they are as useless as impossible ones.
+    possible = phonenumbers.ValidationResult.IS_POSSIBLE
+    if number is None or phonenumbers.is_possible_number_with_reason(number) != possible:
+        raise _Drop("is not a possible phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+
+
+def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    if re.match(r"[^0-9]*\+", text):
+        return _try_parse(text, None)
+    if region is not None:
+        # phonenumbers strips the region's own international prefix (00, 011, 0011...).
+        number = _try_parse(text, region)
+        if number is not None and phonenumbers.is_possible_number(number):
+            return number
+        if not re.sub(r"[^0-9]", "", text).startswith("00"):
+            return number
+    # Meta: without a known region the digits must already start with the country code; leading
+    # zeros are a dialling prefix, not part of it.
+    significant = re.search(r"[1-9]", text)
+    return _try_parse("+" + text[significant.start() :], None) if significant else None
+
+
+def _try_parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _state(text: str, record: _Record) -> str:
+    folded = _fold(text)
+    for country in ("US",) if record.countries is None else record.countries:
+        code = _subdivision_codes(country).get(folded)
+        if code is not None:
+            return code
+    return _keep_letters(text, digits=True)
+
+
+def _zip(text: str, record: _Record) -> str:
+    value = "".join(
+        ch for ch in text.lower() if not ch.isspace() and unicodedata.category(ch) != "Pd"
+    )
+    if not value:
+        raise _Drop("has nothing left after normalization")
+    # Meta wants only the 5-digit ZIP; ZIP+4 would never match.
+    if (record.countries is None or "US" in record.countries) and re.fullmatch(r"[0-9]{9}", value):
+        return value[:5]
+    return value
+
+
+def _country(text: str, record: _Record) -> str:
+    code = _resolve_country(text)
+    if code is None:
+        raise _Drop("is not a known country")
+    return code.lower()
+
+
+def _gender(text: str, record: _Record) -> str:
+    value = _GENDERS.get(text.lower())
+    if value is None:
+        raise _Drop("is not one of f, m, female, male")
+    return value
+
+
+_NORMALIZERS: dict[str, Callable[[str, _Record], str]] = {
+    "em": _email,
+    "ph": _phone,
+    "fn": lambda text, _: _keep_letters(text),
+    "ln": lambda text, _: _keep_letters(text),
+    "ct": lambda text, _: _keep_letters(text),
+    "st": _state,
+    "zp": _zip,
+    "country": _country,
+    "db": lambda text, _: _birth_date(_parse_date(text)),
+    "ge": _gender,
+    # Meta only asks that it be consistent across channels, so the case is kept.
+    "external_id": lambda text, _: text,
+}
+
+_YMD_RE = re.compile(r"([0-9]{4})([-/.])([0-9]{1,2})\2([0-9]{1,2})")
+_COMPACT_RE = re.compile(r"([0-9]{4})()([0-9]{2})([0-9]{2})")  # groups line up with _YMD_RE
+_DMY_RE = re.compile(r"([0-9]{1,2})([/.])([0-9]{1,2})\2([0-9]{4})")
+
+
+def _parse_date(text: str) -> date:
+    with suppress(ValueError):  # YYYYMMDD, YYYY-MM-DD and ISO datetimes
+        return datetime.fromisoformat(text).date()
+    if match := _YMD_RE.fullmatch(text) or _COMPACT_RE.fullmatch(text):
+        year, month, day = int(match[1]), int(match[3]), int(match[4])
+    elif match := _DMY_RE.fullmatch(text):
+        first, second, year = int(match[1]), int(match[3]), int(match[4])
+        # Dots are the European day-first form; slashes are read US month-first (Meta's own
+        # example) unless the first number cannot be a month.
+        day_first = match[2] == "." or first > 12
+        day, month = (first, second) if day_first else (second, first)
+    else:
+        raise _Drop("is not a recognised date format")
+    try:
+        return date(year, month, day)
+    except ValueError:
+        raise _Drop("is not a real calendar date") from None
+
+
+def _birth_date(value: date) -> str:
+    if value.year < _EARLIEST_BIRTH_YEAR or value > date.today():
+        raise _Drop("is outside the accepted range of 1900 to today")
+    return value.strftime("%Y%m%d")
+
+
+def _plain_value(key: str, value: object, problems: list[str]) -> str | int | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        problems.append(f"{key}: a list is not allowed for this key; dropped")
+        return None
+    try:
+        if key == "client_ip_address":
+            return _ip_address(value)
+        if key in {"fb_login_id", "lead_id"}:
+            return _integer_id(value)
+        return _text(value)
+    except _Drop as drop:
+        problems.append(f"{key}: value {drop}; dropped")
+        return None
+
+
+def _ip_address(value: object) -> str | None:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    text = _text(value)
+    if text is None:
+        return None
+    # Proxies and some frameworks hand over "host:port"; Meta wants the bare address.
+    if bracketed := re.fullmatch(r"\[([^\]]+)\](?::[0-9]{1,5})?", text):
+        text = bracketed[1]
+    elif with_port := re.fullmatch(r"([0-9.]+):[0-9]{1,5}", text):
+        text = with_port[1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Drop("is not a valid IP address") from None
+
+
+def _integer_id(value: object) -> int | None:
+    text = _text(value)
+    if text is not None and not (text.isascii() and text.isdigit()):
+        raise _Drop("is not a non-negative integer")
+    return None if text is None else int(text)
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise _Drop(f"has unsupported type {type(value).__name__}")
+    return value.strip() or None
+
+
+def _keep_letters(text: str, *, digits: bool = False) -> str:
+    # str.lower, not casefold: Meta hashes "straße", not "strasse".
+    lowered = unicodedata.normalize("NFC", text).lower()
+    keep = ("L", "M", "Nd") if digits else ("L", "M")
+    kept = unicodedata.normalize(
+        "NFC", "".join(ch for ch in lowered if unicodedata.category(ch).startswith(keep))
+    )
+    if not kept:
+        raise _Drop("has nothing left after normalization")
+    return kept
+
+
+def _fold(text: str) -> str:
+    """Lookup key: lowercase letters and digits without accents, so "Québec" finds "Quebec"."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(ch for ch in decomposed if ch.isalnum() and not unicodedata.combining(ch))
+
+
+@cache
+def _subdivision_codes(country: str) -> dict[str, str]:
+    """Folded name or code → lowercase 2-letter code, only where Meta expects codes (US, CA)."""
+    if country not in {"US", "CA"}:
+        return {}
+    table: dict[str, str] = {}
+    for subdivision in pycountry.subdivisions:
+        if subdivision.country_code != country:
+            continue
+        code = str(subdivision.code).split("-", 1)[1].lower()
+        table[_fold(code)] = code
+        table[_fold(str(subdivision.name))] = code
+    return table
+
+
+@cache
+def _country_names() -> dict[str, str]:
+    table = dict(_COUNTRY_ALIASES)
+    for country in pycountry.countries:
+        for attribute in ("alpha_2", "alpha_3", "name", "official_name", "common_name"):
+            name = getattr(country, attribute, None)
+            if isinstance(name, str):
+                table.setdefault(_fold(name), str(country.alpha_2))
+    return table
+
+
+def _resolve_country(text: str) -> str | None:
+    """Upper-case alpha-2 code for a code, alpha-3 code or country name; None if unknown."""
+    with suppress(LookupError):
+        return str(pycountry.countries.lookup(text).alpha_2)
+    # Also accept "U.S.A.", "unitedstates", "Côte d'Ivoire" spelled without accents, "UK".
+    folded = _fold(text)
+    return _country_names().get(folded) if folded else None
+
+
+def _record_countries(value: object) -> tuple[str, ...] | None:
+    items = value if isinstance(value, list | tuple) else (value,)
+    present = [item for item in items if item is not None and str(item).strip()]
+    # A hashed country cannot be read back, so it tells us nothing about the region.
+    codes = [
+        _resolve_country(item.strip())
+        for item in present
+        if isinstance(item, str) and not is_sha256_hex(item.strip())
+    ]
+    return tuple(dict.fromkeys(code for code in codes if code)) if present else None
+
+
+def _region_argument(name: str, value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    code = _resolve_country(value.strip())
+    if code is None or code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"{name} must be a country code phonenumbers knows, got {value!r}")
+    return code

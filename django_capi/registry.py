@@ -1,0 +1,207 @@
+"""Declaring which model saves are conversions, and turning those saves into outbox rows.
+
+Each installed app's ``capi`` module registers ``ModelEvent`` subclasses; one ``post_save``
+receiver then records an event in the same transaction and database as the save. The
+integrator's hooks are called inside a guard: whatever they do, ``save()`` succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+from django.db import models
+from django.db.models.signals import post_save
+
+from . import context, validation
+from .conf import capi_settings
+from .events import BuiltEvent, EventDraft, build_event, record_event
+from .exceptions import CapiConfigurationError, HookError
+from .models import ActionSource
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=models.Model)
+E = TypeVar("E", bound="ModelEvent[Any]")
+
+#: Fixed forever: changing it would change every default event id, and break deduplication
+#: of Pixel events rendered before the change.
+EVENT_ID_NAMESPACE = uuid.UUID("8abca9e4-6fe3-4243-89a2-77d7715fb220")
+
+
+class ModelEvent(Generic[M]):
+    """One kind of conversion recorded when a model is saved.
+
+    Subclass it, set ``event_name`` and override the hooks you need; register it with
+    ``@register(Model)``. Hooks receive the saved instance and run inside its transaction.
+    """
+
+    #: Meta's event name: a standard one (``Purchase``, ``Lead``) or your own (≤ 50 chars).
+    event_name: ClassVar[str]
+    #: Where the conversion happened; website events need a user agent and a page URL.
+    action_source: ClassVar[str] = ActionSource.WEBSITE
+    #: Region for phone numbers written without a country code (else the customer's country,
+    #: else ``DEFAULT_PHONE_REGION``).
+    phone_region: ClassVar[str | None] = None
+
+    def should_send(self, instance: M, created: bool) -> bool:
+        """Whether this save is the conversion. By default: the row was just created."""
+        return created
+
+    def user_data(self, instance: M) -> Mapping[str, object]:
+        """Raw customer data (``em``, ``ph``, ``fn``, …): normalized and hashed for you."""
+        return {}
+
+    def custom_data(self, instance: M) -> Mapping[str, object] | None:
+        """Meta's ``custom_data``: ``value`` and ``currency`` for a Purchase, contents, …"""
+        return None
+
+    def event_time(self, instance: M) -> datetime | int | None:
+        """When the conversion happened; by default, now."""
+        return None
+
+    def event_source_url(self, instance: M) -> str | None:
+        """The page the conversion happened on; by default, the current request's URL."""
+        return None
+
+    def request_context(self, instance: M) -> Mapping[str, str]:
+        """The browser's ``client_ip_address``, ``client_user_agent``, ``fbc``, ``fbp`` and
+        ``event_source_url``. By default, those of the request being handled, if any;
+        override it to return what you stored on the order at checkout."""
+        return context.current_context()
+
+    def event_id(self, instance: M) -> str:
+        """The id the Pixel shares for deduplication; stable for (model, pk, event name)."""
+        return default_event_id(instance, self.event_name)
+
+
+_registry: dict[type[models.Model], list[ModelEvent[Any]]] = {}
+
+
+def register(*model_classes: type[models.Model]) -> Callable[[type[E]], type[E]]:
+    """Class decorator: record ``event_class`` whenever one of ``model_classes`` is saved."""
+
+    def decorator(event_class: type[E]) -> type[E]:
+        name = getattr(event_class, "event_name", None)
+        if validation.check_identity(name, "-", event_class.action_source):
+            raise CapiConfigurationError(
+                f"{event_class.__qualname__} needs an event_name of 1 to "
+                f"{validation.MAX_EVENT_NAME_LENGTH} characters and a valid action_source"
+            )
+        for model in model_classes:
+            events = _registry.setdefault(model, [])
+            if not any(type(existing) is event_class for existing in events):
+                events.append(event_class())
+        return event_class
+
+    return decorator
+
+
+def registered_events(model: type[models.Model]) -> list[ModelEvent[Any]]:
+    """The ``ModelEvent`` instances that apply to saves of ``model`` (and its proxies)."""
+    return [event for klass in model.__mro__ for event in _registry.get(klass, ())]
+
+
+def default_event_id(instance: models.Model, event_name: str) -> str:
+    if instance.pk is None:
+        raise ValueError("an event id needs a saved instance (its pk is None)")
+    # Proxies share their concrete model's ids: they are the same row.
+    label = (instance._meta.concrete_model or type(instance))._meta.label_lower
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{label}:{instance.pk}:{event_name}"))
+
+
+def event_id_for(instance: models.Model, event_name: str) -> str:
+    """The ``event_id`` of ``instance``'s ``event_name`` event, for the Pixel to reuse.
+
+    It is known before the outbox row exists, so a page may render the Pixel first.
+    """
+    for model_event in registered_events(type(instance)):
+        if model_event.event_name == event_name:
+            try:
+                return str(_call(model_event, "event_id", instance))
+            except HookError:
+                logger.exception("falling back to the default event id")
+    return default_event_id(instance, event_name)
+
+
+def connect_signals() -> None:
+    post_save.connect(_on_post_save, dispatch_uid="django_capi.registry")
+
+
+def _on_post_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    created: bool,
+    raw: bool,
+    using: str,
+    **kwargs: object,
+) -> None:
+    if raw:  # loaddata replays history; it is not a conversion
+        return
+    for model_event in registered_events(sender):
+        try:
+            _capture(model_event, instance, created=created, using=using)
+        except Exception:
+            # Last line of defence: not even a database error here may fail the save.
+            logger.exception(
+                "django-capi could not record %s for %s pk=%s",
+                model_event.event_name,
+                instance._meta.label,
+                instance.pk,
+            )
+
+
+def _capture(
+    model_event: ModelEvent[Any], instance: models.Model, *, created: bool, using: str
+) -> None:
+    name = model_event.event_name
+    build: Callable[[], BuiltEvent]
+    try:
+        if not _call(model_event, "should_send", instance, created):
+            return
+        event_id = str(_call(model_event, "event_id", instance))
+    except HookError as exc:
+        error = exc
+        event_id = default_event_id(instance, name)
+
+        def build() -> BuiltEvent:
+            raise error
+
+    else:
+
+        def build() -> BuiltEvent:
+            return _build(model_event, instance, event_id)
+
+    record_event(
+        event_name=name,
+        event_id=event_id,
+        action_source=model_event.action_source,
+        build=build,
+        using=using,
+        source=instance,
+    )
+
+
+def _build(model_event: ModelEvent[Any], instance: models.Model, event_id: str) -> BuiltEvent:
+    draft = EventDraft(
+        event_name=model_event.event_name,
+        event_id=event_id,
+        event_time=_call(model_event, "event_time", instance),
+        action_source=model_event.action_source,
+        user_data=_call(model_event, "user_data", instance) or {},
+        custom_data=_call(model_event, "custom_data", instance),
+        event_source_url=_call(model_event, "event_source_url", instance),
+        browser=_call(model_event, "request_context", instance) or {},
+        phone_region=model_event.phone_region,
+    )
+    return build_event(draft, default_phone_region=capi_settings().default_phone_region)
+
+
+def _call(model_event: ModelEvent[Any], hook: str, *args: Any) -> Any:
+    try:
+        return getattr(model_event, hook)(*args)
+    except Exception as exc:
+        raise HookError(f"{type(model_event).__name__}.{hook}()", exc) from exc

@@ -1,0 +1,34 @@
+# shop/capi.py: django-capi finds this module in every installed app, like admin.py.
+from django_capi import ModelEvent, register
+
+from .models import Lead, Order
+
+
+@register(Order)
+class OrderPaid(ModelEvent[Order]):
+    event_name = "Purchase"  # action_source defaults to "website"
+
+    def should_send(self, instance, created):
+        return instance.status == "paid"
+
+    def user_data(self, instance):
+        return {"em": instance.email, "ph": instance.phone}
+
+    def custom_data(self, instance):
+        return {"value": instance.total, "currency": "EUR"}
+
+    def event_source_url(self, instance):
+        return f"https://shop.example.com{instance.get_absolute_url()}"
+
+    def request_context(self, instance):
+        # Saved at checkout, so a payment webhook without a browser still sends them.
+        return {"client_user_agent": instance.user_agent, "client_ip_address": instance.ip_address}
+
+
+@register(Lead)
+class NewLead(ModelEvent[Lead]):
+    event_name = "Lead"  # should_send defaults to "the row was just created"
+    action_source = "system_generated"
+
+    def user_data(self, instance):
+        return {"em": instance.email}

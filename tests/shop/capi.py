@@ -1,0 +1,38 @@
+"""The test shop's conversions, discovered by django-capi like any app's ``capi`` module."""
+
+from collections.abc import Mapping
+
+from django_capi import ModelEvent, register
+
+from .models import Lead, Order
+
+SHOP_URL = "https://shop.example.com"
+
+
+@register(Order)
+class OrderPaid(ModelEvent[Order]):
+    event_name = "Purchase"
+
+    def should_send(self, instance: Order, created: bool) -> bool:
+        return instance.status == "paid"
+
+    def user_data(self, instance: Order) -> Mapping[str, object]:
+        return {"em": instance.email, "ph": instance.phone, "fn": instance.first_name}
+
+    def custom_data(self, instance: Order) -> Mapping[str, object]:
+        return {"value": instance.total, "currency": instance.currency}
+
+    def event_source_url(self, instance: Order) -> str:
+        return f"{SHOP_URL}/checkout/"
+
+    def request_context(self, instance: Order) -> Mapping[str, str]:
+        return {"client_user_agent": instance.user_agent, "client_ip_address": instance.ip}
+
+
+@register(Lead)
+class NewLead(ModelEvent[Lead]):
+    event_name = "Lead"
+    action_source = "system_generated"
+
+    def user_data(self, instance: Lead) -> Mapping[str, object]:
+        return {"em": instance.email}

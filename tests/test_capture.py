@@ -1,0 +1,267 @@
+"""Model saves become outbox rows in the same transaction, exactly once, never breaking save()."""
+
+import logging
+from decimal import Decimal
+
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+
+from django_capi import ModelEvent, OutboxEvent, event_id_for, register
+from django_capi.registry import default_event_id
+from tests.factories import LeadFactory, OrderFactory
+from tests.shop.models import Lead, Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def pay(order: Order) -> Order:
+    order.status = "paid"
+    order.save()
+    return order
+
+
+def test_a_paid_order_writes_one_pending_purchase():
+    with transaction.atomic():
+        order = OrderFactory(total=Decimal("42.50"))
+        assert not OutboxEvent.objects.exists()  # not paid yet
+        pay(order)
+    row = OutboxEvent.objects.get()
+    assert row.status == OutboxEvent.Status.PENDING
+    assert (row.pixel_id, row.event_name, row.action_source) == (
+        "1234567890",
+        "Purchase",
+        "website",
+    )
+    assert row.event_id == event_id_for(order, "Purchase")
+    assert row.source == order
+    assert row.payload["custom_data"] == {"value": 42.5, "currency": "EUR"}
+    assert row.payload["user_data"]["ph"] == (
+        "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176"  # 16505551212
+    )
+    assert row.payload["user_data"]["client_ip_address"] == "203.0.113.7"
+    assert row.attempts == 0
+    assert row.next_attempt_at is not None
+    assert row.created_at is not None
+
+
+def test_rollback_leaves_no_row():
+    order = OrderFactory()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        pay(order)
+        assert OutboxEvent.objects.count() == 1  # written inside the transaction…
+        raise RuntimeError("payment webhook failed")
+    assert not OutboxEvent.objects.exists()  # …and gone with it
+
+
+def test_saving_again_keeps_one_row():
+    order = pay(OrderFactory())
+    first = OutboxEvent.objects.get()
+    order.total = Decimal("1.00")
+    order.save()
+    pay(order)
+    assert OutboxEvent.objects.get() == first
+    assert OutboxEvent.objects.get().payload == first.payload
+
+
+def test_a_created_lead_is_a_lead_and_later_saves_are_not():
+    lead = LeadFactory()
+    lead.save()
+    row = OutboxEvent.objects.get()
+    assert (row.event_name, row.action_source, row.status) == (
+        "Lead",
+        "system_generated",
+        "pending",
+    )
+    assert row.source == lead
+
+
+def test_loaddata_style_raw_saves_are_not_conversions():
+    order = OrderFactory(status="paid")
+    OutboxEvent.objects.all().delete()
+    Order.save_base(order, raw=True)
+    assert not OutboxEvent.objects.exists()
+
+
+def test_event_ids_are_stable_and_distinct():
+    order = OrderFactory()
+    assert event_id_for(order, "Purchase") == event_id_for(
+        Order.objects.get(pk=order.pk), "Purchase"
+    )
+    assert event_id_for(order, "Purchase") != event_id_for(order, "Lead")
+    assert event_id_for(order, "Purchase") != event_id_for(OrderFactory(), "Purchase")
+    lead = Lead.objects.create(pk=order.pk, email="x@y.co")
+    assert event_id_for(lead, "Purchase") != event_id_for(order, "Purchase")
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_several_events_on_one_model():
+    @register(Order)
+    class OrderCreated(ModelEvent[Order]):
+        event_name = "InitiateCheckout"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    order = OrderFactory()
+    pay(order)
+    names = sorted(OutboxEvent.objects.values_list("event_name", flat=True))
+    assert names == ["InitiateCheckout", "Purchase"]
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_custom_event_id_hook_is_used_by_rows_and_the_pixel():
+    @register(Lead)
+    class Signup(ModelEvent[Lead]):
+        event_name = "CompleteRegistration"
+        action_source = "system_generated"
+
+        def event_id(self, instance):
+            return f"signup-{instance.pk}"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    lead = LeadFactory()
+    assert (
+        OutboxEvent.objects.get(event_name="CompleteRegistration").event_id == f"signup-{lead.pk}"
+    )
+    assert event_id_for(lead, "CompleteRegistration") == f"signup-{lead.pk}"
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize("hook", ["should_send", "event_id", "user_data", "custom_data"])
+def test_a_raising_hook_never_breaks_the_save(hook, caplog):
+    def boom(self, *args):
+        raise KeyError("shipping_address")
+
+    @register(Lead)
+    class Broken(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    setattr(Broken, hook, boom)
+    with caplog.at_level(logging.WARNING, logger="django_capi"), transaction.atomic():
+        lead = Lead.objects.create(email="broken@example.com")
+    assert Lead.objects.filter(pk=lead.pk).exists()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert row.status == OutboxEvent.Status.FAILED
+    assert row.failure_reason == OutboxEvent.FailureReason.INVALID
+    assert row.last_error == f"Broken.{hook}() raised KeyError: 'shipping_address'"
+    assert row.event_id == default_event_id(lead, "Contact")
+    assert row.source == lead
+    assert any(
+        "Contact" in record.getMessage() and str(lead.pk) in record.getMessage()
+        for record in caplog.records
+    )
+    assert OutboxEvent.objects.get(event_name="Lead").status == OutboxEvent.Status.PENDING
+
+
+def test_an_invalid_event_becomes_a_failed_row_that_says_why():
+    order = OrderFactory(user_agent="", currency="EUX")
+    pay(order)
+    row = OutboxEvent.objects.get()
+    assert row.status == OutboxEvent.Status.FAILED
+    assert "website event without client_user_agent" in row.last_error
+    assert "ISO 4217" in row.last_error
+    assert row.payload == {}
+
+
+def test_fixing_the_data_heals_a_failed_row_on_the_next_save():
+    order = pay(OrderFactory(currency="EUX"))
+    failed = OutboxEvent.objects.get()
+    assert failed.status == OutboxEvent.Status.FAILED
+    order.currency = "EUR"
+    order.save()
+    healed = OutboxEvent.objects.get()
+    assert healed.pk == failed.pk
+    assert healed.status == OutboxEvent.Status.PENDING
+    assert healed.last_error == ""
+    assert healed.payload["custom_data"]["currency"] == "EUR"
+
+
+def test_a_delivered_row_is_never_rebuilt():
+    order = pay(OrderFactory())
+    OutboxEvent.objects.update(status=OutboxEvent.Status.DELIVERED)
+    order.total = Decimal("999.00")
+    order.save()
+    row = OutboxEvent.objects.get()
+    assert row.status == OutboxEvent.Status.DELIVERED
+    assert row.payload["custom_data"]["value"] != 999
+
+
+def test_dropped_values_are_kept_as_warnings_on_the_row():
+    pay(OrderFactory(phone="12"))
+    row = OutboxEvent.objects.get()
+    assert row.status == OutboxEvent.Status.PENDING
+    assert "ph" not in row.payload["user_data"]
+    assert [w.split(":")[0] for w in row.warnings] == ["ph"]
+
+
+def test_a_missing_pixel_id_is_a_visible_failure_not_an_exception():
+    with override_settings(DJANGO_CAPI={}):
+        order = pay(OrderFactory())
+    row = OutboxEvent.objects.get()
+    assert row.status == OutboxEvent.Status.FAILED
+    assert "PIXEL_ID" in row.last_error
+    assert Order.objects.get(pk=order.pk).status == "paid"
+
+
+def test_broken_settings_never_break_the_save():
+    with override_settings(DJANGO_CAPI={"PIXEL_ID": "1", "NOPE": 1}):
+        order = pay(OrderFactory())
+    assert Order.objects.get(pk=order.pk).status == "paid"
+    assert "unknown key(s) 'NOPE'" in OutboxEvent.objects.get().last_error
+
+
+def test_hook_errors_are_stored_without_personal_data(isolated_registry):
+    @register(Lead)
+    class Leaky(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            raise ValueError(f"bad customer {instance.email} tel +1 650 555 1212")
+
+    LeadFactory(email="leaky.person@example.com")
+    error = OutboxEvent.objects.get(event_name="Contact").last_error
+    assert "leaky.person" not in error
+    assert "555" not in error
+    assert error == "Leaky.user_data() raised ValueError: bad customer [email] tel [number]"
+
+
+def test_a_database_error_while_recording_is_logged_and_the_save_commits(monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("django_capi.events._find", refuse)
+    with caplog.at_level(logging.ERROR, logger="django_capi"), transaction.atomic():
+        order = pay(OrderFactory())
+    assert Order.objects.get(pk=order.pk).status == "paid"
+    assert "could not record Purchase for shop.Order pk=" in caplog.text
+
+
+def test_a_failing_insert_does_not_poison_the_callers_transaction(monkeypatch, caplog):
+    def broken_insert(self, *args, **kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM table_that_does_not_exist")
+
+    monkeypatch.setattr(OutboxEvent, "save", broken_insert)
+    with caplog.at_level(logging.ERROR, logger="django_capi"), transaction.atomic():
+        order = pay(OrderFactory())
+        Lead.objects.create(email="after@example.com")  # the transaction is still usable
+    assert Order.objects.get(pk=order.pk).status == "paid"
+    assert "could not record Purchase" in caplog.text
+
+
+def test_recording_outside_a_transaction_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr("django_capi.events._warned_autocommit", set())
+    with caplog.at_level(logging.WARNING, logger="django_capi"):
+        pay(OrderFactory())
+        pay(OrderFactory())
+    assert caplog.text.count("outside a transaction") == 1
+    assert OutboxEvent.objects.count() == 2

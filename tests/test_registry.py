@@ -1,0 +1,83 @@
+"""Declaring conversions: validation at import time, proxies, and the public API."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import models
+
+import django_capi
+from django_capi import ModelEvent, OutboxEvent, register
+from django_capi.exceptions import CapiConfigurationError
+from django_capi.registry import registered_events
+from tests.shop.capi import OrderPaid
+from tests.shop.models import Order, PaidOrder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_apps_capi_module_is_autodiscovered():
+    assert [type(event) for event in registered_events(Order)] == [OrderPaid]
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {"event_name": ""},
+        {"event_name": "X" * 51},
+        {"event_name": "Lead", "action_source": "web"},
+    ],
+)
+def test_a_bad_declaration_fails_loudly_at_import_time(attributes):
+    event_class = type("Bad", (ModelEvent,), attributes)
+    with pytest.raises(CapiConfigurationError, match="Bad needs an event_name"):
+        register(Order)(event_class)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_registering_twice_is_harmless():
+    register(Order)(OrderPaid)
+    assert len(registered_events(Order)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_saves_through_a_proxy_model_are_conversions_too():
+    order = PaidOrder.objects.create(
+        email="p@x.co", status="paid", total=5, user_agent="UA/1", ip="203.0.113.1"
+    )
+    row = OutboxEvent.objects.get()
+    assert row.event_name == "Purchase"
+    assert row.source_id == str(order.pk)
+
+
+def test_importing_the_package_does_not_need_django_to_be_ready():
+    code = "import django_capi; print(django_capi.__version__)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout.strip() == django_capi.__version__
+
+
+def test_the_public_api():
+    assert set(django_capi.__all__) == {
+        "__version__",
+        "ModelEvent",
+        "register",
+        "event_id_for",
+        "send_event",
+        "normalize_user_data",
+        "OutboxEvent",
+    }
+    for name in django_capi.__all__:
+        assert getattr(django_capi, name) is not None
+    assert issubclass(django_capi.OutboxEvent, models.Model)
+    with pytest.raises(AttributeError):
+        django_capi.nothing_here  # noqa: B018

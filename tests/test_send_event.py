@@ -1,0 +1,93 @@
+"""``send_event``: events that are not model saves, recorded in the caller's transaction."""
+
+import uuid
+
+import pytest
+from django.db import transaction
+from django.test import RequestFactory
+
+from django_capi import OutboxEvent, send_event
+from django_capi.context import use_browser_context
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
+
+
+def shop_request():
+    request = RequestFactory().get(
+        "/product/7/?color=red",
+        HTTP_USER_AGENT=UA,
+        REMOTE_ADDR="203.0.113.5",
+        HTTP_X_FORWARDED_FOR="6.6.6.6",
+        HTTP_HOST="shop.example.com",
+    )
+    request.COOKIES.update(
+        {"_fbp": "fb.1.1596403881668.1116446470", "_fbc": "fb.1.1554763741205.AbC"}
+    )
+    return request
+
+
+def test_a_request_supplies_the_browser_context():
+    row = send_event(
+        "AddToCart",
+        user_data={"em": "shopper@example.com"},
+        custom_data={"content_ids": ["sku-7"], "value": 12, "currency": "USD"},
+        request=shop_request(),
+    )
+    assert row.status == OutboxEvent.Status.PENDING
+    user_data = row.payload["user_data"]
+    assert user_data["client_ip_address"] == "203.0.113.5"  # never the spoofable header
+    assert user_data["client_user_agent"] == UA
+    assert user_data["fbp"] == "fb.1.1596403881668.1116446470"
+    assert user_data["fbc"] == "fb.1.1554763741205.AbC"
+    assert row.payload["event_source_url"] == "http://shop.example.com/product/7/?color=red"
+    assert row.source is None
+
+
+def test_a_fresh_event_id_when_none_is_given():
+    first = send_event("Lead", user_data={"em": "a@b.co"}, action_source="system_generated")
+    second = send_event("Lead", user_data={"em": "a@b.co"}, action_source="system_generated")
+    assert first.pk != second.pk
+    assert uuid.UUID(first.event_id) != uuid.UUID(second.event_id)
+
+
+def test_the_same_event_id_returns_the_existing_row():
+    kwargs = {"user_data": {"em": "a@b.co"}, "action_source": "phone_call", "event_id": "crm-9"}
+    first = send_event("Lead", **kwargs)
+    second = send_event("Lead", **{**kwargs, "user_data": {"em": "other@b.co"}})
+    assert first.pk == second.pk
+    assert OutboxEvent.objects.count() == 1
+
+
+def test_it_joins_the_callers_transaction():
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        send_event("Lead", user_data={"em": "a@b.co"}, action_source="chat")
+        1 / 0  # noqa: B018
+    assert not OutboxEvent.objects.exists()
+
+
+def test_invalid_input_returns_a_failed_row_instead_of_raising():
+    row = send_event("Purchase", user_data={"em": "a@b.co"}, request=shop_request())
+    assert row.pk is not None
+    assert row.status == OutboxEvent.Status.FAILED
+    assert "Purchase needs custom_data value" in row.last_error
+
+
+def test_an_unknown_user_data_key_is_named():
+    row = send_event("Lead", user_data={"email": "a@b.co"}, action_source="chat")
+    assert row.status == OutboxEvent.Status.FAILED
+    assert row.last_error == "unknown user_data key 'email'"
+
+
+def test_without_a_request_the_current_browser_context_is_used():
+    context = {
+        "client_user_agent": UA,
+        "client_ip_address": "198.51.100.4",
+        "event_source_url": "https://shop.example.com/cart/",
+    }
+    with use_browser_context(context):
+        row = send_event("InitiateCheckout", user_data={"external_id": "user-1"})
+    assert row.status == OutboxEvent.Status.PENDING
+    assert row.payload["user_data"]["client_ip_address"] == "198.51.100.4"
+    assert row.payload["event_source_url"] == "https://shop.example.com/cart/"
