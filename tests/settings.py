@@ -22,6 +22,8 @@ INSTALLED_APPS = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite:///:memory:")}
+# A second database proves events follow the alias of the save that made them.
+DATABASES["other"] = {**DATABASES["default"], "NAME": f"{DATABASES['default']['NAME']}_other"}
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

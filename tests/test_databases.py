@@ -1,0 +1,73 @@
+"""Events follow the database of the save; the due-rows query stays an index scan."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from django_capi import OutboxEvent
+from tests.shop.models import Order
+
+BOTH = {"default", "other"}
+
+
+def paid_order(using: str) -> Order:
+    return Order.objects.using(using).create(
+        email="multi@example.com", status="paid", total=3, user_agent="UA/1", ip="203.0.113.2"
+    )
+
+
+@pytest.mark.django_db(databases=BOTH)
+def test_the_row_is_written_on_the_alias_of_the_save():
+    with transaction.atomic(using="other"):
+        order = paid_order("other")
+    row = OutboxEvent.objects.using("other").get()
+    assert row.source_id == str(order.pk)
+    assert not OutboxEvent.objects.using("default").exists()
+
+
+@pytest.mark.django_db(databases=BOTH)
+def test_a_rollback_on_the_other_alias_removes_the_row_there():
+    with pytest.raises(RuntimeError), transaction.atomic(using="other"):
+        paid_order("other")
+        raise RuntimeError
+    assert not OutboxEvent.objects.using("other").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_due_rows_are_found_through_the_partial_index_at_scale():
+    now = timezone.now()
+    OutboxEvent.objects.bulk_create(
+        OutboxEvent(
+            pixel_id="1",
+            event_name="Purchase",
+            event_id=f"done-{n}",
+            event_time=now,
+            action_source="website",
+            status=OutboxEvent.Status.DELIVERED,
+            next_attempt_at=now - timedelta(days=1),
+        )
+        for n in range(20_000)
+    )
+    OutboxEvent.objects.bulk_create(
+        OutboxEvent(
+            pixel_id="1",
+            event_name="Purchase",
+            event_id=f"due-{n}",
+            event_time=now,
+            action_source="website",
+        )
+        for n in range(20)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {OutboxEvent._meta.db_table}")
+    due = OutboxEvent.objects.filter(
+        status=OutboxEvent.Status.PENDING, next_attempt_at__lte=Now()
+    ).order_by("next_attempt_at")[:100]
+    plan = due.explain()
+    assert "capi_outbox_due" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert due.count() == 20
