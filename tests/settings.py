@@ -1,5 +1,7 @@
 """Settings for the test suite. ``DATABASE_URL`` picks the database (SQLite by default)."""
 
+import os
+
 import environ
 
 env = environ.Env()
@@ -24,6 +26,10 @@ INSTALLED_APPS = [
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite:///:memory:")}
 # A second database proves events follow the alias of the save that made them.
 DATABASES["other"] = {**DATABASES["default"], "NAME": f"{DATABASES['default']['NAME']}_other"}
+if "postgresql" in DATABASES["default"]["ENGINE"]:
+    # One test database per run, so CI and a developer's run on the same server never collide.
+    for alias, database in DATABASES.items():
+        database["TEST"] = {"NAME": f"test_capi_{alias}_{os.getpid()}"}
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
