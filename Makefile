@@ -29,7 +29,7 @@ migrations: install
 	$(BIN)/django-admin makemigrations --check --dry-run --settings=tests.settings --pythonpath=.
 
 test-sqlite: install
-	$(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
+	DATABASE_URL=sqlite:///:memory: $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
 
 test-postgres: install
 	DATABASE_URL=$(POSTGRES_URL) $(BIN)/pytest $(PYTEST_ARGS)

@@ -20,15 +20,15 @@ from django.utils import timezone
 
 from . import context, validation
 from .conf import capi_settings
+from .constants import ActionSource
 from .dispatch import wake_drainer_on_commit
 from .exceptions import (
     CapiConfigurationError,
     CapiError,
     EventValidationError,
     UnknownUserDataKey,
-    redact,
 )
-from .models import ActionSource, OutboxEvent
+from .models import OutboxEvent
 from .normalize import normalize_user_data
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class BuiltEvent:
 def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -> BuiltEvent:
     """Normalize, hash and validate ``draft``; raise ``EventValidationError`` listing every
     rule it breaks."""
-    problems = validation.check_identity(draft.event_name, draft.event_id, draft.action_source)
+    problems = validation.check_event_name(draft.event_name)
+    problems += validation.check_event_id(draft.event_id)
+    problems += validation.check_action_source(draft.action_source)
     if not isinstance(draft.user_data, Mapping) or not isinstance(draft.browser, Mapping):
         raise EventValidationError("user_data and request_context must be dicts")
     raw_user_data: dict[str, object] = {
@@ -122,36 +124,40 @@ def record_event(
     build: Callable[[], BuiltEvent],
     using: str,
     source: models.Model | None = None,
+    error: str | None = None,
 ) -> OutboxEvent:
     """Write the outbox row for one event in the current transaction on ``using``.
 
-    The row is unique per (pixel, event name, event id): a second call finds the first row and
-    returns it untouched, unless that row failed while being built, which is built again, so
-    fixing a mapping bug heals the event on the next save. ``build`` may raise anything; the
-    row then records why, as ``failed``.
+    ``event_name`` and ``event_id`` must already be valid: they are the row's unique key with
+    the pixel. A second call finds the first row and returns it untouched, unless that row
+    failed while being built; it is built again, so fixing a mapping bug heals the event on
+    the next save. ``build`` may raise anything, and ``error`` records a failure found before
+    building; either way the row is ``failed`` and says why.
+
+    Every statement runs in its own savepoint: whatever fails here, even in the integrator's
+    hooks, the caller's transaction stays usable.
     """
-    error: str | None = None
     try:
         pixel_id = capi_settings().pixel_id or ""
     except CapiConfigurationError as exc:
         pixel_id, error = "", str(exc)
     if not pixel_id and error is None:
         error = "DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set"
-    existing = _find(using, pixel_id, event_name, event_id)
+    with transaction.atomic(using=using):
+        existing = _find(using, pixel_id, event_name, event_id)
     if existing is not None and not _failed_while_built(existing):
         return existing
 
     built: BuiltEvent | None = None
     if error is None:
         try:
-            built = build()
+            with transaction.atomic(using=using):
+                built = build()
         except CapiError as exc:
             error = str(exc)
         except Exception as exc:
-            logger.exception(
-                "building event %s %s for %s raised", event_name, event_id, _label(source)
-            )
-            error = f"unexpected {type(exc).__name__}: {redact(str(exc))}"
+            error = f"unexpected {type(exc).__name__} while building the event; see the log"
+            logger.exception("building %s %s for %s raised", event_name, event_id, _label(source))
     if built is not None:
         fields: dict[str, Any] = {
             "event_time": built.event_time,
@@ -163,7 +169,7 @@ def record_event(
         }
     else:
         fields = {
-            "event_time": timezone.now(),
+            "event_time": timezone.now() if existing is None else existing.event_time,
             "payload": {},
             "warnings": [],
             "status": OutboxEvent.Status.FAILED,
@@ -199,10 +205,16 @@ def send_event(
     work commits. Invalid input never raises: the returned row is ``failed`` and its
     ``last_error`` says what to fix.
     """
+    event_id = str(uuid.uuid4()) if event_id is None else event_id
+    key_problems = validation.check_event_name(event_name) + validation.check_event_id(event_id)
+    if key_problems:
+        # An unusable key cannot deduplicate anything; the failure gets a key of its own.
+        event_name = str(event_name)[: validation.MAX_EVENT_NAME_LENGTH] or "(invalid)"
+        event_id = str(uuid.uuid4())
     browser = context.context_from_request(request) if request else context.current_context()
     draft = EventDraft(
         event_name=event_name,
-        event_id=event_id or str(uuid.uuid4()),
+        event_id=event_id,
         event_time=event_time,
         action_source=action_source,
         user_data=user_data or {},
@@ -211,11 +223,12 @@ def send_event(
         browser=browser,
     )
     return record_event(
-        event_name=draft.event_name,
-        event_id=draft.event_id,
-        action_source=draft.action_source,
+        event_name=event_name,
+        event_id=event_id,
+        action_source=action_source,
         build=lambda: build_event(draft, default_phone_region=capi_settings().default_phone_region),
         using=router.db_for_write(OutboxEvent),
+        error="; ".join(key_problems) or None,
     )
 
 
@@ -253,16 +266,16 @@ def _save(
         return existing
     row = OutboxEvent(
         pixel_id=pixel_id,
-        event_name=str(event_name)[: validation.MAX_EVENT_NAME_LENGTH],
-        event_id=str(event_id)[: validation.MAX_EVENT_ID_LENGTH],
+        event_name=event_name,
+        event_id=event_id,
         action_source=str(action_source)[:32],
         **fields,
     )
-    if source is not None and source.pk is not None:
-        row.source_type = ContentType.objects.db_manager(using).get_for_model(source)
-        row.source_id = str(source.pk)
     try:
         with transaction.atomic(using=using):
+            if source is not None and source.pk is not None:
+                row.source_type = ContentType.objects.db_manager(using).get_for_model(source)
+                row.source_id = str(source.pk)
             row.save(using=using, force_insert=True)
     except IntegrityError:
         # Another transaction recorded the same event first; theirs is the one.

@@ -7,7 +7,6 @@ that tree, so code that catches event errors never swallows a broken setup.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from django.core.exceptions import ImproperlyConfigured
@@ -40,19 +39,12 @@ class CapiConfigurationError(ImproperlyConfigured):
 
 
 class HookError(CapiError):
-    """An integrator's ``ModelEvent`` hook raised; the event is recorded as failed, not lost."""
+    """An integrator's ``ModelEvent`` hook raised; the event is recorded as failed, not lost.
+
+    Only the exception's type is kept in the message: it is stored on the outbox row, and an
+    exception's text may quote the customer. The traceback goes to the log.
+    """
 
     def __init__(self, where: str, error: BaseException) -> None:
         self.where = where
-        super().__init__(f"{where} raised {type(error).__name__}: {redact(str(error))}")
-
-
-_EMAIL = re.compile(r"[^\s@'\"<>()]+@[^\s@'\"<>()]+")
-_LONG_NUMBER = re.compile(r"\+?\d[\d ()./-]{5,}\d")
-
-
-def redact(text: str, limit: int = 300) -> str:
-    """Mask what looks like an email or phone number in ``text`` (an exception message that
-    is about to be stored), and keep it short."""
-    text = _LONG_NUMBER.sub("[number]", _EMAIL.sub("[email]", text))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        super().__init__(f"{where} raised {type(error).__name__}; the traceback is in the log")

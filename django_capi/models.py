@@ -8,19 +8,7 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-
-class ActionSource(models.TextChoices):
-    """Where the conversion happened: Meta's nine ``action_source`` values."""
-
-    WEBSITE = "website", _("Website")
-    EMAIL = "email", _("Email")
-    APP = "app", _("App")
-    PHONE_CALL = "phone_call", _("Phone call")
-    CHAT = "chat", _("Chat")
-    PHYSICAL_STORE = "physical_store", _("Physical store")
-    SYSTEM_GENERATED = "system_generated", _("System generated")
-    BUSINESS_MESSAGING = "business_messaging", _("Business messaging")
-    OTHER = "other", _("Other")
+from .constants import ActionSource
 
 
 class OutboxEvent(models.Model):

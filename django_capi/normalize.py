@@ -20,14 +20,14 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import phonenumbers
 import pycountry
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
-from django_capi.exceptions import UnknownUserDataKey
+from .exceptions import UnknownUserDataKey
 
 HASHED_KEYS: frozenset[str] = frozenset(
     {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
@@ -90,15 +90,21 @@ def normalize_user_data(
     data: Mapping[str, object],
     *,
     phone_region: str | None = None,
-    default_phone_region: str | None = None,
+    default_phone_region: str | None | Literal["settings"] = "settings",
 ) -> NormalizedUserData:
     """Return ``data`` normalized, hashed where Meta requires it, with unusable values dropped.
 
     A phone number written without a country code is read in ``phone_region`` if given, else in
-    the record's own ``country``, else in ``default_phone_region``; with none of them its digits
-    must already start with the country code. Raises ``UnknownUserDataKey`` for a key Meta does
-    not know and ``ValueError`` for a region argument that is not a country phonenumbers knows.
+    the record's own ``country``, else in ``default_phone_region`` (by default the
+    ``DEFAULT_PHONE_REGION`` setting, the one setting read here; pass ``None`` for none); with
+    none of them its digits must already start with a real country code. Raises
+    ``UnknownUserDataKey`` for a key Meta does not know and ``ValueError`` for a region argument
+    that is not a country phonenumbers knows.
     """
+    if default_phone_region == "settings":
+        from .conf import capi_settings
+
+        default_phone_region = capi_settings().default_phone_region
     for key in data:
         if key not in HASHED_KEYS and key not in PLAIN_KEYS:
             raise UnknownUserDataKey(str(key))
@@ -165,28 +171,35 @@ def _email(text: str, record: _Record) -> str:
 
 
 def _phone(text: str, record: _Record) -> str:
-    number = _parse_phone(text, record.phone_region)
+    number, guessed = _parse_phone(text, record.phone_region)
     # LOCAL_ONLY numbers lack the area code Meta needs, so they are as useless as impossible ones.
     possible = phonenumbers.ValidationResult.IS_POSSIBLE
     if number is None or phonenumbers.is_possible_number_with_reason(number) != possible:
         raise _Drop("is not a possible phone number")
+    # A guessed country code is only trusted when it yields a real number: "(650) 555-1212"
+    # read as +65 would be hashed into a match for nobody.
+    if guessed and not phonenumbers.is_valid_number(number):
+        raise _Drop("has no country code and no region is known")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
 
 
-def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+def _parse_phone(text: str, region: str | None) -> tuple[phonenumbers.PhoneNumber | None, bool]:
+    """The parsed number, and whether its country code was guessed from bare digits."""
     if re.match(r"[^0-9]*\+", text):
-        return _try_parse(text, None)
+        return _try_parse(text, None), False
     if region is not None:
         # phonenumbers strips the region's own international prefix (00, 011, 0011...).
         number = _try_parse(text, region)
         if number is not None and phonenumbers.is_possible_number(number):
-            return number
+            return number, False
         if not re.sub(r"[^0-9]", "", text).startswith("00"):
-            return number
+            return number, False
     # Meta: without a known region the digits must already start with the country code; leading
     # zeros are a dialling prefix, not part of it.
     significant = re.search(r"[1-9]", text)
-    return _try_parse("+" + text[significant.start() :], None) if significant else None
+    if significant is None:
+        return None, False
+    return _try_parse("+" + text[significant.start() :], None), region is None
 
 
 def _try_parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:

@@ -13,14 +13,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from django.db import models
+from django.db import models, transaction
 from django.db.models.signals import post_save
 
 from . import context, validation
 from .conf import capi_settings
+from .constants import ActionSource
 from .events import BuiltEvent, EventDraft, build_event, record_event
-from .exceptions import CapiConfigurationError, HookError
-from .models import ActionSource
+from .exceptions import CapiConfigurationError, CapiError, EventValidationError, HookError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ModelEvent(Generic[M]):
         """Meta's ``custom_data``: ``value`` and ``currency`` for a Purchase, contents, …"""
         return None
 
-    def event_time(self, instance: M) -> datetime | int | None:
+    def event_time(self, instance: M) -> datetime | float | None:
         """When the conversion happened; by default, now."""
         return None
 
@@ -75,7 +75,10 @@ class ModelEvent(Generic[M]):
 
     def event_id(self, instance: M) -> str:
         """The id the Pixel shares for deduplication; stable for (model, pk, event name)."""
-        return default_event_id(instance, self.event_name)
+        return default_event_id(instance, self.event_name, model=self.model)
+
+    #: The model this instance was registered on (set by ``register``).
+    model: type[models.Model]
 
 
 _registry: dict[type[models.Model], list[ModelEvent[Any]]] = {}
@@ -86,30 +89,42 @@ def register(*model_classes: type[models.Model]) -> Callable[[type[E]], type[E]]
 
     def decorator(event_class: type[E]) -> type[E]:
         name = getattr(event_class, "event_name", None)
-        if validation.check_identity(name, "-", event_class.action_source):
-            raise CapiConfigurationError(
-                f"{event_class.__qualname__} needs an event_name of 1 to "
-                f"{validation.MAX_EVENT_NAME_LENGTH} characters and a valid action_source"
-            )
+        problems = validation.check_event_name(name)
+        problems += validation.check_action_source(event_class.action_source)
+        if problems:
+            raise CapiConfigurationError(f"{event_class.__qualname__}: {'; '.join(problems)}")
         for model in model_classes:
             events = _registry.setdefault(model, [])
-            if not any(type(existing) is event_class for existing in events):
-                events.append(event_class())
+            if any(type(existing) is event_class for existing in events):
+                continue  # imported twice: the same declaration
+            if any(existing.event_name == name for existing in events):
+                # Both would claim the same event ids; one of them would silently never send.
+                raise CapiConfigurationError(
+                    f"{model._meta.label} already has a {name!r} event registered"
+                )
+            event = event_class()
+            event.model = model
+            events.append(event)
         return event_class
 
     return decorator
 
 
 def registered_events(model: type[models.Model]) -> list[ModelEvent[Any]]:
-    """The ``ModelEvent`` instances that apply to saves of ``model`` (and its proxies)."""
+    """The ``ModelEvent`` instances that apply to saves of ``model``: those registered on it
+    or on a model it inherits from (proxies and multi-table children)."""
     return [event for klass in model.__mro__ for event in _registry.get(klass, ())]
 
 
-def default_event_id(instance: models.Model, event_name: str) -> str:
+def default_event_id(
+    instance: models.Model, event_name: str, *, model: type[models.Model] | None = None
+) -> str:
+    """A UUIDv5 of (model label, pk, event name). ``model`` is the registered model, so a
+    proxy or a multi-table child gets the same id as the model the event was declared on."""
     if instance.pk is None:
         raise ValueError("an event id needs a saved instance (its pk is None)")
-    # Proxies share their concrete model's ids: they are the same row.
-    label = (instance._meta.concrete_model or type(instance))._meta.label_lower
+    model = model or type(instance)
+    label = (model._meta.concrete_model or model)._meta.label_lower
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{label}:{instance.pk}:{event_name}"))
 
 
@@ -121,9 +136,10 @@ def event_id_for(instance: models.Model, event_name: str) -> str:
     for model_event in registered_events(type(instance)):
         if model_event.event_name == event_name:
             try:
-                return str(_call(model_event, "event_id", instance))
-            except HookError:
-                logger.exception("falling back to the default event id")
+                return _event_id(model_event, instance)
+            except CapiError:
+                # The row was recorded under the default id too (see _capture).
+                return default_event_id(instance, event_name, model=model_event.model)
     return default_event_id(instance, event_name)
 
 
@@ -157,32 +173,37 @@ def _on_post_save(
 def _capture(
     model_event: ModelEvent[Any], instance: models.Model, *, created: bool, using: str
 ) -> None:
-    name = model_event.event_name
-    build: Callable[[], BuiltEvent]
+    error: str | None = None
     try:
-        if not _call(model_event, "should_send", instance, created):
-            return
-        event_id = str(_call(model_event, "event_id", instance))
-    except HookError as exc:
-        error = exc
-        event_id = default_event_id(instance, name)
-
-        def build() -> BuiltEvent:
-            raise error
-
-    else:
-
-        def build() -> BuiltEvent:
-            return _build(model_event, instance, event_id)
-
+        # A savepoint: a hook whose query fails must not abort the shop's transaction.
+        with transaction.atomic(using=using):
+            if not _call(model_event, "should_send", instance, created):
+                return
+            event_id = _event_id(model_event, instance)
+    except CapiError as exc:
+        error = str(exc)
+        event_id = default_event_id(instance, model_event.event_name, model=model_event.model)
     record_event(
-        event_name=name,
+        event_name=model_event.event_name,
         event_id=event_id,
         action_source=model_event.action_source,
-        build=build,
+        build=lambda: _build(model_event, instance, event_id),
         using=using,
         source=instance,
+        error=error,
     )
+
+
+def _event_id(model_event: ModelEvent[Any], instance: models.Model) -> str:
+    value = _call(model_event, "event_id", instance)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # an order number is a fine event id
+    if validation.check_event_id(value):
+        raise EventValidationError(
+            f"{type(model_event).__name__}.event_id() must return a non-empty string of at "
+            f"most {validation.MAX_EVENT_ID_LENGTH} characters, not {type(value).__name__}"
+        )
+    return str(value)
 
 
 def _build(model_event: ModelEvent[Any], instance: models.Model, event_id: str) -> BuiltEvent:
@@ -200,8 +221,10 @@ def _build(model_event: ModelEvent[Any], instance: models.Model, event_id: str) 
     return build_event(draft, default_phone_region=capi_settings().default_phone_region)
 
 
-def _call(model_event: ModelEvent[Any], hook: str, *args: Any) -> Any:
+def _call(model_event: ModelEvent[Any], hook: str, instance: models.Model, *args: Any) -> Any:
     try:
-        return getattr(model_event, hook)(*args)
+        return getattr(model_event, hook)(instance, *args)
     except Exception as exc:
-        raise HookError(f"{type(model_event).__name__}.{hook}()", exc) from exc
+        where = f"{type(model_event).__name__}.{hook}()"
+        logger.exception("%s raised for %s pk=%s", where, instance._meta.label, instance.pk)
+        raise HookError(where, exc) from exc

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pycountry
 from django.utils import timezone
 
+from .constants import ActionSource
 from .exceptions import EventValidationError
-from .models import ActionSource
 
 MAX_EVENT_NAME_LENGTH = 50
 MAX_EVENT_ID_LENGTH = 100
@@ -45,19 +45,26 @@ def max_event_age(action_source: str) -> timedelta:
     return MAX_EVENT_AGE
 
 
-def check_identity(event_name: object, event_id: object, action_source: object) -> list[str]:
-    problems = []
+def check_event_name(event_name: object) -> list[str]:
     if not isinstance(event_name, str) or not event_name.strip():
-        problems.append("event_name must be a non-empty string")
-    elif len(event_name) > MAX_EVENT_NAME_LENGTH:
-        problems.append(f"event_name is longer than {MAX_EVENT_NAME_LENGTH} characters")
+        return ["event_name must be a non-empty string"]
+    if len(event_name) > MAX_EVENT_NAME_LENGTH:
+        return [f"event_name is longer than {MAX_EVENT_NAME_LENGTH} characters"]
+    return []
+
+
+def check_event_id(event_id: object) -> list[str]:
     if not isinstance(event_id, str) or not event_id.strip():
-        problems.append("event_id must be a non-empty string")
-    elif len(event_id) > MAX_EVENT_ID_LENGTH:
-        problems.append(f"event_id is longer than {MAX_EVENT_ID_LENGTH} characters")
+        return ["event_id must be a non-empty string"]
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        return [f"event_id is longer than {MAX_EVENT_ID_LENGTH} characters"]
+    return []
+
+
+def check_action_source(action_source: object) -> list[str]:
     if action_source not in ActionSource.values:
-        problems.append(f"action_source must be one of {', '.join(ActionSource.values)}")
-    return problems
+        return [f"action_source must be one of {', '.join(ActionSource.values)}"]
+    return []
 
 
 def event_timestamp(value: object, action_source: str, *, now: datetime | None = None) -> int:

@@ -10,7 +10,7 @@ from django.test import override_settings
 from django_capi import ModelEvent, OutboxEvent, event_id_for, register
 from django_capi.registry import default_event_id
 from tests.factories import LeadFactory, OrderFactory
-from tests.shop.models import Lead, Order
+from tests.shop.models import GiftOrder, Lead, Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -151,7 +151,7 @@ def test_a_raising_hook_never_breaks_the_save(hook, caplog):
     row = OutboxEvent.objects.get(event_name="Contact")
     assert row.status == OutboxEvent.Status.FAILED
     assert row.failure_reason == OutboxEvent.FailureReason.INVALID
-    assert row.last_error == f"Broken.{hook}() raised KeyError: 'shipping_address'"
+    assert row.last_error == f"Broken.{hook}() raised KeyError; the traceback is in the log"
     assert row.event_id == default_event_id(lead, "Contact")
     assert row.source == lead
     assert any(
@@ -231,18 +231,92 @@ def test_hook_errors_are_stored_without_personal_data(isolated_registry):
     error = OutboxEvent.objects.get(event_name="Contact").last_error
     assert "leaky.person" not in error
     assert "555" not in error
-    assert error == "Leaky.user_data() raised ValueError: bad customer [email] tel [number]"
+    assert error == "Leaky.user_data() raised ValueError; the traceback is in the log"
+
+
+def failing_query(*args, **kwargs):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM table_that_does_not_exist")
 
 
 def test_a_database_error_while_recording_is_logged_and_the_save_commits(monkeypatch, caplog):
-    def refuse(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr("django_capi.events._find", refuse)
+    monkeypatch.setattr("django_capi.events._find", failing_query)
     with caplog.at_level(logging.ERROR, logger="django_capi"), transaction.atomic():
         order = pay(OrderFactory())
+        Lead.objects.create(email="after@example.com")  # the transaction is still usable
     assert Order.objects.get(pk=order.pk).status == "paid"
     assert "could not record Purchase for shop.Order pk=" in caplog.text
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize("hook", ["should_send", "user_data"])
+def test_a_hook_whose_query_fails_does_not_abort_the_shops_transaction(hook):
+    @register(Lead)
+    class Querying(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    setattr(Querying, hook, failing_query)
+    with transaction.atomic():
+        lead = Lead.objects.create(email="q@example.com")
+        Order.objects.create(email="still-usable@example.com")  # would raise on PostgreSQL
+    assert Lead.objects.filter(pk=lead.pk).exists()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert row.status == OutboxEvent.Status.FAILED
+    assert row.last_error.startswith(f"Querying.{hook}() raised ")
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize("bad_id", [None, "", "x" * 101, 3.5])
+def test_an_unusable_event_id_is_a_failure_under_the_default_id(bad_id):
+    @register(Lead)
+    class BadId(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def event_id(self, instance):
+            return bad_id
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    leads = [LeadFactory(), LeadFactory(), LeadFactory()]
+    rows = OutboxEvent.objects.filter(event_name="Contact").order_by("pk")
+    # One row per lead: a constant bad id must not collapse three events into one.
+    assert [row.event_id for row in rows] == [default_event_id(lead, "Contact") for lead in leads]
+    assert all(row.status == OutboxEvent.Status.FAILED for row in rows)
+    assert "BadId.event_id() must return a non-empty string" in rows[0].last_error
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_an_integer_event_id_such_as_an_order_number_is_accepted():
+    @register(Lead)
+    class Numbered(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def event_id(self, instance):
+            return 1000 + instance.pk
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    lead = LeadFactory()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert (row.event_id, row.status) == (str(1000 + lead.pk), OutboxEvent.Status.PENDING)
+    assert event_id_for(lead, "Contact") == row.event_id
+
+
+def test_a_multi_table_child_shares_its_parents_event_ids():
+    gift = GiftOrder.objects.create(
+        email="gift@example.com", status="paid", total=5, user_agent="UA/1", ip="203.0.113.3"
+    )
+    row = OutboxEvent.objects.get()
+    parent = Order.objects.get(pk=gift.pk)
+    assert row.event_id == event_id_for(parent, "Purchase") == event_id_for(gift, "Purchase")
 
 
 def test_a_failing_insert_does_not_poison_the_callers_transaction(monkeypatch, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -13,15 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from django_capi import normalize
 from django_capi.exceptions import EventValidationError, UnknownUserDataKey
 from django_capi.normalize import (
     HASHED_KEYS,
     PLAIN_KEYS,
     NormalizedUserData,
     is_sha256_hex,
-    normalize_user_data,
     sha256_hex,
 )
+
+# The module's own behaviour, without the DEFAULT_PHONE_REGION of the test settings; the
+# setting's part is tested on its own below.
+normalize_user_data = functools.partial(normalize.normalize_user_data, default_phone_region=None)
 
 
 def h(value: str) -> str:
@@ -350,9 +355,22 @@ def test_default_phone_region_applies_without_a_usable_country() -> None:
 def test_without_any_region_the_digits_must_already_hold_the_country_code() -> None:
     assert one("ph", "16505551212") == h(MENLO_PARK_E164)
     assert one("ph", "1 (650) 555-1212") == h(MENLO_PARK_E164)
-    # Not silently assumed to be American: 650... is read as country code 65.
-    assert one("ph", MENLO_PARK) == h("6505551212")
+    # Not silently assumed to be American, nor read as +65 (no such Singapore number).
+    assert one("ph", MENLO_PARK) is None
+    assert problems_for({"ph": MENLO_PARK}) == [
+        "ph: value has no country code and no region is known; dropped"
+    ]
     assert one("ph", "0044 844 412 4653") == h("448444124653")
+
+
+def test_the_default_region_comes_from_the_setting_unless_given(settings) -> None:
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "DEFAULT_PHONE_REGION": "DE"}
+    assert normalize.normalize_user_data({"ph": "030 1234567"})["ph"] == h("49301234567")
+    assert "ph" not in normalize.normalize_user_data(
+        {"ph": "030 1234567"}, default_phone_region=None
+    )
+    explicit = normalize.normalize_user_data({"ph": MENLO_PARK}, default_phone_region="US")
+    assert explicit["ph"] == h(MENLO_PARK_E164)
 
 
 @pytest.mark.parametrize("region", [None, "US", "GB", "DE"])

@@ -33,12 +33,6 @@ def test_the_wheel_carries_code_migrations_and_type_marker(tmp_path):
         "django_capi/migrations/0001_initial.py",
         "django_capi/models.py",
     }
-    expected |= {
-        str(path.relative_to(ROOT))
-        for pattern in ("templates/**/*", "static/**/*")
-        for path in (ROOT / "django_capi").glob(pattern)
-        if path.is_file()
-    }
     assert expected <= names
     assert not any(name.startswith(("tests/", "example_project/")) for name in names)
     metadata = next(name for name in names if name.endswith("METADATA"))

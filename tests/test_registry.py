@@ -1,5 +1,6 @@
 """Declaring conversions: validation at import time, proxies, and the public API."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,18 +24,26 @@ def test_the_apps_capi_module_is_autodiscovered():
 
 @pytest.mark.usefixtures("isolated_registry")
 @pytest.mark.parametrize(
-    "attributes",
+    ("attributes", "message"),
     [
-        {},
-        {"event_name": ""},
-        {"event_name": "X" * 51},
-        {"event_name": "Lead", "action_source": "web"},
+        ({}, "Bad: event_name must be a non-empty string"),
+        ({"event_name": ""}, "Bad: event_name must be a non-empty string"),
+        ({"event_name": "X" * 51}, "Bad: event_name is longer than 50 characters"),
+        ({"event_name": "Lead", "action_source": "web"}, "Bad: action_source must be one of"),
     ],
 )
-def test_a_bad_declaration_fails_loudly_at_import_time(attributes):
+def test_a_bad_declaration_fails_loudly_at_import_time(attributes, message):
     event_class = type("Bad", (ModelEvent,), attributes)
-    with pytest.raises(CapiConfigurationError, match="Bad needs an event_name"):
+    with pytest.raises(CapiConfigurationError, match=re.escape(message)):
         register(Order)(event_class)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_two_events_with_one_name_on_one_model_are_refused():
+    # Both would claim the same event ids: one of them would silently never be sent.
+    second = type("SecondPurchase", (ModelEvent,), {"event_name": "Purchase"})
+    with pytest.raises(CapiConfigurationError, match="shop.Order already has a 'Purchase'"):
+        register(Order)(second)
 
 
 @pytest.mark.usefixtures("isolated_registry")

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 from django.db import transaction
-from django.test import RequestFactory
+from django.test import RequestFactory, override_settings
 
 from django_capi import OutboxEvent, send_event
 from django_capi.context import use_browser_context
@@ -41,7 +41,8 @@ def test_a_request_supplies_the_browser_context():
     assert user_data["client_user_agent"] == UA
     assert user_data["fbp"] == "fb.1.1596403881668.1116446470"
     assert user_data["fbc"] == "fb.1.1554763741205.AbC"
-    assert row.payload["event_source_url"] == "http://shop.example.com/product/7/?color=red"
+    # The query string is dropped: shops and mail links put emails there.
+    assert row.payload["event_source_url"] == "http://shop.example.com/product/7/"
     assert row.source is None
 
 
@@ -91,3 +92,21 @@ def test_without_a_request_the_current_browser_context_is_used():
     assert row.status == OutboxEvent.Status.PENDING
     assert row.payload["user_data"]["client_ip_address"] == "198.51.100.4"
     assert row.payload["event_source_url"] == "https://shop.example.com/cart/"
+
+
+def test_an_unusable_name_or_id_is_a_failed_row_every_time_never_an_exception():
+    first = send_event("X" * 60, event_id="a", user_data={"em": "a@b.co"})
+    second = send_event("X" * 60, event_id="a", user_data={"em": "a@b.co"})
+    assert first.pk != second.pk
+    assert first.status == second.status == OutboxEvent.Status.FAILED
+    assert "event_name is longer than 50 characters" in first.last_error
+    long_id = send_event("Lead", event_id="i" * 101, user_data={"em": "a@b.co"})
+    assert "event_id is longer than 100 characters" in long_id.last_error
+
+
+@override_settings(ALLOWED_HOSTS=["shop.example.com"])
+def test_a_forged_host_header_does_not_raise():
+    request = RequestFactory().get("/", HTTP_HOST="evil.example", HTTP_USER_AGENT=UA)
+    row = send_event("Lead", user_data={"em": "a@b.co"}, request=request)
+    assert row.status == OutboxEvent.Status.FAILED
+    assert "website event without event_source_url" in row.last_error

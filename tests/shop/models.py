@@ -27,3 +27,9 @@ class PaidOrder(Order):
 
     class Meta:
         proxy = True
+
+
+class GiftOrder(Order):
+    """A multi-table child: its saves are ``Order`` conversions with ``Order``'s event ids."""
+
+    message = models.CharField(max_length=200, blank=True)
