@@ -8,6 +8,7 @@ never re-validates the dict.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,6 +36,18 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_PHONE_REGION": None,
     "BATCH_SIZE": META_MAX_BATCH_SIZE,
     "MAX_ATTEMPTS": 10,
+    # Meta: "we recommend setting a timeout of 1500 milliseconds"; a 1000-event batch needs
+    # longer than that to be answered.
+    "CONNECT_TIMEOUT": 1.5,
+    "READ_TIMEOUT": 5.0,
+    # A worker owns claimed rows this long; it renews the lease while bisecting a batch.
+    "LEASE_SECONDS": 60,
+    "RETRY_BASE_SECONDS": 10,
+    "RETRY_MAX_SECONDS": 3600,
+    "TOKEN_PROBE_SECONDS": 300,
+    # How committed rows wake the drainer: "celery", "none" (cron or `capi_drain --loop`),
+    # or None for Celery when it is installed.
+    "WAKE": None,
 }
 
 #: Keys that may come from the environment when ``DJANGO_CAPI`` leaves them out.
@@ -62,6 +75,13 @@ class CapiSettings:
     default_phone_region: str | None
     batch_size: int
     max_attempts: int
+    connect_timeout: float
+    read_timeout: float
+    lease_seconds: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+    token_probe_seconds: int
+    wake: str
 
     def events_url(self, pixel_id: str) -> str:
         return f"{self.graph_api_url}/{self.api_version}/{pixel_id}/events"
@@ -97,6 +117,15 @@ def capi_settings() -> CapiSettings:
         default_phone_region=_phone_region(raw["DEFAULT_PHONE_REGION"]),
         batch_size=_int_between("BATCH_SIZE", raw["BATCH_SIZE"], 1, META_MAX_BATCH_SIZE),
         max_attempts=_int_between("MAX_ATTEMPTS", raw["MAX_ATTEMPTS"], 1, 1000),
+        connect_timeout=_seconds("CONNECT_TIMEOUT", raw["CONNECT_TIMEOUT"]),
+        read_timeout=_seconds("READ_TIMEOUT", raw["READ_TIMEOUT"]),
+        lease_seconds=_int_between("LEASE_SECONDS", raw["LEASE_SECONDS"], 1, 24 * 3600),
+        retry_base_seconds=_seconds("RETRY_BASE_SECONDS", raw["RETRY_BASE_SECONDS"]),
+        retry_max_seconds=_seconds("RETRY_MAX_SECONDS", raw["RETRY_MAX_SECONDS"]),
+        token_probe_seconds=_int_between(
+            "TOKEN_PROBE_SECONDS", raw["TOKEN_PROBE_SECONDS"], 1, 24 * 3600
+        ),
+        wake=_wake(raw["WAKE"]),
     )
 
 
@@ -151,6 +180,20 @@ def _phone_region(value: object) -> str | None:
     if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
         raise _bad("DEFAULT_PHONE_REGION", "an ISO 3166-1 alpha-2 region such as 'US' or 'DE'")
     return region.upper()
+
+
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
+        raise _bad(key, "a number of seconds greater than 0")
+    return float(value)
+
+
+def _wake(value: object) -> str:
+    if value is None:
+        return "celery" if importlib.util.find_spec("celery") else "none"
+    if value not in ("celery", "none"):
+        raise _bad("WAKE", "'celery', 'none' or None (Celery when it is installed)")
+    return str(value)
 
 
 def _int_between(key: str, value: object, low: int, high: int) -> int:

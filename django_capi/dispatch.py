@@ -2,27 +2,34 @@
 
 The wake-up is only a hint: a row's existence is decided by its own transaction, and a lost
 wake-up is caught by the periodic sweep. So it runs on commit, at most once per transaction,
-however many rows the transaction wrote.
+and at most one Celery task waits in the queue at a time however many orders commit.
 """
 
 from __future__ import annotations
 
 import logging
 
+from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from . import signals
+from .conf import capi_settings
 
 logger = logging.getLogger(__name__)
+
+#: Set while a drain task is queued; the task clears it when it starts.
+WAKE_FLAG = "django_capi:drain-queued"
+#: A queued task that never ran (a dead broker) stops blocking wake-ups after this long.
+WAKE_FLAG_SECONDS = 60
 
 
 def wake_drainer_on_commit(using: str = DEFAULT_DB_ALIAS) -> None:
     """Ask for a drain once the current transaction on ``using`` commits (now, in autocommit)."""
     connection = connections[using]
+    # Entries of run_on_commit are (savepoint ids, callback, robust); one wake-up per
+    # transaction is enough. Callbacks of a rolled-back savepoint are gone from the list.
     if connection.in_atomic_block and any(
-        # Entries are (savepoint ids, callback, robust).
-        entry[1] is wake_drainer
-        for entry in connection.run_on_commit
+        entry[1] is wake_drainer for entry in connection.run_on_commit
     ):
         return
     transaction.on_commit(wake_drainer, using=using, robust=True)
@@ -30,7 +37,19 @@ def wake_drainer_on_commit(using: str = DEFAULT_DB_ALIAS) -> None:
 
 def wake_drainer() -> None:
     """New rows are committed: tell whoever drains the outbox."""
-    logger.debug("outbox rows committed; waking the drainer")
-    for receiver, error in signals.outbox_committed.send_robust(sender=None):
-        if isinstance(error, Exception):
-            logger.error("outbox_committed receiver %r raised", receiver, exc_info=error)
+    signals.send_safely(signals.outbox_committed)
+    if capi_settings().wake != "celery":
+        return  # cron, `capi_drain --loop` or the beat sweep drain on their own schedule
+    if not cache.add(WAKE_FLAG, 1, timeout=WAKE_FLAG_SECONDS):
+        return  # a drain task is already queued; it will see these rows too
+    from .tasks import drain_outbox
+
+    try:
+        drain_outbox.delay()
+    except Exception:
+        clear_wake_flag()
+        logger.exception("django-capi could not queue a drain; the periodic sweep will")
+
+
+def clear_wake_flag() -> None:
+    cache.delete(WAKE_FLAG)

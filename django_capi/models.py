@@ -59,6 +59,13 @@ class OutboxEvent(models.Model):
     created_at = models.DateTimeField(_("created"), db_default=Now())
     delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
 
+    # Meta's last answer, kept on the row for filtering; the full history is DeliveryAttempt.
+    last_attempt_at = models.DateTimeField(_("last attempt"), null=True, blank=True)
+    last_http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    last_error_code = models.IntegerField(_("Meta error code"), null=True, blank=True)
+    last_error_subcode = models.IntegerField(_("Meta error subcode"), null=True, blank=True)
+    fbtrace_id = models.CharField(_("fbtrace id"), max_length=64, blank=True)
+
     source_type = models.ForeignKey(
         ContentType, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -87,3 +94,58 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_name} {self.event_id} ({self.status})"
+
+
+class DeliveryAttempt(models.Model):
+    """One request that carried an event, and Meta's answer to it."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", _("Delivered")
+        RETRY = "retry", _("Will retry")
+        RATE_LIMITED = "rate_limited", _("Rate limited")
+        TOKEN_INVALID = "token_invalid", _("Token or permission error")
+        REJECTED = "rejected", _("Rejected")
+        BISECTED = "bisected", _("Batch rejected; split to find the bad event")
+        FAILED = "failed", _("Failed")
+
+    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, related_name="attempt_log")
+    attempted_at = models.DateTimeField(_("attempted"), db_default=Now())
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    batch_size = models.PositiveIntegerField(_("events in the request"))
+    http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    error_code = models.IntegerField(_("Meta error code"), null=True, blank=True)
+    error_subcode = models.IntegerField(_("Meta error subcode"), null=True, blank=True)
+    error_type = models.CharField(_("Meta error type"), max_length=100, blank=True)
+    error_title = models.CharField(_("Meta error title"), max_length=200, blank=True)
+    error_message = models.TextField(_("error"), blank=True)
+    fbtrace_id = models.CharField(_("fbtrace id"), max_length=64, blank=True)
+    events_received = models.PositiveIntegerField(_("events received"), null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"))
+
+    class Meta:
+        verbose_name = _("delivery attempt")
+        verbose_name_plural = _("delivery attempts")
+        indexes = [models.Index(fields=["event", "attempted_at"], name="capi_attempt_event")]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} ({self.http_status})"
+
+
+class PixelState(models.Model):
+    """Delivery state shared by every worker sending to one pixel: rate-limit pauses and the
+    circuit that stops sending while the token or its permissions are broken."""
+
+    pixel_id = models.CharField(_("pixel"), max_length=32, unique=True)
+    paused_until = models.DateTimeField(_("paused until"), null=True, blank=True)
+    circuit_opened_at = models.DateTimeField(_("circuit open since"), null=True, blank=True)
+    next_probe_at = models.DateTimeField(_("next probe"), null=True, blank=True)
+    # An HMAC of the token that failed, never the token: a new token is probed at once.
+    token_fingerprint = models.CharField(_("token fingerprint"), max_length=64, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("pixel state")
+        verbose_name_plural = _("pixel states")
+
+    def __str__(self) -> str:
+        return self.pixel_id

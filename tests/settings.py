@@ -1,5 +1,6 @@
 """Settings for the test suite. ``DATABASE_URL`` picks the database (SQLite by default)."""
 
+import json
 import os
 
 import environ
@@ -12,6 +13,8 @@ USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
+ADMINS = [("Shop admin", "admin@shop.example.com")]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -57,4 +60,11 @@ DJANGO_CAPI = {
     "PIXEL_ID": "1234567890",
     "ACCESS_TOKEN": "test-token-not-real",
     "DEFAULT_PHONE_REGION": "US",
+    # Tests drain explicitly; the Celery test switches this on for itself.
+    "WAKE": "none",
+    # Processes started by tests get their extra settings here (JSON).
+    **json.loads(os.environ.get("CAPI_TEST_SETTINGS", "{}")),
 }
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")
+CELERY_TASK_IGNORE_RESULT = True

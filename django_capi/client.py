@@ -1,0 +1,208 @@
+"""The Graph API's Conversions endpoint over ``requests``: one POST, one classified answer.
+
+It knows nothing of models or the outbox. The access token travels in the form body, never
+in the URL, so it cannot leak through a log line, a proxy log or an exception message.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from .conf import CapiSettings, capi_settings
+
+#: Graph error codes for throttling (Meta's "recovery tactic": wait, then retry).
+RATE_LIMIT_CODES = frozenset({4, 17, 32, 341, 613, 80004})
+#: Token expired or revoked (190, 102) and permission errors (10, 200–299): no retry helps.
+AUTH_CODES = frozenset({10, 102, 190, *range(200, 300)})
+#: Meta's temporary downtime codes, plus 368 ("temporarily blocked… wait and retry").
+TRANSIENT_CODES = frozenset({1, 2, 368})
+#: Graph code 100 with this subcode: the pixel does not exist or the token may not use it.
+UNSUPPORTED_POST_SUBCODE = 33
+
+
+class ErrorKind(enum.StrEnum):
+    """What a failed request means for the events in it."""
+
+    TRANSIENT = "transient"  # try the same events again later
+    RATE_LIMIT = "rate_limit"  # pause the pixel; the events are fine
+    AUTH = "auth"  # the token or its permissions are broken; stop sending
+    INVALID = "invalid"  # Meta refused the payload: at least one event is bad
+
+
+@dataclass(frozen=True)
+class GraphError:
+    kind: ErrorKind
+    message: str
+    code: int | None = None
+    subcode: int | None = None
+    type: str = ""
+    title: str = ""
+    is_transient: bool | None = None
+    #: Seconds Meta asks us to wait (``estimated_time_to_regain_access``), when it says.
+    retry_after: float | None = None
+
+    def describe(self, http_status: int | None) -> str:
+        """One line for the outbox row and the log: who answered what."""
+        if http_status is None:
+            return self.message
+        code = "" if self.code is None else f" code {self.code}"
+        code += "" if self.subcode is None else f"/{self.subcode}"
+        title = f" {self.title}:" if self.title else ""
+        return f"Meta HTTP {http_status}{code}{title} {self.message}".strip()
+
+
+@dataclass(frozen=True)
+class GraphResult:
+    """One request's answer. ``http_status`` is None when no answer arrived at all."""
+
+    http_status: int | None
+    duration_ms: int
+    events_received: int | None = None
+    fbtrace_id: str = ""
+    error: GraphError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class GraphClient:
+    """Posts batches of events for one pixel. Subclass and override ``create_session`` to
+    mount adapters (proxies, client certificates); everything else reads the settings."""
+
+    def __init__(self, conf: CapiSettings | None = None) -> None:
+        self.conf = conf or capi_settings()
+        self.session = self.create_session()
+
+    def create_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = "django-capi"
+        return session
+
+    def close(self) -> None:
+        self.session.close()
+
+    def post_events(self, pixel_id: str, events: Sequence[Mapping[str, Any]]) -> GraphResult:
+        """Send ``events`` in one request. Never raises for network or HTTP errors: they come
+        back classified in ``GraphResult.error``."""
+        body = {
+            "data": json.dumps(list(events), separators=(",", ":")),
+            "access_token": self.conf.access_token or "",
+        }
+        if self.conf.test_event_code:
+            body["test_event_code"] = self.conf.test_event_code
+        started = time.monotonic()
+        try:
+            response = self.session.post(
+                self.conf.events_url(pixel_id),
+                data=body,
+                timeout=(self.conf.connect_timeout, self.conf.read_timeout),
+            )
+        except requests.RequestException as exc:
+            return GraphResult(
+                http_status=None,
+                duration_ms=_elapsed_ms(started),
+                error=GraphError(ErrorKind.TRANSIENT, _describe_network_error(exc)),
+            )
+        return parse_response(response, _elapsed_ms(started))
+
+
+def parse_response(response: requests.Response, duration_ms: int) -> GraphResult:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    error_body = body.get("error")
+    fbtrace_id = str(body.get("fbtrace_id") or (error_body or {}).get("fbtrace_id") or "")
+    if 200 <= response.status_code < 300 and not error_body:
+        received = body.get("events_received")
+        return GraphResult(
+            http_status=response.status_code,
+            duration_ms=duration_ms,
+            events_received=received if isinstance(received, int) else None,
+            fbtrace_id=fbtrace_id,
+        )
+    return GraphResult(
+        http_status=response.status_code,
+        duration_ms=duration_ms,
+        fbtrace_id=fbtrace_id,
+        error=classify(response.status_code, error_body, response.headers),
+    )
+
+
+def classify(
+    http_status: int, error_body: object, headers: Mapping[str, str] | None = None
+) -> GraphError:
+    """Turn Meta's error answer into what it means for the events that were sent."""
+    if not isinstance(error_body, dict):
+        # No Graph error: a proxy, a load balancer or a wrong GRAPH_API_URL answered.
+        kind = ErrorKind.TRANSIENT
+        if http_status == 429:
+            kind = ErrorKind.RATE_LIMIT
+        elif http_status in (401, 403, 404):
+            kind = ErrorKind.AUTH
+        return GraphError(kind, f"HTTP {http_status} without a Graph API error body")
+    code = _int_or_none(error_body.get("code"))
+    subcode = _int_or_none(error_body.get("error_subcode"))
+    is_transient = error_body.get("is_transient")
+    if code in AUTH_CODES or (code == 100 and subcode == UNSUPPORTED_POST_SUBCODE):
+        kind = ErrorKind.AUTH
+    elif code in RATE_LIMIT_CODES or http_status == 429:
+        kind = ErrorKind.RATE_LIMIT
+    elif code in TRANSIENT_CODES or is_transient is True or http_status >= 500:
+        kind = ErrorKind.TRANSIENT
+    else:
+        kind = ErrorKind.INVALID
+    return GraphError(
+        kind=kind,
+        message=str(error_body.get("error_user_msg") or error_body.get("message") or ""),
+        code=code,
+        subcode=subcode,
+        type=str(error_body.get("type") or ""),
+        title=str(error_body.get("error_user_title") or ""),
+        is_transient=is_transient if isinstance(is_transient, bool) else None,
+        retry_after=_retry_after(headers or {}) if kind is ErrorKind.RATE_LIMIT else None,
+    )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds until Meta restores access, from ``X-Business-Use-Case-Usage`` (minutes there)
+    or a plain ``Retry-After``."""
+    minutes: list[float] = []
+    try:
+        usage = json.loads(headers.get("X-Business-Use-Case-Usage") or "{}")
+        for entries in usage.values() if isinstance(usage, dict) else ():
+            for entry in entries if isinstance(entries, list) else ():
+                value = entry.get("estimated_time_to_regain_access")
+                if isinstance(value, int | float) and value > 0:
+                    minutes.append(float(value))
+    except (ValueError, AttributeError):
+        pass
+    if minutes:
+        return max(minutes) * 60
+    retry_after = headers.get("Retry-After", "")
+    return float(retry_after) if retry_after.isdigit() else None
+
+
+def _describe_network_error(exc: requests.RequestException) -> str:
+    # The URL is safe to show (no token in it), but the type says enough and stays short.
+    if isinstance(exc, requests.Timeout):
+        return f"no answer from the Graph API in time ({type(exc).__name__})"
+    return f"could not reach the Graph API ({type(exc).__name__})"
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _elapsed_ms(started: float) -> int:
+    return max(0, round((time.monotonic() - started) * 1000))

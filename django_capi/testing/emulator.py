@@ -1,0 +1,610 @@
+"""A local Graph API Conversions endpoint (``POST /{version}/{pixel_id}/events``).
+
+Meta cannot be reached from tests, so this answers in its place, over real HTTP, with Meta's
+rules (see :mod:`django_capi.testing.rules`), whole-request rejection, 48-hour deduplication
+and scriptable failures. Standard library only, and nothing here needs Django.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import email.policy
+import email.utils
+import http.server
+import json
+import re
+import selectors
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+from . import rules
+from .faults import (
+    ConnectionReset,
+    Delay,
+    Fault,
+    GraphError,
+    HttpStatus,
+    Reply,
+    WithHeaders,
+    graph_error_reply,
+    http_status_reply,
+    json_reply,
+    new_fbtrace_id,
+    rejection_reply,
+)
+
+#: Stands in for the access token wherever a request is recorded.
+REDACTED_TOKEN = "[redacted access_token]"  # noqa: S105 - a placeholder
+#: Accepted when no token is given: obviously fake, never a real Meta token.
+DEFAULT_ACCESS_TOKEN = "capi-emulator-token"  # noqa: S105 - a fake
+
+_EDGE = re.compile(r"/(v\d+\.\d+)/(\d+)/events")
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_.|\-]{1,4096}")
+
+
+class ManualClock:
+    """A clock a test moves by hand, so events age past 7 days or 48 hours instantly."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> float:
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+    def set(self, timestamp: float) -> None:
+        with self._lock:
+            self._now = timestamp
+
+
+# --- records -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the emulator saw it, with the access token replaced."""
+
+    method: str
+    path: str
+    pixel_id: str | None
+    api_version: str | None
+    params: dict[str, Any]
+    headers: dict[str, str]
+    events: list[dict[str, Any]]
+    #: ``None`` when the connection was reset instead of answered.
+    status: int | None
+    #: The decoded JSON answer (or the raw text of an ``HttpStatus`` body).
+    response: Any
+    time: float
+    fault: Fault | None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        error = self.response.get("error") if isinstance(self.response, dict) else None
+        return error if isinstance(error, dict) else None
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """An event of an accepted request; duplicates are kept, flagged, as Meta counts them."""
+
+    pixel_id: str
+    api_version: str
+    data: dict[str, Any]
+    test_event_code: str | None
+    partner_agent: str | None
+    received_at: float
+    duplicate: bool
+
+    @property
+    def event_name(self) -> str:
+        return str(self.data["event_name"])
+
+    @property
+    def event_id(self) -> str | None:
+        event_id = self.data.get("event_id")
+        return event_id if isinstance(event_id, str) else None
+
+
+# --- the emulator ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    pixel_id: str
+    api_version: str
+    params: dict[str, Any]
+    body_error: str | None
+    arrived: float
+
+
+class GraphEmulator:
+    """The Graph API's Conversions endpoint on ``127.0.0.1`` (a free port by default).
+
+    ``access_tokens`` may be changed while running (token rotation); ``pixel_ids`` limits the
+    pixels that exist (any numeric id by default); ``now`` is the clock for event windows and
+    deduplication; ``on_request`` sees each :class:`RecordedRequest` (from a server thread).
+    """
+
+    def __init__(
+        self,
+        access_tokens: Iterable[str] = (DEFAULT_ACCESS_TOKEN,),
+        *,
+        now: Callable[[], float] = time.time,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        pixel_ids: Iterable[str] | None = None,
+        on_request: Callable[[RecordedRequest], None] | None = None,
+    ) -> None:
+        self.now = now
+        self.host = host
+        self.on_request = on_request
+        self._port = port
+        self._lock = threading.Lock()
+        self._tokens = _token_set(access_tokens)
+        self._pixel_ids = None if pixel_ids is None else frozenset(pixel_ids)
+        self._script: deque[Fault] = deque()
+        self._always: Fault | None = None
+        self._requests: list[RecordedRequest] = []
+        self._events: list[ReceivedEvent] = []
+        self._first_seen: dict[tuple[str, str, str], float] = {}
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = _Server((self.host, self._port), self)
+        self._port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_until_woken,
+            name=f"capi-graph-emulator:{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open connections, so a pooled one cannot reach a dead server."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._stopping.set()
+        server.wake()
+        if thread is not None:
+            thread.join(timeout=5)
+        server.close_connections()
+        server.server_close()
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The base URL to use as ``GRAPH_API_URL``, e.g. ``http://127.0.0.1:54321``."""
+        if self._server is None:
+            raise RuntimeError("The Graph emulator is not running: call start() first.")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._port}"
+
+    def events_url(self, pixel_id: str, api_version: str = "v25.0") -> str:
+        return f"{self.url}/{api_version}/{pixel_id}/events"
+
+    @property
+    def access_tokens(self) -> frozenset[str]:
+        with self._lock:
+            return self._tokens
+
+    @access_tokens.setter
+    def access_tokens(self, tokens: Iterable[str]) -> None:
+        with self._lock:
+            self._tokens = _token_set(tokens)
+
+    # faults
+
+    def script(self, *faults: Fault) -> None:
+        """Queue faults for the next requests to the events edge, one each, first in first out;
+        once they are used up, requests are handled normally again."""
+        for fault in faults:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"not a Fault: {fault!r}")
+        with self._lock:
+            self._script.extend(faults)
+
+    def fail_always(self, fault: Fault | None) -> None:
+        """Apply ``fault`` to every request the script leaves alone (an outage); ``None``
+        ends it."""
+        with self._lock:
+            self._always = fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self._always = None
+
+    @property
+    def pending_faults(self) -> int:
+        with self._lock:
+            return len(self._script)
+
+    # what was received
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def received_events(
+        self, pixel_id: str | None = None, *, include_duplicates: bool = True
+    ) -> list[ReceivedEvent]:
+        with self._lock:
+            return [
+                event
+                for event in self._events
+                if (pixel_id is None or event.pixel_id == pixel_id)
+                and (include_duplicates or not event.duplicate)
+            ]
+
+    def event_ids(
+        self, pixel_id: str | None = None, *, include_duplicates: bool = True
+    ) -> list[str]:
+        """The ``event_id`` of each received event in arrival order (events without one skipped)."""
+        return [
+            event.event_id
+            for event in self.received_events(pixel_id, include_duplicates=include_duplicates)
+            if event.event_id is not None
+        ]
+
+    @property
+    def duplicates(self) -> list[ReceivedEvent]:
+        with self._lock:
+            return [event for event in self._events if event.duplicate]
+
+    def reset(self) -> None:
+        """Forget requests, events, deduplication history and faults (tokens and clock stay)."""
+        with self._lock:
+            self._requests.clear()
+            self._events.clear()
+            self._first_seen.clear()
+            self._script.clear()
+            self._always = None
+
+    # request handling (called from server threads)
+
+    def _respond(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
+        """Answer one request and record it. Faults are only used up by the events edge, so
+        a request to a wrong path cannot swallow the fault a test meant for the next send."""
+        arrived = self.now()
+        split = urlsplit(target)
+        params, body_error = _parse_params(split.query, _header(headers, "Content-Type"), body)
+        token = params.get("access_token")
+        if token is None:
+            scheme, _, credentials = _header(headers, "Authorization").partition(" ")
+            if scheme.lower() in ("oauth", "bearer") and credentials:
+                token = credentials.strip()
+        match = _EDGE.fullmatch(split.path) if method == "POST" else None
+        fault: Fault | None = None
+        if match is None:
+            message = rules.unsupported_request(method)
+            reply = graph_error_reply(GraphError(100, 33, status=404, message=message))
+        else:
+            fault = self._next_fault()
+            request = _Request(match[2], match[1], params, body_error, arrived)
+            reply = self._apply(fault, request, token)
+        record = RecordedRequest(
+            method=method,
+            path=split.path,
+            pixel_id=match[2] if match else None,
+            api_version=match[1] if match else None,
+            params=_redacted(params),
+            headers={
+                name: REDACTED_TOKEN if name.lower() == "authorization" else value
+                for name, value in headers.items()
+            },
+            events=_events_or_empty(params),
+            status=None if reply.reset else reply.status,
+            response=reply.payload,
+            time=arrived,
+            fault=fault,
+        )
+        with self._lock:
+            self._requests.append(record)
+        if self.on_request is not None:
+            self.on_request(record)
+        return reply
+
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self._script.popleft() if self._script else self._always
+
+    def _apply(self, fault: Fault | None, request: _Request, token: object) -> Reply:
+        if fault is None:
+            return self._process(request, token)
+        if isinstance(fault, Delay):
+            reply = self._apply(fault.then, request, token)
+            reply.delay += fault.seconds
+            return reply
+        if isinstance(fault, WithHeaders):
+            reply = self._apply(fault.then, request, token)
+            reply.headers.update(fault.headers)
+            return reply
+        if isinstance(fault, ConnectionReset):
+            reply = self._process(request, token) if fault.processed else Reply(0)
+            reply.reset = True
+            return reply
+        if isinstance(fault, GraphError):
+            return graph_error_reply(fault)
+        if isinstance(fault, HttpStatus):
+            return http_status_reply(fault)
+        raise TypeError(f"unknown fault {fault!r}")
+
+    def _process(self, request: _Request, token: object) -> Reply:
+        if request.body_error is not None:
+            return rejection_reply(rules.Rejection(rules.INVALID_DATA, request.body_error))
+        if not isinstance(token, str) or not _TOKEN_SHAPE.fullmatch(token):
+            return graph_error_reply(GraphError(190))
+        with self._lock:
+            token_ok = token in self._tokens
+        if not token_ok:
+            return graph_error_reply(GraphError(190, 467))
+        if self._pixel_ids is not None and request.pixel_id not in self._pixel_ids:
+            message = rules.unsupported_request("POST", request.pixel_id)
+            return graph_error_reply(GraphError(100, 33, status=404, message=message))
+        try:
+            events = rules.decode_data(request.params.get("data"))
+            rules.validate_request(request.params, events, request.arrived)
+        except rules.Rejection as rejection:
+            return rejection_reply(rejection)
+        self._accept(request, events)
+        payload = {"events_received": len(events), "messages": [], "fbtrace_id": new_fbtrace_id()}
+        return json_reply(200, payload)
+
+    def _accept(self, request: _Request, events: list[dict[str, Any]]) -> None:
+        test_event_code = request.params.get("test_event_code")
+        partner_agent = request.params.get("partner_agent")
+        with self._lock:
+            for event in events:
+                duplicate = False
+                event_id = event.get("event_id")
+                if isinstance(event_id, str):
+                    key = (request.pixel_id, event["event_name"], event_id)
+                    first = self._first_seen.get(key)
+                    if first is not None and request.arrived - first < rules.DEDUP_WINDOW:
+                        duplicate = True
+                    else:
+                        self._first_seen[key] = request.arrived
+                self._events.append(
+                    ReceivedEvent(
+                        pixel_id=request.pixel_id,
+                        api_version=request.api_version,
+                        data=event,
+                        test_event_code=test_event_code,
+                        partner_agent=partner_agent,
+                        received_at=request.arrived,
+                        duplicate=duplicate,
+                    )
+                )
+
+
+# --- HTTP plumbing -----------------------------------------------------------------------
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # the default 5 drops bursts of parallel senders for a second
+
+    def __init__(self, address: tuple[str, int], emulator: GraphEmulator) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.emulator = emulator
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self.timeout = 0  # handle_request() runs only once a connection is waiting
+        super().__init__(address, _Handler)
+
+    def serve_until_woken(self) -> None:
+        # serve_forever() polls for shutdown, making every stop() wait up to a poll interval;
+        # a wake-up socket in the same select() makes stopping immediate.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not any(key.fileobj is self._wake_r for key, _ in selector.select()):
+                self.handle_request()
+
+    def wake(self) -> None:
+        self._wake_w.send(b"!")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can hang on a bad resolver.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._open_lock:
+            open_sockets = list(self._open)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A sender that gave up (read timeout) makes the late answer fail: that is expected.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "capi-graph-emulator"
+    server: _Server
+
+    def do_POST(self) -> None:
+        body = self._read_body()
+        headers = dict(self.headers.items())
+        try:
+            reply = self.server.emulator._respond(self.command, self.path, headers, body)
+        except Exception:  # noqa: BLE001 - any bug must still get an answer
+            traceback.print_exc()  # a bug in the emulator: answer like Graph's own failures
+            reply = graph_error_reply(GraphError(1))
+        if reply.delay > 0:
+            self.server.emulator._pause(reply.delay)
+        if reply.reset:
+            self._reset()
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline().strip():  # trailers
+                pass
+            return b"".join(chunks)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _reset(self) -> None:
+        # Linger 0 makes close() send RST instead of FIN: the sender sees a reset.
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # the makefile() reference would otherwise keep the socket open
+        self.connection.close()
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _token_set(tokens: Iterable[str]) -> frozenset[str]:
+    return frozenset([tokens] if isinstance(tokens, str) else tokens)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return ""
+
+
+def _redacted(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: REDACTED_TOKEN if name == "access_token" else value for name, value in params.items()
+    }
+
+
+def _events_or_empty(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    try:
+        return rules.decode_data(params.get("data"))
+    except rules.Rejection:
+        return []
+
+
+def _parse_params(query: str, content_type: str, body: bytes) -> tuple[dict[str, Any], str | None]:
+    """Query and body parameters merged (the body wins), and why the body is unreadable."""
+    params: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    mime = content_type.split(";")[0].strip().lower()
+    if not body.strip():
+        return params, None
+    try:
+        if mime == "application/json":
+            decoded = json.loads(body)
+            if not isinstance(decoded, dict):
+                return params, "A JSON body must be an object of parameters."
+            params.update(decoded)
+        elif mime == "application/x-www-form-urlencoded":
+            params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        elif mime == "multipart/form-data":
+            params.update(_parse_multipart(content_type, body))
+        else:
+            return params, f"Unsupported Content-Type {mime or '(none)'}: send form data or JSON."
+    except ValueError:
+        return params, f"The {mime} body could not be parsed."
+    return params, None
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, str]:
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ValueError("not multipart")
+    fields: dict[str, str] = {}
+    parts: Any = message.get_payload()
+    for part in parts:
+        name = part.get_param("name", header="content-disposition")
+        if name is None:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        fields[email.utils.collapse_rfc2231_value(name)] = payload.decode(
+            part.get_content_charset() or "utf-8"
+        )
+    return fields

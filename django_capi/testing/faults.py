@@ -1,0 +1,218 @@
+"""Scripted failures for the Graph emulator, and how each one (or a normal answer) is rendered.
+
+A fault stands in for one request's fate on the real Graph API: an error code a sender must
+handle, a proxy's bare status, a slow answer, a dropped connection, rate-limit headers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import rules
+
+
+class Fault:
+    """One request's scripted fate; see :meth:`GraphEmulator.script`."""
+
+
+@dataclass(frozen=True)
+class HttpStatus(Fault):
+    """A bare status with any body: what a proxy or load balancer in front of Graph sends
+    (an HTML 502 page, an empty 503). Nothing counts as received."""
+
+    status: int
+    body: str | bytes | Mapping[str, Any] = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraphError(Fault):
+    """A Graph-shaped error, for the codes a sender must tell apart (retry, throttle, new
+    token, give up). Defaults per code come from :data:`rules.GRAPH_ERRORS`: HTTP 500 for 1
+    and 2, 401 for 190, 400 otherwise; every field can be overridden. Nothing counts as
+    received."""
+
+    code: int
+    subcode: int | None = None
+    status: int | None = None
+    is_transient: bool | None = None
+    message: str | None = None
+    error_type: str | None = None
+    error_user_title: str | None = None
+    error_user_msg: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def http_status(self) -> int:
+        return self.status if self.status is not None else rules.error_spec(self.code).status
+
+    def body(self, fbtrace_id: str) -> dict[str, Any]:
+        spec = rules.error_spec(self.code)
+        message = self.message or rules.SUBCODE_MESSAGES.get(
+            (self.code, self.subcode or 0), spec.message
+        )
+        error_type = self.error_type or (
+            "GraphMethodException" if (self.code, self.subcode) == (100, 33) else spec.type
+        )
+        return error_body(
+            message=message,
+            error_type=error_type,
+            code=self.code,
+            subcode=self.subcode,
+            is_transient=spec.is_transient if self.is_transient is None else self.is_transient,
+            user_title=self.error_user_title,
+            user_msg=self.error_user_msg,
+            fbtrace_id=fbtrace_id,
+        )
+
+
+@dataclass(frozen=True)
+class Delay(Fault):
+    """Answer late, to run past the sender's read timeout. The request is handled on arrival,
+    before the pause: with ``then=None`` its events count (Meta usually has them although the
+    sender saw a timeout), so a retry shows up as a duplicate. ``then`` replaces the normal
+    answer with another fault (e.g. ``Delay(2, then=HttpStatus(504))``)."""
+
+    seconds: float
+    then: Fault | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionReset(Fault):
+    """Drop the connection with a TCP reset and no response (the sender sees a connection
+    error). ``processed=True`` handles the request first, as when Meta got the events but the
+    answer was lost; by default nothing counts."""
+
+    processed: bool = False
+
+
+@dataclass(frozen=True)
+class WithHeaders(Fault):
+    """Add response headers (rate-limit usage, say) to the normal answer or to ``then``."""
+
+    headers: Mapping[str, str]
+    then: Fault | None = None
+
+
+def business_use_case_usage(
+    business_id: str,
+    *,
+    estimated_time_to_regain_access: int = 0,
+    call_count: int = 100,
+    total_cputime: int = 25,
+    total_time: int = 25,
+    rate_limit_type: str = "ads_management",
+    ads_api_access_tier: str = "standard_access",
+) -> dict[str, str]:
+    """``X-Business-Use-Case-Usage`` as Graph sends it; the wait is in minutes."""
+    usage = {
+        business_id: [
+            {
+                "type": rate_limit_type,
+                "call_count": call_count,
+                "total_cputime": total_cputime,
+                "total_time": total_time,
+                "estimated_time_to_regain_access": estimated_time_to_regain_access,
+                "ads_api_access_tier": ads_api_access_tier,
+            }
+        ]
+    }
+    return {"X-Business-Use-Case-Usage": json.dumps(usage, separators=(",", ":"))}
+
+
+def app_usage(call_count: int = 0, total_cputime: int = 0, total_time: int = 0) -> dict[str, str]:
+    """``X-App-Usage`` as Graph sends it (percentages of the app's quota)."""
+    usage = {"call_count": call_count, "total_cputime": total_cputime, "total_time": total_time}
+    return {"X-App-Usage": json.dumps(usage, separators=(",", ":"))}
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """An answer still to be sent: the handler may have to wait, or reset instead."""
+
+    status: int
+    payload: Any = None
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    reset: bool = False
+
+
+def new_fbtrace_id() -> str:
+    return "A" + secrets.token_urlsafe(16)[:22]
+
+
+def error_body(
+    *,
+    message: str,
+    error_type: str,
+    code: int,
+    subcode: int | None,
+    is_transient: bool,
+    user_title: str | None,
+    user_msg: str | None,
+    fbtrace_id: str,
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message, "type": error_type, "code": code}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    error["is_transient"] = is_transient
+    if user_title is not None:
+        error["error_user_title"] = user_title
+    if user_msg is not None:
+        error["error_user_msg"] = user_msg
+    error["fbtrace_id"] = fbtrace_id
+    return {"error": error}
+
+
+def json_reply(
+    status: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> Reply:
+    fbtrace_id = payload.get("fbtrace_id") or payload["error"]["fbtrace_id"]
+    return Reply(
+        status,
+        payload=payload,
+        body=json.dumps(payload, separators=(",", ":")).encode(),
+        headers={
+            "Content-Type": "application/json; charset=UTF-8",
+            "x-fb-trace-id": fbtrace_id,
+            **(headers or {}),
+        },
+    )
+
+
+def graph_error_reply(fault: GraphError) -> Reply:
+    headers = dict(fault.headers)
+    if fault.code == 190:
+        headers.setdefault("WWW-Authenticate", 'OAuth "Facebook Platform" "invalid_token"')
+    return json_reply(fault.http_status(), fault.body(new_fbtrace_id()), headers)
+
+
+def rejection_reply(rejection: rules.Rejection) -> Reply:
+    return graph_error_reply(
+        GraphError(
+            100,
+            rejection.subcode,
+            message="Invalid parameter",
+            error_user_title=rejection.title,
+            error_user_msg=rejection.message,
+        )
+    )
+
+
+def http_status_reply(fault: HttpStatus) -> Reply:
+    if isinstance(fault.body, Mapping):
+        payload: Any = dict(fault.body)
+        body = json.dumps(payload).encode()
+        content_type = "application/json; charset=UTF-8"
+    else:
+        body = fault.body.encode() if isinstance(fault.body, str) else fault.body
+        payload = body.decode(errors="replace")
+        content_type = "text/html; charset=utf-8"
+    return Reply(fault.status, payload, body, {"Content-Type": content_type, **fault.headers})

@@ -1,0 +1,299 @@
+"""Draining the outbox against the Graph API emulator, over real HTTP."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from django_capi import signals
+from django_capi.delivery import drain
+from django_capi.models import DeliveryAttempt, OutboxEvent, PixelState
+from django_capi.testing import (
+    ConnectionReset,
+    Delay,
+    GraphError,
+    HttpStatus,
+    business_use_case_usage,
+)
+from tests.delivery_helpers import PIXEL, make_due, make_rows
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Status = OutboxEvent.Status
+Reason = OutboxEvent.FailureReason
+
+
+def statuses() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in OutboxEvent.objects.values_list("status", flat=True):
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+@pytest.fixture
+def received(settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "READ_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 0.5}
+
+
+def test_pending_rows_are_delivered_with_metas_answer(capi_graph):
+    rows = make_rows(3)
+    report = drain()
+    assert (report.claimed, report.delivered, report.requests) == (3, 3, 1)
+    assert capi_graph.event_ids() == [row.event_id for row in rows]
+    (request,) = capi_graph.requests
+    assert request.path == f"/v25.0/{PIXEL}/events"  # the token is in the body, not the URL
+    for row in OutboxEvent.objects.all():
+        assert row.status == Status.DELIVERED
+        assert row.delivered_at is not None
+        assert row.fbtrace_id == request.response["fbtrace_id"]
+        assert (row.attempts, row.last_http_status, row.lease_token) == (1, 200, None)
+    attempt = DeliveryAttempt.objects.first()
+    assert (attempt.outcome, attempt.http_status, attempt.events_received) == ("delivered", 200, 3)
+    assert attempt.batch_size == 3
+    assert attempt.duration_ms >= 0
+
+
+def test_a_second_drain_sends_nothing_again(capi_graph):
+    make_rows(2)
+    drain()
+    assert drain().claimed == 0
+    assert len(capi_graph.requests) == 1
+
+
+def test_batches_hold_at_most_batch_size_events(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 4}
+    make_rows(10)
+    report = drain()
+    assert (report.delivered, report.requests) == (10, 3)
+    assert [len(request.events) for request in capi_graph.requests] == [4, 4, 2]
+
+
+def test_each_pixel_gets_its_own_request(capi_graph):
+    make_rows(2, prefix="a", pixel_id="111")
+    make_rows(3, prefix="b", pixel_id="222")
+    drain()
+    assert sorted((r.pixel_id, len(r.events)) for r in capi_graph.requests) == [
+        ("111", 2),
+        ("222", 3),
+    ]
+
+
+def test_the_test_event_code_is_sent_when_configured(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "TEST_EVENT_CODE": "TEST123"}
+    make_rows(1)
+    drain()
+    assert capi_graph.received_events()[0].test_event_code == "TEST123"
+
+
+def test_a_batch_with_three_bad_events_delivers_the_rest(capi_graph):
+    rows = make_rows(1000)
+    bad = {rows[17].pk, rows[500].pk, rows[998].pk}
+    for row in OutboxEvent.objects.filter(pk__in=bad):
+        row.payload["user_data"] = {"em": "not-hashed@example.com"}
+        row.save()
+    report = drain()
+    assert statuses() == {"delivered": 997, "failed": 3}
+    failed = OutboxEvent.objects.filter(status=Status.FAILED)
+    assert set(failed.values_list("pk", flat=True)) == bad
+    for row in failed:
+        assert row.failure_reason == Reason.REJECTED
+        assert row.last_error.startswith("Meta HTTP 400 code 100")
+        assert row.last_error_code == 100
+    assert len(capi_graph.event_ids()) == 997
+    # Bisecting costs O(k log n): at most 2 requests per level per bad event, plus the first.
+    assert report.requests <= 1 + 2 * 3 * math.ceil(math.log2(1000))
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        HttpStatus(503, "<html>Service Unavailable</html>"),
+        HttpStatus(502),
+        GraphError(code=1),
+        GraphError(code=2),
+        GraphError(code=100, is_transient=True, status=400),
+        GraphError(code=368),
+        ConnectionReset(),
+        Delay(1.0),
+    ],
+)
+def test_transient_failures_retry_later_by_the_database_clock(capi_graph, received, fault):
+    make_rows(2)
+    capi_graph.script(fault)
+    report = drain()
+    assert report.retrying == 2
+    for row in OutboxEvent.objects.all():
+        assert row.status == Status.PENDING
+        assert row.attempts == 1
+        assert row.lease_token is None
+        assert row.next_attempt_at > timezone.now() + timedelta(milliseconds=500)
+        assert row.last_error
+    assert DeliveryAttempt.objects.filter(outcome="retry").count() == 2
+    make_due()
+    assert drain().delivered == 2
+    assert statuses() == {"delivered": 2}
+
+
+def test_retries_stop_at_max_attempts(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "MAX_ATTEMPTS": 3}
+    make_rows(1)
+    capi_graph.fail_always(HttpStatus(500))
+    for _ in range(3):
+        drain()
+        make_due()
+    row = OutboxEvent.objects.get()
+    assert (row.status, row.failure_reason, row.attempts) == ("failed", "exhausted", 3)
+    assert row.last_error == "Meta HTTP 500 HTTP 500 without a Graph API error body"
+    assert len(capi_graph.requests) == 3
+
+
+def test_a_retry_that_would_come_too_late_fails_as_expired(capi_graph):
+    # Sendable now (a minute of margin is kept), but gone before the earliest retry (1 s).
+    make_rows(1, age=timedelta(days=7) - timedelta(seconds=61))
+    capi_graph.script(HttpStatus(503))
+    drain()
+    row = OutboxEvent.objects.get()
+    assert (row.status, row.failure_reason) == ("failed", "expired")
+    assert row.last_error.endswith("(too old to retry)")
+
+
+def test_stale_rows_never_leave_the_machine(capi_graph):
+    make_rows(2, prefix="fresh")
+    make_rows(1, prefix="stale", age=timedelta(days=7, minutes=1))
+    make_rows(1, prefix="store", age=timedelta(days=30), action_source="physical_store")
+    drain()
+    stale = OutboxEvent.objects.get(event_id="stale-0")
+    assert (stale.status, stale.failure_reason) == ("failed", "expired")
+    assert stale.last_http_status is None
+    assert not DeliveryAttempt.objects.filter(event=stale).exists()
+    assert sorted(capi_graph.event_ids()) == ["fresh-0", "fresh-1", "store-0"]
+
+
+def test_a_rate_limit_pauses_the_pixel_for_as_long_as_meta_asks(capi_graph):
+    make_rows(3)
+    headers = business_use_case_usage(PIXEL, estimated_time_to_regain_access=2)
+    capi_graph.script(GraphError(code=17, subcode=2446079, headers=headers))
+    report = drain()
+    assert report.postponed == 3
+    state = PixelState.objects.get(pixel_id=PIXEL)
+    assert state.paused_until > timezone.now() + timedelta(seconds=110)
+    for row in OutboxEvent.objects.all():
+        assert (row.status, row.attempts) == ("pending", 0)  # the budget is kept
+        assert row.next_attempt_at > timezone.now() + timedelta(seconds=110)
+        assert row.last_error_code == 17
+    # New events for the paused pixel wait too.
+    make_rows(1, prefix="new")
+    assert drain().requests == 0
+    assert len(capi_graph.requests) == 1
+    PixelState.objects.update(paused_until=timezone.now())
+    make_due()
+    assert drain().delivered == 4
+
+
+@pytest.mark.parametrize("fault", [HttpStatus(429), GraphError(code=4), GraphError(code=613)])
+def test_other_rate_limits_pause_with_a_default(capi_graph, fault):
+    make_rows(1)
+    capi_graph.script(fault)
+    drain()
+    assert PixelState.objects.get().paused_until > timezone.now() + timedelta(seconds=50)
+    assert OutboxEvent.objects.get().attempts == 0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        GraphError(code=190, subcode=463),
+        GraphError(code=190, subcode=467),
+        GraphError(code=102),
+        GraphError(code=10),
+        GraphError(code=200),
+        GraphError(code=100, subcode=33),
+    ],
+)
+def test_a_broken_token_opens_the_circuit_and_burns_no_attempts(capi_graph, settings, fault):
+    alerts = []
+    signals.token_invalid.connect(lambda **kwargs: alerts.append(kwargs), weak=False)
+    try:
+        make_rows(5)
+        capi_graph.fail_always(fault)
+        drain()
+        drain()  # the circuit is open: nothing is sent
+        assert len(capi_graph.requests) == 1
+        assert len(alerts) == 1
+        assert alerts[0]["pixel_id"] == PIXEL
+        assert len(mail.outbox) == 1
+        assert "sending stopped" in mail.outbox[0].subject
+        for row in OutboxEvent.objects.all():
+            assert (row.status, row.attempts) == ("pending", 0)
+        assert PixelState.objects.get().circuit_opened_at is not None
+
+        # The token is fixed: the next drain probes at once and delivers.
+        capi_graph.fail_always(None)
+        capi_graph.access_tokens = ("a-new-token",)
+        settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "ACCESS_TOKEN": "a-new-token"}
+        assert drain().delivered == 5
+        assert PixelState.objects.get().circuit_opened_at is None
+    finally:
+        signals.token_invalid.receivers.clear()
+
+
+def test_the_circuit_probes_again_after_the_interval_without_a_second_alert(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "TOKEN_PROBE_SECONDS": 1}
+    make_rows(2)
+    capi_graph.fail_always(GraphError(code=190, subcode=463))
+    drain()
+    PixelState.objects.update(next_probe_at=timezone.now() - timedelta(seconds=1))
+    make_due()
+    drain()
+    assert len(capi_graph.requests) == 2  # one probe
+    assert len(mail.outbox) == 1
+    assert all(row.attempts == 0 for row in OutboxEvent.objects.all())
+    capi_graph.fail_always(None)
+    PixelState.objects.update(next_probe_at=timezone.now() - timedelta(seconds=1))
+    make_due()
+    assert drain().delivered == 2
+
+
+def test_the_token_appears_in_no_log_row_or_request_record(capi_graph, caplog):
+    make_rows(2)
+    capi_graph.script(GraphError(code=190, subcode=467), HttpStatus(500))
+    with caplog.at_level(logging.DEBUG):
+        drain()
+        PixelState.objects.all().delete()
+        make_due()
+        drain()
+    token = "test-token-not-real"
+    assert token not in caplog.text
+    assert all(token not in str(request.params) for request in capi_graph.requests)
+    for model in (OutboxEvent, DeliveryAttempt, PixelState):
+        assert token not in str(list(model.objects.values()))
+
+
+def test_a_broken_signal_receiver_does_not_change_the_outcome(capi_graph):
+    def broken(**kwargs):
+        raise RuntimeError("receiver bug")
+
+    signals.event_delivered.connect(broken)
+    try:
+        make_rows(2)
+        assert drain().delivered == 2
+    finally:
+        signals.event_delivered.disconnect(broken)
+    assert statuses() == {"delivered": 2}
+
+
+def test_failures_are_announced_with_their_reason(capi_graph):
+    seen = []
+    signals.event_failed.connect(lambda **kwargs: seen.append(kwargs), weak=False)
+    try:
+        make_rows(1, age=timedelta(days=8))
+        drain()
+    finally:
+        signals.event_failed.receivers.clear()
+    assert seen[0]["reason"] == Reason.EXPIRED
+    assert [row.event_id for row in seen[0]["events"]] == ["ev-0"]

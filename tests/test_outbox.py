@@ -1,0 +1,108 @@
+"""Claims and fenced write-backs, on whichever database the suite runs on."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import router
+from django.utils import timezone
+
+from django_capi import outbox
+from django_capi.client import ErrorKind, GraphError, GraphResult
+from django_capi.models import OutboxEvent
+from tests.delivery_helpers import make_rows
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OK = GraphResult(http_status=200, duration_ms=5, events_received=1, fbtrace_id="trace")
+DOWN = GraphResult(http_status=503, duration_ms=5, error=GraphError(ErrorKind.TRANSIENT, "down"))
+
+
+def claim(limit: int = 100, lease_seconds: int = 60, **kwargs) -> outbox.Lease:
+    return outbox.claim(
+        limit=limit,
+        lease_seconds=lease_seconds,
+        using=router.db_for_write(OutboxEvent),
+        **kwargs,
+    )
+
+
+def test_a_claim_leases_rows_counts_an_attempt_and_hides_them():
+    make_rows(3)
+    lease = claim()
+    assert len(lease.rows) == 3
+    for row in OutboxEvent.objects.all():
+        assert row.lease_token == lease.token
+        assert row.attempts == 1
+        assert row.leased_until == row.next_attempt_at
+        assert row.next_attempt_at > timezone.now() + timedelta(seconds=55)
+    assert claim().rows == []
+    assert abs(lease.db_now - timezone.now()) < timedelta(seconds=5)
+
+
+def test_claims_split_the_due_rows_between_them_oldest_first():
+    rows = make_rows(5)
+    first, second, third = claim(limit=2), claim(limit=2), claim(limit=2)
+    assert [row.pk for row in first.rows] == [rows[0].pk, rows[1].pk]
+    assert [row.pk for row in second.rows] == [rows[2].pk, rows[3].pk]
+    assert [row.pk for row in third.rows] == [rows[4].pk]
+
+
+def test_rows_not_yet_due_or_not_pending_are_not_claimed():
+    rows = make_rows(3)
+    OutboxEvent.objects.filter(pk=rows[0].pk).update(
+        next_attempt_at=timezone.now() + timedelta(hours=1)
+    )
+    OutboxEvent.objects.filter(pk=rows[1].pk).update(status=OutboxEvent.Status.FAILED)
+    assert [row.pk for row in claim().rows] == [rows[2].pk]
+
+
+def test_excluded_pixels_are_left_alone():
+    make_rows(2, prefix="a", pixel_id="111")
+    make_rows(2, prefix="b", pixel_id="222")
+    assert {row.pixel_id for row in claim(exclude_pixels={"111"}).rows} == {"222"}
+
+
+def test_a_lost_lease_cannot_overwrite_the_new_owners_result():
+    make_rows(2)
+    slow = claim(lease_seconds=1)
+    ids = [row.pk for row in slow.rows]
+    time.sleep(1.1)  # the lease runs out; another worker takes the rows over
+    fast = claim()
+    assert [row.pk for row in fast.rows] == ids
+    assert outbox.mark_delivered(fast, ids, OK) == 2
+    assert outbox.retry_later(slow, ids, delay=timedelta(minutes=5), error="late", result=DOWN) == 0
+    assert outbox.mark_failed(slow, ids, reason="rejected", error="late") == 0
+    assert set(OutboxEvent.objects.values_list("status", flat=True)) == {"delivered"}
+
+
+def test_rows_of_a_crashed_worker_come_back_after_the_lease():
+    make_rows(2)
+    crashed = claim(lease_seconds=1)
+    assert claim().rows == []
+    time.sleep(1.1)
+    again = claim()
+    assert len(again.rows) == 2
+    assert again.token != crashed.token
+    assert {row.attempts for row in again.rows} == {2}
+
+
+def test_renewing_keeps_rows_leased():
+    make_rows(1)
+    lease = claim(lease_seconds=1)
+    assert outbox.renew(lease, [lease.rows[0].pk], 60) == 1
+    time.sleep(1.1)
+    assert claim().rows == []
+
+
+def test_release_gives_the_attempt_back_and_retry_keeps_it():
+    rows = make_rows(2)
+    lease = claim()
+    outbox.release(lease, [rows[0].pk], delay=timedelta(0), error="paused", result=DOWN)
+    outbox.retry_later(lease, [rows[1].pk], delay=timedelta(0), error="down", result=DOWN)
+    released, retried = OutboxEvent.objects.order_by("pk")
+    assert (released.attempts, retried.attempts) == (0, 1)
+    assert released.lease_token is None and retried.lease_token is None
+    assert (retried.last_error, retried.last_http_status) == ("down", 503)
