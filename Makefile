@@ -40,6 +40,4 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 demo: install
-	cd example_project && ../$(BIN)/python manage.py migrate --no-input
-	@echo "Example shop on http://127.0.0.1:8000/ (Ctrl-C stops it)"
-	cd example_project && ../$(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/python example_project/demo.py

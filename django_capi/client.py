@@ -150,7 +150,11 @@ def classify(
             kind = ErrorKind.RATE_LIMIT
         elif http_status in (401, 403, 404):
             kind = ErrorKind.AUTH
-        return GraphError(kind, f"HTTP {http_status} without a Graph API error body")
+        return GraphError(
+            kind,
+            f"HTTP {http_status} without a Graph API error body",
+            retry_after=_retry_after(headers or {}) if kind is ErrorKind.RATE_LIMIT else None,
+        )
     code = _int_or_none(error_body.get("code"))
     subcode = _int_or_none(error_body.get("error_subcode"))
     is_transient = error_body.get("is_transient")

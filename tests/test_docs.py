@@ -70,3 +70,26 @@ assert row.event_id in detail.content.decode()
     assert result.stdout.strip().endswith(
         "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176"
     )
+
+
+@pytest.mark.slow
+def test_the_readme_testing_example_passes_in_the_example_shop(tmp_path):
+    block = code_block_starting_with("# shop/tests/test_capi.py")
+    test_file = tmp_path / "test_capi.py"
+    test_file.write_text(block)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DATABASE_URL": "sqlite:///:memory:",
+        "PYTHONPATH": str(ROOT / "example_project"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

@@ -58,9 +58,14 @@ DATABASES = {
 
 # django-capi reads CAPI_PIXEL_ID, CAPI_ACCESS_TOKEN, CAPI_GRAPH_API_URL and
 # CAPI_TEST_EVENT_CODE from the environment for keys left out here.
+# The demo's defaults: the local Graph API emulator (`manage.py capi_fakegraph`) and a
+# drainer polling the outbox (`manage.py capi_drain --loop`) instead of Celery.
 DJANGO_CAPI = {
     "PIXEL_ID": env.str("CAPI_PIXEL_ID", default="1234567890123456"),
+    "ACCESS_TOKEN": env.str("CAPI_ACCESS_TOKEN", default="demo-token"),
+    "GRAPH_API_URL": env.str("CAPI_GRAPH_API_URL", default="http://127.0.0.1:8111"),
     "DEFAULT_PHONE_REGION": "US",
+    "WAKE": "none",
 }
 
 LOGGING = {

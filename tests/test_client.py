@@ -1,0 +1,105 @@
+"""What Meta's answers mean for the events in a request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import override_settings
+
+from django_capi.client import ErrorKind, GraphClient, classify
+from django_capi.conf import capi_settings
+from django_capi.testing import GraphEmulator
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "kind"),
+    [
+        (500, {"code": 1}, ErrorKind.TRANSIENT),
+        (500, {"code": 2}, ErrorKind.TRANSIENT),
+        (400, {"code": 368}, ErrorKind.TRANSIENT),
+        (400, {"code": 100, "is_transient": True}, ErrorKind.TRANSIENT),
+        (503, {"code": 100}, ErrorKind.TRANSIENT),
+        (400, {"code": 4}, ErrorKind.RATE_LIMIT),
+        (400, {"code": 17, "error_subcode": 2446079}, ErrorKind.RATE_LIMIT),
+        (400, {"code": 32}, ErrorKind.RATE_LIMIT),
+        (400, {"code": 341}, ErrorKind.RATE_LIMIT),
+        (400, {"code": 613, "error_subcode": 1487742}, ErrorKind.RATE_LIMIT),
+        (400, {"code": 80004}, ErrorKind.RATE_LIMIT),
+        (429, {"code": 100}, ErrorKind.RATE_LIMIT),
+        (401, {"code": 190, "error_subcode": 463}, ErrorKind.AUTH),
+        (400, {"code": 102}, ErrorKind.AUTH),
+        (403, {"code": 10}, ErrorKind.AUTH),
+        (403, {"code": 200}, ErrorKind.AUTH),
+        (403, {"code": 299}, ErrorKind.AUTH),
+        (400, {"code": 100, "error_subcode": 33}, ErrorKind.AUTH),
+        (400, {"code": 100, "error_subcode": 2804003}, ErrorKind.INVALID),
+        (400, {"code": 100}, ErrorKind.INVALID),
+        (400, None, ErrorKind.TRANSIENT),  # a proxy said no: the events are not at fault
+        (408, None, ErrorKind.TRANSIENT),
+        (502, None, ErrorKind.TRANSIENT),
+        (429, None, ErrorKind.RATE_LIMIT),
+        (401, None, ErrorKind.AUTH),
+        (404, None, ErrorKind.AUTH),  # a wrong GRAPH_API_URL or pixel: stop, do not bisect
+    ],
+)
+def test_classification(status, error, kind):
+    assert classify(status, error).kind is kind
+
+
+def test_metas_wait_is_read_from_the_usage_header_in_minutes():
+    usage = {"12": [{"estimated_time_to_regain_access": 3}, {"estimated_time_to_regain_access": 5}]}
+    headers = {"X-Business-Use-Case-Usage": json.dumps(usage)}
+    assert classify(400, {"code": 17}, headers).retry_after == 300
+    assert classify(429, None, {"Retry-After": "42"}).retry_after == 42
+    assert (
+        classify(400, {"code": 17}, {"X-Business-Use-Case-Usage": "not json"}).retry_after is None
+    )
+
+
+def test_describe_names_status_code_title_and_message():
+    error = classify(
+        400,
+        {
+            "code": 100,
+            "error_subcode": 2804003,
+            "error_user_title": "Event Timestamp Too Old",
+            "error_user_msg": "The timestamp for this event is too far in the past.",
+        },
+    )
+    assert error.describe(400) == (
+        "Meta HTTP 400 code 100/2804003 Event Timestamp Too Old: "
+        "The timestamp for this event is too far in the past."
+    )
+
+
+class RecordingClient(GraphClient):
+    """Uses the documented ``create_session`` hook to see what goes on the wire."""
+
+    def create_session(self):
+        session = super().create_session()
+        self.sent = []
+        session.hooks["response"].append(lambda response, **kwargs: self.sent.append(response))
+        return session
+
+
+def test_the_token_travels_in_the_body_never_the_url():
+    with GraphEmulator(access_tokens=("secret-token",)) as emulator:
+        conf = {"PIXEL_ID": "1", "ACCESS_TOKEN": "secret-token", "GRAPH_API_URL": emulator.url}
+        with override_settings(DJANGO_CAPI=conf):
+            client = RecordingClient(capi_settings())
+        event = {
+            "event_name": "Lead",
+            "event_time": 1,
+            "action_source": "chat",
+            "user_data": {"external_id": "0" * 64},
+        }
+        result = client.post_events("1", [event])
+        client.close()
+        url = emulator.url
+    assert result.http_status == 400  # event_time 1 is far too old
+    assert result.error is not None and result.error.subcode == 2804003
+    (response,) = client.sent
+    assert response.request.url == f"{url}/v25.0/1/events"
+    assert "access_token=secret-token" in response.request.body
+    assert response.request.headers["Content-Type"] == "application/x-www-form-urlencoded"

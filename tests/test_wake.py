@@ -1,0 +1,103 @@
+"""How committed rows wake the drainer: one Celery task for a burst, none without Celery."""
+
+from __future__ import annotations
+
+import os
+from io import StringIO
+
+import pytest
+import redis
+from django.core.cache import cache
+from django.core.management import call_command
+from django.db import transaction
+from django.test import override_settings
+
+from django_capi import dispatch, send_event
+from django_capi.conf import capi_settings
+from django_capi.models import OutboxEvent
+from tests.delivery_helpers import make_rows
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def queue(settings):
+    """This run's own Redis queue, with no worker: what is queued stays there to be counted."""
+    from tests.celery_app import app
+
+    name = f"capi-wake-{os.getpid()}"
+    broker = redis.Redis.from_url(app.conf.broker_url)
+    broker.delete(name)
+    app.conf.task_default_queue = name
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "WAKE": "celery"}
+    cache.clear()
+    yield lambda: broker.llen(name)
+    app.conf.task_default_queue = "celery"
+    broker.delete(name)
+
+
+def lead(n: int) -> OutboxEvent:
+    return send_event("Lead", user_data={"em": f"l{n}@b.co"}, action_source="system_generated")
+
+
+def test_a_burst_of_1000_committed_orders_queues_one_task(queue):
+    for n in range(1000):
+        with transaction.atomic():
+            lead(n)
+    assert OutboxEvent.objects.count() == 1000
+    assert queue() == 1
+
+
+def test_a_started_task_lets_the_next_commit_queue_another(queue):
+    with transaction.atomic():
+        lead(1)
+    dispatch.clear_wake_flag()  # what drain_outbox does first
+    with transaction.atomic():
+        lead(2)
+    assert queue() == 2
+
+
+def test_a_rollback_queues_nothing(queue):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        lead(1)
+        raise RuntimeError
+    assert queue() == 0
+
+
+def test_without_celery_wake_ups_queue_nothing(queue, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "WAKE": "none"}
+    with transaction.atomic():
+        lead(1)
+    assert queue() == 0
+
+
+def test_wake_defaults_to_celery_when_it_is_installed():
+    with override_settings(DJANGO_CAPI={"PIXEL_ID": "1"}):
+        assert capi_settings().wake == "celery"
+
+
+def test_an_unreachable_broker_is_logged_and_the_commit_stands(settings, caplog):
+    from celery import Celery
+
+    from tests.celery_app import app
+
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "WAKE": "celery"}
+    cache.clear()
+    nobody_listens = Celery("unreachable", broker="redis://127.0.0.1:9/0", set_as_current=True)
+    nobody_listens.conf.task_publish_retry = False
+    try:
+        with transaction.atomic():
+            row = lead(1)
+    finally:
+        app.set_current()
+    assert OutboxEvent.objects.filter(pk=row.pk).exists()
+    assert "could not queue a drain; the periodic sweep will" in caplog.text
+    assert cache.get(dispatch.WAKE_FLAG) is None  # the next commit tries again
+
+
+def test_capi_drain_delivers_what_is_due_and_reports(capi_graph):
+    make_rows(3)
+    out = StringIO()
+    call_command("capi_drain", stdout=out)
+    assert "claimed 3, delivered 3" in out.getvalue()
+    assert len(capi_graph.event_ids()) == 3
