@@ -113,6 +113,8 @@ class _PixelDelivery:
         self.report = DrainReport()
 
     def run(self) -> DrainReport:
+        # Earlier pixels of the same lease may have taken a while.
+        outbox.renew(self.lease, _ids(self.rows), self.conf.lease_seconds)
         fresh = [row for row in self.rows if not self._too_old(row)]
         stale = [row for row in self.rows if self._too_old(row)]
         if stale:

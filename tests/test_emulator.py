@@ -934,6 +934,7 @@ def test_importing_the_plugin_and_emulator_needs_no_django() -> None:
                 "django_capi.testing.faults",
                 "django_capi.testing.pytest_plugin",
                 "django_capi.testing.rules",
+                "django_capi.testing.server",
             ]
         )
         + " False"

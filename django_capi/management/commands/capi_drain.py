@@ -9,6 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from django_capi.client import GraphClient
+from django_capi.conf import capi_settings
 from django_capi.delivery import DrainReport, drain
 
 
@@ -34,13 +36,18 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
         self.stdout.write("Draining the outbox; SIGTERM or Ctrl-C stops after the current batch.")
+        client = GraphClient()
         while not self.stopping:
+            if client.conf is not capi_settings():
+                client.close()  # the settings changed: reconnect with the new ones
+                client = GraphClient()
             # One batch at a time, so a stop request waits for one batch at most.
-            report = drain(max_batches=1)
+            report = drain(client=client, max_batches=1)
             if report.claimed:
                 self._report(report)
             else:
                 self._sleep(options["interval"])
+        client.close()
         self.stdout.write("Stopped.")
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
