@@ -17,12 +17,15 @@ import requests
 
 from .conf import CapiSettings, capi_settings
 
-#: Graph error codes for throttling (Meta's "recovery tactic": wait, then retry).
-RATE_LIMIT_CODES = frozenset({4, 17, 32, 341, 613, 80004})
+#: Graph error codes for throttling (Meta's "recovery tactic": wait, then retry), and 368,
+#: "temporarily blocked for policy violations… wait and retry": a pause, not the events' fault.
+RATE_LIMIT_CODES = frozenset({4, 17, 32, 341, 368, 613, 80004})
 #: Token expired or revoked (190, 102) and permission errors (10, 200–299): no retry helps.
 AUTH_CODES = frozenset({10, 102, 190, *range(200, 300)})
-#: Meta's temporary downtime codes, plus 368 ("temporarily blocked… wait and retry").
-TRANSIENT_CODES = frozenset({1, 2, 368})
+#: Meta's temporary downtime codes.
+TRANSIENT_CODES = frozenset({1, 2})
+#: "Invalid parameter": the one code that blames the events themselves.
+INVALID_PARAMETER = 100
 #: Graph code 100 with this subcode: the pixel does not exist or the token may not use it.
 UNSUPPORTED_POST_SUBCODE = 33
 
@@ -32,12 +35,14 @@ class ErrorKind(enum.StrEnum):
 
     TRANSIENT = "transient"  # try the same events again later
     RATE_LIMIT = "rate_limit"  # pause the pixel; the events are fine
-    AUTH = "auth"  # the token or its permissions are broken; stop sending
+    #: The token, its permissions, the pixel id or the API version is wrong: every request
+    #: would fail the same way, so stop sending until the setup is fixed.
+    SETUP = "setup"
     INVALID = "invalid"  # Meta refused the payload: at least one event is bad
 
 
 @dataclass(frozen=True)
-class GraphError:
+class GraphFailure:
     kind: ErrorKind
     message: str
     code: int | None = None
@@ -66,7 +71,7 @@ class GraphResult:
     duration_ms: int
     events_received: int | None = None
     fbtrace_id: str = ""
-    error: GraphError | None = None
+    error: GraphFailure | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,7 +114,7 @@ class GraphClient:
             return GraphResult(
                 http_status=None,
                 duration_ms=_elapsed_ms(started),
-                error=GraphError(ErrorKind.TRANSIENT, _describe_network_error(exc)),
+                error=GraphFailure(ErrorKind.TRANSIENT, _describe_network_error(exc)),
             )
         return parse_response(response, _elapsed_ms(started))
 
@@ -123,14 +128,21 @@ def parse_response(response: requests.Response, duration_ms: int) -> GraphResult
         body = {}
     error_body = body.get("error")
     fbtrace_id = str(body.get("fbtrace_id") or (error_body or {}).get("fbtrace_id") or "")
+    received = body.get("events_received")
     if 200 <= response.status_code < 300 and not error_body:
-        received = body.get("events_received")
-        return GraphResult(
-            http_status=response.status_code,
-            duration_ms=duration_ms,
-            events_received=received if isinstance(received, int) else None,
-            fbtrace_id=fbtrace_id,
+        if isinstance(received, int) and not isinstance(received, bool):
+            return GraphResult(
+                http_status=response.status_code,
+                duration_ms=duration_ms,
+                events_received=received,
+                fbtrace_id=fbtrace_id,
+            )
+        # A captive portal, a proxy's page or a wrong GRAPH_API_URL: nothing says Meta has
+        # the events, so they must not count as delivered.
+        failure = GraphFailure(
+            ErrorKind.TRANSIENT, f"HTTP {response.status_code} without events_received"
         )
+        return GraphResult(response.status_code, duration_ms, None, fbtrace_id, failure)
     return GraphResult(
         http_status=response.status_code,
         duration_ms=duration_ms,
@@ -141,7 +153,7 @@ def parse_response(response: requests.Response, duration_ms: int) -> GraphResult
 
 def classify(
     http_status: int, error_body: object, headers: Mapping[str, str] | None = None
-) -> GraphError:
+) -> GraphFailure:
     """Turn Meta's error answer into what it means for the events that were sent."""
     if not isinstance(error_body, dict):
         # No Graph error: a proxy, a load balancer or a wrong GRAPH_API_URL answered.
@@ -149,8 +161,8 @@ def classify(
         if http_status == 429:
             kind = ErrorKind.RATE_LIMIT
         elif http_status in (401, 403, 404):
-            kind = ErrorKind.AUTH
-        return GraphError(
+            kind = ErrorKind.SETUP
+        return GraphFailure(
             kind,
             f"HTTP {http_status} without a Graph API error body",
             retry_after=_retry_after(headers or {}) if kind is ErrorKind.RATE_LIMIT else None,
@@ -158,15 +170,19 @@ def classify(
     code = _int_or_none(error_body.get("code"))
     subcode = _int_or_none(error_body.get("error_subcode"))
     is_transient = error_body.get("is_transient")
-    if code in AUTH_CODES or (code == 100 and subcode == UNSUPPORTED_POST_SUBCODE):
-        kind = ErrorKind.AUTH
+    if code in AUTH_CODES or (code == INVALID_PARAMETER and subcode == UNSUPPORTED_POST_SUBCODE):
+        kind = ErrorKind.SETUP
     elif code in RATE_LIMIT_CODES or http_status == 429:
         kind = ErrorKind.RATE_LIMIT
     elif code in TRANSIENT_CODES or is_transient is True or http_status >= 500:
         kind = ErrorKind.TRANSIENT
-    else:
+    elif code == INVALID_PARAMETER:
         kind = ErrorKind.INVALID
-    return GraphError(
+    else:
+        # Any other code is about the request, not an event (a retired API version, say):
+        # bisecting would fail every event of the backlog for nothing.
+        kind = ErrorKind.SETUP
+    return GraphFailure(
         kind=kind,
         message=str(error_body.get("error_user_msg") or error_body.get("message") or ""),
         code=code,

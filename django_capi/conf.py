@@ -35,18 +35,20 @@ DEFAULTS: dict[str, Any] = {
     "TEST_EVENT_CODE": None,
     "DEFAULT_PHONE_REGION": None,
     "BATCH_SIZE": META_MAX_BATCH_SIZE,
-    "MAX_ATTEMPTS": 10,
+    # With the backoff below, 25 attempts span about two days on average: a long outage of
+    # Meta or of this server's network does not exhaust events Meta would still take.
+    "MAX_ATTEMPTS": 25,
     # Meta: "we recommend setting a timeout of 1500 milliseconds"; a 1000-event batch needs
     # longer than that to be answered.
     "CONNECT_TIMEOUT": 1.5,
     "READ_TIMEOUT": 5.0,
     # A worker owns claimed rows this long; it renews the lease while bisecting a batch.
     "LEASE_SECONDS": 60,
-    "RETRY_BASE_SECONDS": 10,
-    "RETRY_MAX_SECONDS": 3600,
+    "RETRY_BASE_SECONDS": 30,
+    "RETRY_MAX_SECONDS": 6 * 3600,
     "TOKEN_PROBE_SECONDS": 300,
     # How committed rows wake the drainer: "celery", "none" (cron or `capi_drain --loop`),
-    # or None for Celery when it is installed.
+    # or None for Celery when a Celery app with a broker is configured.
     "WAKE": None,
 }
 
@@ -108,7 +110,7 @@ def capi_settings() -> CapiSettings:
         else default
         for key, default in DEFAULTS.items()
     }
-    return CapiSettings(
+    conf = CapiSettings(
         pixel_id=_pixel_id(raw["PIXEL_ID"]),
         access_token=_optional_str("ACCESS_TOKEN", raw["ACCESS_TOKEN"]),
         graph_api_url=_graph_api_url(raw["GRAPH_API_URL"]),
@@ -127,6 +129,13 @@ def capi_settings() -> CapiSettings:
         ),
         wake=_wake(raw["WAKE"]),
     )
+    # Pitfall: a lease shorter than a request lets a second worker send the same rows.
+    if conf.lease_seconds <= 2 * (conf.connect_timeout + conf.read_timeout):
+        raise CapiConfigurationError(
+            f"{SETTING_NAME}['LEASE_SECONDS'] must be more than twice CONNECT_TIMEOUT + "
+            "READ_TIMEOUT, so a lease outlives the slowest request"
+        )
+    return conf
 
 
 @receiver(setting_changed)
@@ -190,10 +199,19 @@ def _seconds(key: str, value: object) -> float:
 
 def _wake(value: object) -> str:
     if value is None:
-        return "celery" if importlib.util.find_spec("celery") else "none"
+        return "celery" if _celery_is_configured() else "none"
     if value not in ("celery", "none"):
         raise _bad("WAKE", "'celery', 'none' or None (Celery when it is installed)")
     return str(value)
+
+
+def _celery_is_configured() -> bool:
+    if importlib.util.find_spec("celery") is None:
+        return False
+    from celery import current_app
+
+    # An app nobody configured would send tasks to amqp://localhost and lose them.
+    return bool(current_app.conf.broker_url)
 
 
 def _int_between(key: str, value: object, low: int, high: int) -> int:

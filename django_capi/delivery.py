@@ -1,7 +1,7 @@
 """One drain of the outbox: claim → batch per pixel → send → bisect → write back → signals.
 
-Every way of running delivery (the Celery task, ``capi_drain``, the admin's "send now") calls
-``drain``; this is the only place that decides what Meta's answer means for a row.
+Every way of running delivery (the Celery task, ``capi_drain``) calls ``drain``; this is the
+only place that decides what Meta's answer means for a row.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from itertools import groupby
@@ -17,9 +17,10 @@ from typing import Self
 
 from django.core.mail import mail_admins
 from django.db import router
+from django.dispatch import Signal
 
 from . import outbox, pixels, signals
-from .client import ErrorKind, GraphClient, GraphResult
+from .client import ErrorKind, GraphClient, GraphFailure, GraphResult
 from .models import DeliveryAttempt, OutboxEvent
 from .validation import max_event_age
 
@@ -31,13 +32,11 @@ Reason = OutboxEvent.FailureReason
 #: Events this close to Meta's age limit are not sent: one stale event makes Meta reject the
 #: whole request, and the request itself takes time.
 SEND_MARGIN = timedelta(minutes=1)
-#: Pause for a rate limit that does not say how long it lasts.
-DEFAULT_RATE_LIMIT_PAUSE = 60.0
 
 
 @dataclass
 class DrainReport:
-    """What one drain did, for logs, the admin's "send now" and the commands' output."""
+    """What one drain did, for logs and the commands' output."""
 
     claimed: int = 0
     delivered: int = 0
@@ -45,6 +44,8 @@ class DrainReport:
     retrying: int = 0
     postponed: int = 0
     requests: int = 0
+    #: Drains that stopped at a time or batch limit while rows were still coming.
+    unfinished: int = 0
 
     def __iadd__(self, other: DrainReport) -> Self:
         for field in fields(self):
@@ -62,8 +63,9 @@ def drain(
     time_limit: float | None = None,
     max_batches: int | None = None,
 ) -> DrainReport:
-    """Deliver due events until none are left (or a limit is reached). Safe to run in many
-    processes at once: each batch is leased to one of them."""
+    """Deliver due events of one database until none are left (or a limit is reached). Safe
+    to run in many processes at once: each batch is leased to one of them. Must not run
+    inside a transaction."""
     using = using or router.db_for_write(OutboxEvent)
     own_client = client is None
     client = client or GraphClient()
@@ -75,30 +77,38 @@ def drain(
             batch = drain_batch(using, client)
             report += batch
             batches += 1
-            if batch.claimed == 0 or batches == max_batches:
+            if batch.claimed == 0:
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            if batches == max_batches or (deadline is not None and time.monotonic() >= deadline):
+                report.unfinished += 1
                 break
     finally:
         if own_client:
             client.close()
     if report.claimed:
-        logger.info("django-capi drain: %s", report)
+        logger.info("django-capi drain of %r: %s", using, report)
     return report
 
 
 def drain_batch(using: str, client: GraphClient) -> DrainReport:
+    """Claim one lease's worth of rows and deliver them, pixel by pixel."""
     conf = client.conf
-    blocked = pixels.blocked_pixels(using, conf.access_token)
+    gate = pixels.gate(using, conf.access_token)
     lease = outbox.claim(
         limit=conf.batch_size,
         lease_seconds=conf.lease_seconds,
         using=using,
-        exclude_pixels=blocked,
+        exclude_pixels=gate.blocked,
     )
     report = DrainReport(claimed=len(lease.rows))
+    notices: list[Callable[[], None]] = []
     for pixel_id, rows in groupby(lease.rows, key=lambda row: row.pixel_id):
-        report += _PixelDelivery(lease, pixel_id, list(rows), client).run()
+        delivery = _PixelDelivery(lease, pixel_id, list(rows), client, notices)
+        report += delivery.run(probe=pixel_id in gate.probing)
+    # Receivers and mail servers are slow or broken at times; they run once every row of
+    # the lease is written, so they can never make a lease lapse.
+    for notice in notices:
+        notice()
     return report
 
 
@@ -106,63 +116,80 @@ class _PixelDelivery:
     """Sends one pixel's share of a lease and writes back what became of each row."""
 
     def __init__(
-        self, lease: outbox.Lease, pixel_id: str, rows: list[OutboxEvent], client: GraphClient
+        self,
+        lease: outbox.Lease,
+        pixel_id: str,
+        rows: list[OutboxEvent],
+        client: GraphClient,
+        notices: list[Callable[[], None]],
     ) -> None:
         self.lease, self.pixel_id, self.rows, self.client = lease, pixel_id, rows, client
         self.conf = client.conf
+        self.notices = notices
         self.report = DrainReport()
 
-    def run(self) -> DrainReport:
-        # Earlier pixels of the same lease may have taken a while.
-        outbox.renew(self.lease, _ids(self.rows), self.conf.lease_seconds)
-        fresh = [row for row in self.rows if not self._too_old(row)]
-        stale = [row for row in self.rows if self._too_old(row)]
-        if stale:
-            # Never sent: one stale event would make Meta reject every event beside it.
-            self._fail(stale, Reason.EXPIRED, "event_time is too old for Meta by now; not sent")
-        pending: list[list[OutboxEvent]] = [fresh] if fresh else []
+    def run(self, *, probe: bool) -> DrainReport:
+        # A pixel whose setup was broken is probed with one event before the rest are risked.
+        pending = [self.rows[1:], self.rows[:1]] if probe else [self.rows]
         while pending:
-            group = pending.pop()
+            group = self._sendable(pending.pop())
+            if not group:
+                continue
             result = self.client.post_events(self.pixel_id, [row.payload for row in group])
             self.report.requests += 1
-            error = result.error
-            if error is None:
+            failure = result.error
+            if failure is None:
                 self._delivered(group, result)
-                continue
-            if error.kind is ErrorKind.INVALID and len(group) > 1:
+            elif failure.kind is ErrorKind.INVALID and len(group) > 1:
                 # Meta refuses a whole batch for one bad event: halve until it stands alone.
                 # k bad events among n cost O(k log n) extra requests.
                 self._log(group, result, Outcome.BISECTED)
                 half = len(group) // 2
                 pending += [group[half:], group[:half]]
-                outbox.renew(self.lease, _ids(_flatten(pending)), self.conf.lease_seconds)
-            elif error.kind is ErrorKind.INVALID:
+            elif failure.kind is ErrorKind.INVALID:
                 self._log(group, result, Outcome.REJECTED)
-                self._fail(group, Reason.REJECTED, error.describe(result.http_status), result)
-            elif error.kind is ErrorKind.TRANSIENT:
-                self._retry_or_give_up(group, result)
+                self._fail(group, Reason.REJECTED, failure.describe(result.http_status), result)
+            elif failure.kind is ErrorKind.TRANSIENT:
+                self._retry_or_give_up(group, result, failure)
             else:
-                # Rate limits and broken tokens stop this pixel, for every group still here.
-                waiting = group + _flatten(pending)
+                # Rate limits and a broken setup stop this pixel, for every group still here.
+                waiting = group + [row for rest in pending for row in rest]
                 pending = []
-                if error.kind is ErrorKind.RATE_LIMIT:
-                    self._pause(waiting, result)
+                if failure.kind is ErrorKind.RATE_LIMIT:
+                    self._pause(waiting, result, failure)
                 else:
-                    self._open_circuit(waiting, result)
+                    self._open_circuit(waiting, result, failure)
         return self.report
 
-    def _too_old(self, row: OutboxEvent) -> bool:
-        limit = max_event_age(row.action_source) - SEND_MARGIN
-        return row.event_time < self.lease.db_now - limit
+    def _sendable(self, group: list[OutboxEvent]) -> list[OutboxEvent]:
+        """The rows of ``group`` still ours, with a fresh lease, and young enough for Meta."""
+        group = outbox.keep(self.lease, group, self.conf.lease_seconds)
+        now = self.lease.now()
+        stale = [row for row in group if row.event_time < now - self._age_limit(row)]
+        if stale:
+            # Never sent: one stale event would make Meta reject every event beside it.
+            self._fail(stale, Reason.EXPIRED, "event_time is too old for Meta by now; not sent")
+        gone = {row.pk for row in stale}
+        return [row for row in group if row.pk not in gone]
+
+    @staticmethod
+    def _age_limit(row: OutboxEvent) -> timedelta:
+        return max_event_age(row.action_source) - SEND_MARGIN
 
     def _delivered(self, group: list[OutboxEvent], result: GraphResult) -> None:
         self._log(group, result, Outcome.DELIVERED)
-        count = outbox.mark_delivered(self.lease, _ids(group), result)
-        self.report.delivered += count
-        if pixels.close_circuit(self.lease.using, self.pixel_id):
+        written = outbox.mark_delivered(self.lease, group, result)
+        self.report.delivered += len(written)
+        if result.events_received != len(group):
+            logger.warning(
+                "django-capi: Meta received %s of %d events for pixel %s",
+                result.events_received,
+                len(group),
+                self.pixel_id,
+            )
+        if pixels.record_success(self.lease.using, self.pixel_id):
             logger.warning("django-capi: pixel %s accepts events again", self.pixel_id)
-        self._lost_lease(group, count)
-        signals.send_safely(signals.event_delivered, events=group)
+        self._announce(signals.event_delivered, group, written, status=OutboxEvent.Status.DELIVERED)
 
     def _fail(
         self,
@@ -171,58 +198,56 @@ class _PixelDelivery:
         error: str,
         result: GraphResult | None = None,
     ) -> None:
-        count = outbox.mark_failed(
-            self.lease, _ids(group), reason=reason, error=error, result=result
-        )
-        self.report.failed += count
-        self._lost_lease(group, count)
+        written = outbox.mark_failed(self.lease, group, reason=reason, error=error, result=result)
+        self.report.failed += len(written)
         logger.warning(
             "django-capi: %d event(s) for pixel %s failed (%s): %s",
-            count,
+            len(written),
             self.pixel_id,
             reason,
             error,
         )
-        signals.send_safely(signals.event_failed, events=group, reason=reason)
+        self._announce(
+            signals.event_failed, group, written, status=OutboxEvent.Status.FAILED, reason=reason
+        )
 
-    def _retry_or_give_up(self, group: list[OutboxEvent], result: GraphResult) -> None:
-        assert result.error is not None  # noqa: S101 - only called for failed requests
-        error = result.error.describe(result.http_status)
+    def _retry_or_give_up(
+        self, group: list[OutboxEvent], result: GraphResult, failure: GraphFailure
+    ) -> None:
+        error = failure.describe(result.http_status)
         delay = backoff_delay(
             max(row.attempts for row in group),
             base=self.conf.retry_base_seconds,
             cap=self.conf.retry_max_seconds,
         )
-        next_try = self.lease.db_now + delay
+        next_try = self.lease.now() + delay
         exhausted, expiring, retry = [], [], []
         for row in group:
             if row.attempts >= self.conf.max_attempts:
                 exhausted.append(row)
-            elif row.event_time + max_event_age(row.action_source) - SEND_MARGIN <= next_try:
+            elif row.event_time + self._age_limit(row) <= next_try:
                 expiring.append(row)
             else:
                 retry.append(row)
-        self._log(group, result, Outcome.RETRY if retry else Outcome.FAILED)
         if exhausted:
+            self._log(exhausted, result, Outcome.FAILED)
             self._fail(exhausted, Reason.EXHAUSTED, error, result)
         if expiring:
+            self._log(expiring, result, Outcome.FAILED)
             self._fail(expiring, Reason.EXPIRED, f"{error} (too old to retry)", result)
         if retry:
-            count = outbox.retry_later(
-                self.lease, _ids(retry), delay=delay, error=error, result=result
-            )
-            self.report.retrying += count
-            self._lost_lease(retry, count)
+            self._log(retry, result, Outcome.RETRY)
+            written = outbox.retry_later(self.lease, retry, delay=delay, error=error, result=result)
+            self.report.retrying += len(written)
 
-    def _pause(self, group: list[OutboxEvent], result: GraphResult) -> None:
-        assert result.error is not None  # noqa: S101
-        error = result.error.describe(result.http_status)
-        seconds = result.error.retry_after or DEFAULT_RATE_LIMIT_PAUSE
+    def _pause(self, group: list[OutboxEvent], result: GraphResult, failure: GraphFailure) -> None:
+        error = failure.describe(result.http_status)
         self._log(group, result, Outcome.RATE_LIMITED)
-        self.report.postponed += outbox.release(
-            self.lease, _ids(group), delay=timedelta(seconds=seconds), error=error, result=result
+        seconds = pixels.pause(self.lease.using, self.pixel_id, failure.retry_after, error)
+        written = outbox.release(
+            self.lease, group, delay=timedelta(seconds=seconds), error=error, result=result
         )
-        pixels.pause(self.lease.using, self.pixel_id, seconds, error)
+        self.report.postponed += len(written)
         logger.warning(
             "django-capi: pixel %s is rate limited; pausing %.0f s: %s",
             self.pixel_id,
@@ -230,14 +255,16 @@ class _PixelDelivery:
             error,
         )
 
-    def _open_circuit(self, group: list[OutboxEvent], result: GraphResult) -> None:
-        assert result.error is not None  # noqa: S101
-        error = result.error.describe(result.http_status)
+    def _open_circuit(
+        self, group: list[OutboxEvent], result: GraphResult, failure: GraphFailure
+    ) -> None:
+        error = failure.describe(result.http_status)
         probe = self.conf.token_probe_seconds
         self._log(group, result, Outcome.TOKEN_INVALID)
-        self.report.postponed += outbox.release(
-            self.lease, _ids(group), delay=timedelta(seconds=probe), error=error, result=result
+        written = outbox.release(
+            self.lease, group, delay=timedelta(seconds=probe), error=error, result=result
         )
+        self.report.postponed += len(written)
         opened = pixels.open_circuit(
             self.lease.using,
             self.pixel_id,
@@ -246,33 +273,48 @@ class _PixelDelivery:
             error=error,
         )
         if opened:
-            self._alert_token_invalid(error)
-
-    def _alert_token_invalid(self, error: str) -> None:
-        message = (
-            f"Meta refuses the Conversions API token or its permissions for pixel "
-            f"{self.pixel_id}: {error.rstrip('.')}. Sending has stopped and no events are "
-            f"lost; they are sent once DJANGO_CAPI['ACCESS_TOKEN'] is fixed."
-        )
-        logger.error("django-capi: %s", message)
-        signals.send_safely(signals.token_invalid, pixel_id=self.pixel_id, error=error)
-        try:
-            mail_admins("Meta Conversions API: sending stopped", message, fail_silently=True)
-        except Exception:
-            logger.exception("django-capi could not mail the admins")
+            self.notices.append(lambda: _alert_setup_broken(self.pixel_id, error))
 
     def _log(self, group: list[OutboxEvent], result: GraphResult, outcome: Outcome) -> None:
         outbox.record_attempts(
             self.lease, group, result=result, outcome=outcome, batch_size=len(group)
         )
 
-    def _lost_lease(self, group: list[OutboxEvent], written: int) -> None:
-        if written < len(group):
+    def _announce(
+        self,
+        signal: Signal,
+        group: Sequence[OutboxEvent],
+        written: list[int],
+        *,
+        status: str,
+        **kwargs: object,
+    ) -> None:
+        if len(written) < len(group):
             logger.warning(
                 "django-capi: %d row(s) were taken over by another worker after this lease "
-                "expired; their new owner's outcome stands",
-                len(group) - written,
+                "lapsed; their new owner's outcome stands",
+                len(group) - len(written),
             )
+        ours = set(written)
+        events = [row for row in group if row.pk in ours]
+        for row in events:
+            row.status = status
+        if events:
+            self.notices.append(lambda: signals.send_safely(signal, events=events, **kwargs))
+
+
+def _alert_setup_broken(pixel_id: str, error: str) -> None:
+    message = (
+        f"Meta refuses the Conversions API setup for pixel {pixel_id} (token, permissions, "
+        f"pixel id or API version): {error.rstrip('.')}. Sending has stopped and no events "
+        f"are lost; they are sent once DJANGO_CAPI is fixed."
+    )
+    logger.error("django-capi: %s", message)
+    signals.send_safely(signals.token_invalid, pixel_id=pixel_id, error=error)
+    try:
+        mail_admins("Meta Conversions API: sending stopped", message, fail_silently=True)
+    except Exception:
+        logger.exception("django-capi could not mail the admins")
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> timedelta:
@@ -280,11 +322,3 @@ def backoff_delay(attempts: int, *, base: float, cap: float) -> timedelta:
     floor of one second keeps a retry from coming back within the same drain at once."""
     ceiling = min(cap, base * 2 ** max(0, attempts - 1))
     return timedelta(seconds=max(1.0, random.uniform(0, ceiling)))  # noqa: S311
-
-
-def _ids(rows: Sequence[OutboxEvent]) -> list[int]:
-    return [row.pk for row in rows]
-
-
-def _flatten(groups: list[list[OutboxEvent]]) -> list[OutboxEvent]:
-    return [row for group in groups for row in group]

@@ -64,6 +64,9 @@ class OutboxEvent(models.Model):
     last_http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
     last_error_code = models.IntegerField(_("Meta error code"), null=True, blank=True)
     last_error_subcode = models.IntegerField(_("Meta error subcode"), null=True, blank=True)
+    last_error_type = models.CharField(_("Meta error type"), max_length=100, blank=True)
+    last_events_received = models.PositiveIntegerField(_("events received"), null=True, blank=True)
+    last_duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
     fbtrace_id = models.CharField(_("fbtrace id"), max_length=64, blank=True)
 
     source_type = models.ForeignKey(
@@ -137,6 +140,8 @@ class PixelState(models.Model):
 
     pixel_id = models.CharField(_("pixel"), max_length=32, unique=True)
     paused_until = models.DateTimeField(_("paused until"), null=True, blank=True)
+    # Rate limits in a row without Meta saying how long: each pause doubles.
+    rate_limit_streak = models.PositiveSmallIntegerField(_("rate limits in a row"), default=0)
     circuit_opened_at = models.DateTimeField(_("circuit open since"), null=True, blank=True)
     next_probe_at = models.DateTimeField(_("next probe"), null=True, blank=True)
     # An HMAC of the token that failed, never the token: a new token is probed at once.

@@ -5,17 +5,22 @@ The only module that knows about locking. Every time comes from the database clo
 transaction stays open while events travel to Meta: a claim is one short transaction, and
 each write-back is a single UPDATE fenced on the lease token, so a worker whose lease expired
 cannot overwrite the result of the worker that took the rows over.
+
+A row is leased while ``leased_until`` is set. ``lease_token`` stays on the row after a
+write-back as the stamp of its last owner, which is how a write-back learns exactly which
+rows it wrote.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections, router, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -28,13 +33,24 @@ PENDING = OutboxEvent.Status.PENDING
 
 @dataclass(frozen=True)
 class Lease:
-    """Rows one worker owns until ``leased_until``; ``db_now`` is the database's clock at the
-    claim, for decisions that must not depend on this host's clock."""
+    """Rows one worker owns until their ``leased_until``."""
 
     token: uuid.UUID
     using: str
     rows: list[OutboxEvent]
+    #: The database's clock at the claim; ``now()`` moves it on by this process's monotonic
+    #: clock, so decisions never depend on this host's wall clock.
     db_now: datetime
+    claimed_at: float = field(default_factory=time.monotonic)
+
+    def now(self) -> datetime:
+        return self.db_now + timedelta(seconds=time.monotonic() - self.claimed_at)
+
+
+def databases() -> list[str]:
+    """The database aliases that hold an outbox: rows follow the alias of the save that made
+    them, so a sweep must visit each."""
+    return [alias for alias in connections if router.allow_migrate_model(alias, OutboxEvent)]
 
 
 def claim(
@@ -45,11 +61,15 @@ def claim(
     Moving ``next_attempt_at`` to the end of the lease is what makes a row invisible to other
     claims while it is in flight, and visible again if this worker dies.
     """
+    if connections[using].in_atomic_block:
+        # A claim inside the caller's transaction would keep its row locks (and the
+        # transaction) open while events travel to Meta.
+        raise RuntimeError("the outbox must be drained outside a transaction")
     token = uuid.uuid4()
     due = OutboxEvent.objects.using(using).filter(status=PENDING, next_attempt_at__lte=Now())
     if exclude_pixels:
         due = due.exclude(pixel_id__in=exclude_pixels)
-    oldest_first = due.order_by("next_attempt_at", "pk")
+    oldest_first = due.order_by("next_attempt_at", "pk").values_list("pk", flat=True)
     lease_end = Now() + timedelta(seconds=lease_seconds)
     changes: dict[str, Any] = {
         "lease_token": token,
@@ -60,91 +80,105 @@ def claim(
     if connections[using].features.has_select_for_update_skip_locked:
         # PostgreSQL, MySQL: concurrent claims skip each other's rows instead of waiting.
         with transaction.atomic(using=using):
-            ids = list(
-                oldest_first.select_for_update(skip_locked=True).values_list("pk", flat=True)[
-                    :limit
-                ]
-            )
+            ids = list(oldest_first.select_for_update(skip_locked=True)[:limit])
             if ids:
                 OutboxEvent.objects.using(using).filter(pk__in=ids).update(**changes)
     else:
-        # SQLite: one UPDATE is atomic under its database lock, and it re-checks that each
-        # row is still due, so two claims can never take the same row (compare-and-set).
-        due.filter(pk__in=oldest_first.values("pk")[:limit]).update(**changes)
+        # SQLite: the UPDATE re-checks that each candidate is still due, under the database
+        # lock, so two claims never take the same row (compare-and-set).
+        ids = list(oldest_first[:limit])
+        if ids:
+            due.filter(pk__in=ids).update(**changes)
     rows = list(
         OutboxEvent.objects.using(using)
-        .filter(lease_token=token)
+        .filter(pk__in=ids, lease_token=token)
         .annotate(db_now=Now())
         .order_by("pixel_id", "pk")
     )
     # Nothing claimed means nothing to decide, so this host's clock is good enough then.
     db_now = rows[0].db_now if rows else timezone.now()
-    return Lease(token=token, using=using, rows=list[OutboxEvent](rows), db_now=db_now)
+    return Lease(token=token, using=using, rows=list(rows), db_now=db_now)
 
 
-def renew(lease: Lease, ids: Iterable[int], lease_seconds: int) -> int:
-    """Keep rows that are still being worked on (a batch being bisected) from expiring."""
+def keep(lease: Lease, rows: Sequence[OutboxEvent], lease_seconds: int) -> list[OutboxEvent]:
+    """Extend the lease of ``rows`` and return those still owned: rows taken over by another
+    worker after this lease lapsed must not be sent again."""
     lease_end = Now() + timedelta(seconds=lease_seconds)
-    return _owned(lease, ids).update(leased_until=lease_end, next_attempt_at=lease_end)
+    owned = _owned(lease, rows)
+    if owned.update(leased_until=lease_end, next_attempt_at=lease_end) == len(rows):
+        return list(rows)
+    still = set(_owned(lease, rows).values_list("pk", flat=True))
+    return [row for row in rows if row.pk in still]
 
 
-def mark_delivered(lease: Lease, ids: Iterable[int], result: GraphResult) -> int:
-    return _owned(lease, ids).update(
+def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: GraphResult) -> list[int]:
+    return _write(
+        lease,
+        rows,
         status=OutboxEvent.Status.DELIVERED,
         delivered_at=Now(),
         last_error="",
-        **_unleased(),
         **_answer(result),
     )
 
 
 def mark_failed(
     lease: Lease,
-    ids: Iterable[int],
+    rows: Sequence[OutboxEvent],
     *,
     reason: OutboxEvent.FailureReason,
     error: str,
     result: GraphResult | None = None,
-) -> int:
+) -> list[int]:
     answer = _answer(result) if result is not None else {}
-    return _owned(lease, ids).update(
+    return _write(
+        lease,
+        rows,
         status=OutboxEvent.Status.FAILED,
         failure_reason=reason,
         last_error=error,
-        **_unleased(),
         **answer,
     )
 
 
 def retry_later(
-    lease: Lease, ids: Iterable[int], *, delay: timedelta, error: str, result: GraphResult
-) -> int:
+    lease: Lease,
+    rows: Sequence[OutboxEvent],
+    *,
+    delay: timedelta,
+    error: str,
+    result: GraphResult,
+) -> list[int]:
     """Back to ``pending`` after ``delay``; the attempt counts."""
-    return _owned(lease, ids).update(
-        next_attempt_at=Now() + delay, last_error=error, **_unleased(), **_answer(result)
-    )
+    return _write(lease, rows, next_attempt_at=Now() + delay, last_error=error, **_answer(result))
 
 
 def release(
-    lease: Lease, ids: Iterable[int], *, delay: timedelta, error: str, result: GraphResult
-) -> int:
+    lease: Lease,
+    rows: Sequence[OutboxEvent],
+    *,
+    delay: timedelta,
+    error: str,
+    result: GraphResult,
+) -> list[int]:
     """Back to ``pending`` after ``delay`` without spending an attempt: the events were not
     at fault (the pixel is rate limited or its token is broken)."""
-    return _owned(lease, ids).update(
+    return _write(
+        lease,
+        rows,
         next_attempt_at=Now() + delay,
         attempts=F("attempts") - 1,
         last_error=error,
-        **_unleased(),
         **_answer(result),
     )
 
 
 def postpone_pixel(using: str, pixel_id: str, delay: timedelta) -> int:
-    """Move a paused pixel's due rows past the pause, so claims stop scanning them."""
+    """Move a paused pixel's waiting rows past the pause, so claims stop scanning them."""
     until = Now() + delay
     return (
         OutboxEvent.objects.using(using)
-        .filter(pixel_id=pixel_id, status=PENDING, next_attempt_at__lt=until)
+        .filter(pixel_id=pixel_id, status=PENDING, leased_until=None, next_attempt_at__lt=until)
         .update(next_attempt_at=until)
     )
 
@@ -153,14 +187,14 @@ def resume_pixel(using: str, pixel_id: str) -> int:
     """Make a pixel's waiting rows due now (its token was replaced); rows in flight stay."""
     return (
         OutboxEvent.objects.using(using)
-        .filter(pixel_id=pixel_id, status=PENDING, lease_token=None, next_attempt_at__gt=Now())
+        .filter(pixel_id=pixel_id, status=PENDING, leased_until=None, next_attempt_at__gt=Now())
         .update(next_attempt_at=Now())
     )
 
 
 def record_attempts(
     lease: Lease,
-    rows: Iterable[OutboxEvent],
+    rows: Sequence[OutboxEvent],
     *,
     result: GraphResult,
     outcome: DeliveryAttempt.Outcome,
@@ -186,14 +220,27 @@ def record_attempts(
     )
 
 
-def _owned(lease: Lease, ids: Iterable[int]) -> QuerySet[OutboxEvent]:
+def _owned(lease: Lease, rows: Sequence[OutboxEvent]) -> QuerySet[OutboxEvent]:
     return OutboxEvent.objects.using(lease.using).filter(
-        pk__in=list(ids), lease_token=lease.token, status=PENDING
+        pk__in=[row.pk for row in rows],
+        lease_token=lease.token,
+        leased_until__isnull=False,
+        status=PENDING,
     )
 
 
-def _unleased() -> dict[str, Any]:
-    return {"lease_token": None, "leased_until": None}
+def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[int]:
+    """Apply ``changes`` to the rows this lease still owns; return the ids it wrote."""
+    ids = [row.pk for row in rows]
+    written = _owned(lease, rows).update(leased_until=None, **changes)
+    if written == len(ids):
+        return ids
+    # Some rows were taken over; ours are those still stamped with this lease, now unleased.
+    return list(
+        OutboxEvent.objects.using(lease.using)
+        .filter(pk__in=ids, lease_token=lease.token, leased_until=None)
+        .values_list("pk", flat=True)
+    )
 
 
 def _answer(result: GraphResult) -> dict[str, Any]:
@@ -203,5 +250,8 @@ def _answer(result: GraphResult) -> dict[str, Any]:
         "last_http_status": result.http_status,
         "last_error_code": error.code if error else None,
         "last_error_subcode": error.subcode if error else None,
+        "last_error_type": error.type[:100] if error else "",
+        "last_events_received": result.events_received,
+        "last_duration_ms": result.duration_ms,
         "fbtrace_id": result.fbtrace_id[:64],
     }

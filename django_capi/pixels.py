@@ -1,21 +1,29 @@
-"""Per-pixel delivery state shared by all workers: rate-limit pauses and the token circuit.
+"""Per-pixel delivery state shared by all workers: rate-limit pauses and the setup circuit.
 
-When Meta says a token is expired or lacks permission, every further request fails the same
-way; sending anyway would burn every event's attempts. So the pixel's circuit opens: no
-sends, one alert, a probe after ``TOKEN_PROBE_SECONDS``, and at once when the configured
-token changes.
+When Meta says a token is expired or lacks permission (or the pixel or API version is wrong),
+every further request fails the same way; sending anyway would burn every event's attempts.
+So the pixel's circuit opens: no sends, one alert, a one-event probe every
+``TOKEN_PROBE_SECONDS``, and a probe at once when the configured token changes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils.crypto import salted_hmac
 
 from . import outbox
 from .models import PixelState
+
+#: Longest rate-limit pause, whatever a usage header says: a bad header must not stall
+#: delivery for days.
+MAX_PAUSE_SECONDS = 3600.0
+#: First pause for a rate limit that does not say how long it lasts; it doubles while they
+#: keep coming.
+DEFAULT_PAUSE_SECONDS = 60.0
 
 
 def token_fingerprint(token: str | None) -> str:
@@ -23,58 +31,72 @@ def token_fingerprint(token: str | None) -> str:
     return salted_hmac("django_capi.token", token or "").hexdigest()[:32]
 
 
-def blocked_pixels(using: str, token: str | None) -> set[str]:
-    """Pixels not to send to now. A circuit opened under another token is closed for a probe
-    right away, and its waiting rows become due."""
-    fingerprint = token_fingerprint(token)
+@dataclass(frozen=True)
+class PixelGate:
+    """Which pixels a drain must leave alone, and which it may only probe."""
+
+    blocked: frozenset[str]
+    probing: frozenset[str]
+
+
+def gate(using: str, token: str | None) -> PixelGate:
+    """Pixels paused or with an open circuit are blocked; an open circuit whose probe is due,
+    or which was opened under another token, is probed. Its waiting rows become due."""
     states = PixelState.objects.using(using)
-    replaced = list(
-        states.filter(circuit_opened_at__isnull=False, next_probe_at__gt=Now())
-        .exclude(token_fingerprint=fingerprint)
-        .values_list("pixel_id", flat=True)
+    replaced = states.filter(circuit_opened_at__isnull=False, next_probe_at__gt=Now()).exclude(
+        token_fingerprint=token_fingerprint(token)
     )
-    for pixel_id in replaced:
+    for pixel_id in list(replaced.values_list("pixel_id", flat=True)):
         states.filter(pixel_id=pixel_id).update(next_probe_at=Now())
         outbox.resume_pixel(using, pixel_id)
-    return set(
-        states.filter(
-            Q(paused_until__gt=Now()) | Q(circuit_opened_at__isnull=False, next_probe_at__gt=Now())
-        ).values_list("pixel_id", flat=True)
-    )
+    blocked = states.filter(
+        Q(paused_until__gt=Now()) | Q(circuit_opened_at__isnull=False, next_probe_at__gt=Now())
+    ).values_list("pixel_id", flat=True)
+    probing = states.filter(circuit_opened_at__isnull=False).values_list("pixel_id", flat=True)
+    blocked_set = frozenset(blocked)
+    return PixelGate(blocked=blocked_set, probing=frozenset(probing) - blocked_set)
 
 
-def pause(using: str, pixel_id: str, seconds: float, error: str) -> None:
+def pause(using: str, pixel_id: str, seconds: float | None, error: str) -> float:
+    """Stop sending to ``pixel_id`` for ``seconds`` (Meta's estimate), or for a pause that
+    doubles with each rate limit in a row; return the pause chosen."""
+    state, _ = PixelState.objects.using(using).get_or_create(pixel_id=pixel_id)
+    if seconds is None:
+        seconds = DEFAULT_PAUSE_SECONDS * 2 ** min(state.rate_limit_streak, 10)
+    seconds = min(seconds, MAX_PAUSE_SECONDS)
     delay = timedelta(seconds=seconds)
-    PixelState.objects.using(using).update_or_create(
-        pixel_id=pixel_id, defaults={"paused_until": Now() + delay, "last_error": error}
+    PixelState.objects.using(using).filter(pk=state.pk).update(
+        paused_until=Now() + delay,
+        rate_limit_streak=F("rate_limit_streak") + 1,
+        last_error=error,
     )
     outbox.postpone_pixel(using, pixel_id, delay)
+    return seconds
 
 
 def open_circuit(
     using: str, pixel_id: str, *, token: str | None, probe_seconds: int, error: str
 ) -> bool:
-    """Stop sending to ``pixel_id`` until a probe succeeds. True when it was closed before."""
+    """Stop sending to ``pixel_id`` until a probe succeeds. True for the one worker that
+    opened it (it raises the alert); False when it was open already."""
     delay = timedelta(seconds=probe_seconds)
     state, _ = PixelState.objects.using(using).get_or_create(pixel_id=pixel_id)
-    was_closed = state.circuit_opened_at is None
-    updated = PixelState.objects.using(using).filter(pk=state.pk)
-    if was_closed:
-        # Only the worker whose UPDATE flips the circuit counts as having opened it.
-        was_closed = bool(updated.filter(circuit_opened_at=None).update(circuit_opened_at=Now()))
-    updated.update(
+    this = PixelState.objects.using(using).filter(pk=state.pk)
+    opened = bool(this.filter(circuit_opened_at=None).update(circuit_opened_at=Now()))
+    this.update(
         next_probe_at=Now() + delay,
         token_fingerprint=token_fingerprint(token),
         last_error=error,
     )
     outbox.postpone_pixel(using, pixel_id, delay)
-    return was_closed
+    return opened
 
 
-def close_circuit(using: str, pixel_id: str) -> bool:
-    """A request went through: the token works. True when a circuit was open."""
-    return bool(
-        PixelState.objects.using(using)
-        .filter(pixel_id=pixel_id, circuit_opened_at__isnull=False)
-        .update(circuit_opened_at=None, next_probe_at=None, last_error="")
+def record_success(using: str, pixel_id: str) -> bool:
+    """A request went through: the pixel works. True when this closed an open circuit."""
+    states = PixelState.objects.using(using).filter(pixel_id=pixel_id)
+    closed = states.filter(circuit_opened_at__isnull=False).update(
+        circuit_opened_at=None, next_probe_at=None, last_error=""
     )
+    states.filter(rate_limit_streak__gt=0).update(rate_limit_streak=0)
+    return bool(closed)

@@ -7,20 +7,27 @@ from typing import Any
 
 from celery import shared_task
 
-from . import dispatch
-from .delivery import drain
+from . import dispatch, outbox
+from .delivery import DrainReport, drain
 
 #: A task stops claiming new batches after this long, well inside broker visibility
-#: timeouts; whatever is left is picked up by the next wake-up or the periodic sweep.
+#: timeouts, and queues a successor if rows are left.
 TASK_TIME_LIMIT = 50.0
 
 
 @shared_task(name="django_capi.drain_outbox", ignore_result=True)
-def drain_outbox() -> dict[str, Any]:
-    """Deliver due events. Many may run at once: each batch is leased to one of them.
+def drain_outbox(using: str | None = None) -> dict[str, Any]:
+    """Deliver due events of ``using``, or of every database with an outbox. Many may run at
+    once: each batch is leased to one of them.
 
     Schedule it with Celery beat as a sweep that catches lost wake-ups and due retries.
     """
-    # Cleared before claiming, so a row committed from now on schedules a new task.
+    # Cleared before claiming, so a row committed from now on queues a new task.
     dispatch.clear_wake_flag()
-    return vars(drain(time_limit=TASK_TIME_LIMIT))
+    report = DrainReport()
+    for alias in [using] if using else outbox.databases():
+        batch = drain(using=alias, time_limit=TASK_TIME_LIMIT)
+        if batch.unfinished:
+            drain_outbox.delay(using=alias)  # a backlog: keep going in a fresh task
+        report += batch
+    return vars(report)

@@ -31,6 +31,7 @@ def make_rows(
     pixel_id: str = PIXEL,
     age: timedelta = timedelta(0),
     action_source: str = "system_generated",
+    using: str = "default",
 ) -> list[OutboxEvent]:
     moment = timezone.now() - age
     rows = []
@@ -47,8 +48,9 @@ def make_rows(
                 payload=body,
             )
         )
-    OutboxEvent.objects.bulk_create(rows, batch_size=500)
-    return list(OutboxEvent.objects.filter(event_id__startswith=f"{prefix}-").order_by("pk"))
+    OutboxEvent.objects.using(using).bulk_create(rows, batch_size=500)
+    made = OutboxEvent.objects.using(using).filter(event_id__startswith=f"{prefix}-")
+    return list(made.order_by("pk"))
 
 
 def make_due() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 from django.test import override_settings
 
-from django_capi.client import ErrorKind, GraphClient, classify
+from django_capi.client import ErrorKind, GraphClient, classify, parse_response
 from django_capi.conf import capi_settings
 from django_capi.testing import GraphEmulator
 
@@ -17,7 +18,7 @@ from django_capi.testing import GraphEmulator
     [
         (500, {"code": 1}, ErrorKind.TRANSIENT),
         (500, {"code": 2}, ErrorKind.TRANSIENT),
-        (400, {"code": 368}, ErrorKind.TRANSIENT),
+        (400, {"code": 368}, ErrorKind.RATE_LIMIT),
         (400, {"code": 100, "is_transient": True}, ErrorKind.TRANSIENT),
         (503, {"code": 100}, ErrorKind.TRANSIENT),
         (400, {"code": 4}, ErrorKind.RATE_LIMIT),
@@ -27,20 +28,22 @@ from django_capi.testing import GraphEmulator
         (400, {"code": 613, "error_subcode": 1487742}, ErrorKind.RATE_LIMIT),
         (400, {"code": 80004}, ErrorKind.RATE_LIMIT),
         (429, {"code": 100}, ErrorKind.RATE_LIMIT),
-        (401, {"code": 190, "error_subcode": 463}, ErrorKind.AUTH),
-        (400, {"code": 102}, ErrorKind.AUTH),
-        (403, {"code": 10}, ErrorKind.AUTH),
-        (403, {"code": 200}, ErrorKind.AUTH),
-        (403, {"code": 299}, ErrorKind.AUTH),
-        (400, {"code": 100, "error_subcode": 33}, ErrorKind.AUTH),
+        (401, {"code": 190, "error_subcode": 463}, ErrorKind.SETUP),
+        (400, {"code": 102}, ErrorKind.SETUP),
+        (403, {"code": 10}, ErrorKind.SETUP),
+        (403, {"code": 200}, ErrorKind.SETUP),
+        (403, {"code": 299}, ErrorKind.SETUP),
+        (400, {"code": 100, "error_subcode": 33}, ErrorKind.SETUP),
         (400, {"code": 100, "error_subcode": 2804003}, ErrorKind.INVALID),
         (400, {"code": 100}, ErrorKind.INVALID),
+        (400, {"code": 12}, ErrorKind.SETUP),  # a retired API version: not the events' fault
+        (400, {"code": 2635}, ErrorKind.SETUP),
         (400, None, ErrorKind.TRANSIENT),  # a proxy said no: the events are not at fault
         (408, None, ErrorKind.TRANSIENT),
         (502, None, ErrorKind.TRANSIENT),
         (429, None, ErrorKind.RATE_LIMIT),
-        (401, None, ErrorKind.AUTH),
-        (404, None, ErrorKind.AUTH),  # a wrong GRAPH_API_URL or pixel: stop, do not bisect
+        (401, None, ErrorKind.SETUP),
+        (404, None, ErrorKind.SETUP),  # a wrong GRAPH_API_URL or pixel: stop, do not bisect
     ],
 )
 def test_classification(status, error, kind):
@@ -103,3 +106,15 @@ def test_the_token_travels_in_the_body_never_the_url():
     assert response.request.url == f"{url}/v25.0/1/events"
     assert "access_token=secret-token" in response.request.body
     assert response.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+def test_a_2xx_that_is_not_the_graph_api_is_not_a_delivery():
+    response = requests.models.Response()
+    response.status_code = 200
+    response._content = b"<html>Welcome to the hotel wifi</html>"
+    result = parse_response(response, 3)
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.TRANSIENT
+    assert result.error.message == "HTTP 200 without events_received"
+    response._content = b'{"events_received": 2, "fbtrace_id": "x"}'
+    assert parse_response(response, 3).ok

@@ -88,3 +88,14 @@ def test_phone_region_is_uppercased_and_pixel_id_may_be_an_int():
     with override_settings(DJANGO_CAPI={"DEFAULT_PHONE_REGION": "de", "PIXEL_ID": 99}):
         conf = capi_settings()
     assert (conf.default_phone_region, conf.pixel_id) == ("DE", "99")
+
+
+def test_a_lease_must_outlive_the_slowest_request():
+    too_short = {"LEASE_SECONDS": 10, "CONNECT_TIMEOUT": 1.5, "READ_TIMEOUT": 5.0}
+    with (
+        override_settings(DJANGO_CAPI=too_short),
+        pytest.raises(CapiConfigurationError, match="LEASE_SECONDS"),
+    ):
+        capi_settings()
+    with override_settings(DJANGO_CAPI={**too_short, "LEASE_SECONDS": 14}):
+        assert capi_settings().lease_seconds == 14

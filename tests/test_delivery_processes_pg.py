@@ -55,7 +55,12 @@ def test_a_drainer_killed_mid_batch_loses_nothing(capi_graph):
     capi_graph.script(Delay(30))  # Meta takes the events, the answer never comes back
     drainer = start(
         manage("capi_drain"),
-        {"GRAPH_API_URL": capi_graph.url, "LEASE_SECONDS": 2, "READ_TIMEOUT": 60},
+        {
+            "GRAPH_API_URL": capi_graph.url,
+            "LEASE_SECONDS": 3,
+            "CONNECT_TIMEOUT": 0.3,
+            "READ_TIMEOUT": 1.0,
+        },
     )
     wait_until(lambda: capi_graph.received_events(), timeout=30, what="the drainer's request")
     drainer.kill()  # SIGKILL: no cleanup, the lease is simply abandoned

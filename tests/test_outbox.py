@@ -6,18 +6,18 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import router
+from django.db import router, transaction
 from django.utils import timezone
 
 from django_capi import outbox
-from django_capi.client import ErrorKind, GraphError, GraphResult
+from django_capi.client import ErrorKind, GraphFailure, GraphResult
 from django_capi.models import OutboxEvent
 from tests.delivery_helpers import make_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OK = GraphResult(http_status=200, duration_ms=5, events_received=1, fbtrace_id="trace")
-DOWN = GraphResult(http_status=503, duration_ms=5, error=GraphError(ErrorKind.TRANSIENT, "down"))
+DOWN = GraphResult(http_status=503, duration_ms=5, error=GraphFailure(ErrorKind.TRANSIENT, "down"))
 
 
 def claim(limit: int = 100, lease_seconds: int = 60, **kwargs) -> outbox.Lease:
@@ -72,10 +72,21 @@ def test_a_lost_lease_cannot_overwrite_the_new_owners_result():
     time.sleep(1.1)  # the lease runs out; another worker takes the rows over
     fast = claim()
     assert [row.pk for row in fast.rows] == ids
-    assert outbox.mark_delivered(fast, ids, OK) == 2
-    assert outbox.retry_later(slow, ids, delay=timedelta(minutes=5), error="late", result=DOWN) == 0
-    assert outbox.mark_failed(slow, ids, reason="rejected", error="late") == 0
+    assert outbox.keep(slow, slow.rows, 60) == []  # so the slow worker does not send them
+    assert outbox.mark_delivered(fast, fast.rows, OK) == ids
+    late = {"delay": timedelta(minutes=5), "error": "late", "result": DOWN}
+    assert outbox.retry_later(slow, slow.rows, **late) == []
+    assert outbox.mark_failed(slow, slow.rows, reason="rejected", error="late") == []
     assert set(OutboxEvent.objects.values_list("status", flat=True)) == {"delivered"}
+
+
+def test_a_write_back_reports_exactly_the_rows_it_wrote():
+    make_rows(3)
+    slow = claim(lease_seconds=1)
+    time.sleep(1.1)
+    taken = claim(limit=1)  # another worker takes one row over
+    assert outbox.mark_delivered(slow, slow.rows, OK) == [row.pk for row in slow.rows[1:]]
+    assert outbox.mark_delivered(taken, taken.rows, OK) == [slow.rows[0].pk]
 
 
 def test_rows_of_a_crashed_worker_come_back_after_the_lease():
@@ -89,20 +100,32 @@ def test_rows_of_a_crashed_worker_come_back_after_the_lease():
     assert {row.attempts for row in again.rows} == {2}
 
 
-def test_renewing_keeps_rows_leased():
+def test_keeping_rows_extends_their_lease():
     make_rows(1)
     lease = claim(lease_seconds=1)
-    assert outbox.renew(lease, [lease.rows[0].pk], 60) == 1
+    assert outbox.keep(lease, lease.rows, 60) == lease.rows
     time.sleep(1.1)
     assert claim().rows == []
+
+
+def test_claiming_inside_a_transaction_is_refused():
+    make_rows(1)
+    with transaction.atomic(), pytest.raises(RuntimeError, match="outside a transaction"):
+        claim()
 
 
 def test_release_gives_the_attempt_back_and_retry_keeps_it():
     rows = make_rows(2)
     lease = claim()
-    outbox.release(lease, [rows[0].pk], delay=timedelta(0), error="paused", result=DOWN)
-    outbox.retry_later(lease, [rows[1].pk], delay=timedelta(0), error="down", result=DOWN)
+    first, second = lease.rows
+    outbox.release(lease, [first], delay=timedelta(0), error="paused", result=DOWN)
+    outbox.retry_later(lease, [second], delay=timedelta(0), error="down", result=DOWN)
     released, retried = OutboxEvent.objects.order_by("pk")
     assert (released.attempts, retried.attempts) == (0, 1)
-    assert released.lease_token is None and retried.lease_token is None
+    assert released.leased_until is None and retried.leased_until is None
+    assert [row.pk for row in claim().rows] == [row.pk for row in rows]  # due again
     assert (retried.last_error, retried.last_http_status) == ("down", 503)
+
+
+def test_every_database_with_an_outbox_is_listed():
+    assert outbox.databases() == ["default", "other"]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections
 
+from django_capi import outbox
 from django_capi.client import GraphClient
 from django_capi.conf import capi_settings
 from django_capi.delivery import DrainReport, drain
+
+logger = logging.getLogger("django_capi.delivery")
 
 
 class Command(BaseCommand):
@@ -27,10 +32,28 @@ class Command(BaseCommand):
             default=5.0,
             help="Seconds between polls when nothing is due (with --loop; default 5).",
         )
+        parser.add_argument(
+            "--time-limit",
+            type=float,
+            default=None,
+            help="Stop claiming new batches after this many seconds (without --loop), so "
+            "cron runs never pile up.",
+        )
+        parser.add_argument(
+            "--database",
+            action="append",
+            dest="databases",
+            help="Drain this database alias (repeatable). Default: every database with an outbox.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        databases = options["databases"] or outbox.databases()
+        unknown = set(databases) - set(outbox.databases())
+        if unknown:
+            raise CommandError(f"no outbox in database(s) {', '.join(sorted(unknown))}")
         if not options["loop"]:
-            self._report(drain())
+            for alias in databases:
+                self._report(alias, drain(using=alias, time_limit=options["time_limit"]))
             return
         self.stopping = False
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -41,14 +64,28 @@ class Command(BaseCommand):
             if client.conf is not capi_settings():
                 client.close()  # the settings changed: reconnect with the new ones
                 client = GraphClient()
-            # One batch at a time, so a stop request waits for one batch at most.
-            report = drain(client=client, max_batches=1)
-            if report.claimed:
-                self._report(report)
-            else:
+            claimed = 0
+            for alias in databases:
+                claimed += self._drain_once(alias, client)
+            if not claimed:
                 self._sleep(options["interval"])
         client.close()
         self.stdout.write("Stopped.")
+
+    def _drain_once(self, alias: str, client: GraphClient) -> int:
+        # A long-lived worker must survive a database restart or a deadlock: it logs, lets
+        # Django drop the broken connection, and tries again on the next round.
+        close_old_connections()
+        try:
+            # One batch at a time, so a stop request waits for one batch at most.
+            report = drain(using=alias, client=client, max_batches=1)
+        except Exception:
+            logger.exception("django-capi drain of %r failed; retrying", alias)
+            close_old_connections()
+            return 0
+        if report.claimed:
+            self._report(alias, report)
+        return report.claimed
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -58,5 +95,6 @@ class Command(BaseCommand):
         while not self.stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, seconds))
 
-    def _report(self, report: DrainReport) -> None:
-        self.stdout.write(str(report))
+    def _report(self, alias: str, report: DrainReport) -> None:
+        prefix = f"{alias}: " if len(outbox.databases()) > 1 else ""
+        self.stdout.write(f"{prefix}{report}")
