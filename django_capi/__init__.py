@@ -6,6 +6,9 @@ The public API (everything else may change between releases):
   module of your app.
 - ``send_event``: record an event that is not a model save.
 - ``event_id_for``: the ``event_id`` the Pixel must reuse for a model's event.
+- ``browser_context``: a request's IP, user agent, fbc and fbp, to store on an order for an
+  event recorded later (``CapiMiddleware`` collects them; ``{% load capi %}`` renders the
+  Pixel).
 - ``normalize_user_data``: Meta's normalization and hashing of customer data.
 - ``OutboxEvent``: the outbox row, with its delivery status.
 
@@ -25,6 +28,7 @@ _PUBLIC = {
     "register": "registry",
     "event_id_for": "registry",
     "send_event": "events",
+    "browser_context": "middleware",
     "normalize_user_data": "normalize",
     "OutboxEvent": "models",
 }
@@ -33,6 +37,7 @@ __all__ = [
     "ModelEvent",
     "OutboxEvent",
     "__version__",
+    "browser_context",
     "event_id_for",
     "normalize_user_data",
     "register",
@@ -41,6 +46,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .events import send_event as send_event
+    from .middleware import browser_context as browser_context
     from .models import OutboxEvent as OutboxEvent
     from .normalize import normalize_user_data as normalize_user_data
     from .registry import ModelEvent as ModelEvent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -19,6 +20,8 @@ import phonenumbers
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
 
 from .exceptions import CapiConfigurationError
 
@@ -50,6 +53,21 @@ DEFAULTS: dict[str, Any] = {
     # How committed rows wake the drainer: "celery", "none" (cron or `capi_drain --loop`),
     # or None for Celery when a Celery app with a broker is configured.
     "WAKE": None,
+    # Browser side.
+    # Dotted path of a callable taking the request and returning whether the visitor
+    # consented to Meta's tracking; None means consent is not asked for.
+    "CONSENT": None,
+    # Proxies in front of Django that append to X-Forwarded-For; 0 trusts only REMOTE_ADDR.
+    "TRUSTED_PROXY_COUNT": 0,
+    # Also set a first-party _fbp cookie when the browser has none (the Pixel sets its own).
+    "SET_FBP_COOKIE": False,
+    # Send the signed-in user's hashed email and id with the Pixel's init.
+    "ADVANCED_MATCHING": True,
+    # Record a server-side PageView for each {% capi_pixel %}, sharing its eventID.
+    "SERVER_PAGE_VIEW": False,
+    # Limited Data Use for every event: {"country": 1, "state": 1000}, or {"country": 0,
+    # "state": 0} to let Meta geolocate; None sends no data processing options.
+    "LIMITED_DATA_USE": None,
 }
 
 #: Keys that may come from the environment when ``DJANGO_CAPI`` leaves them out.
@@ -84,6 +102,12 @@ class CapiSettings:
     retry_max_seconds: float
     token_probe_seconds: int
     wake: str
+    consent: Callable[[HttpRequest], bool] | None
+    trusted_proxy_count: int
+    set_fbp_cookie: bool
+    advanced_matching: bool
+    server_page_view: bool
+    limited_data_use: dict[str, int] | None
 
     def events_url(self, pixel_id: str) -> str:
         return f"{self.graph_api_url}/{self.api_version}/{pixel_id}/events"
@@ -128,6 +152,12 @@ def capi_settings() -> CapiSettings:
             "TOKEN_PROBE_SECONDS", raw["TOKEN_PROBE_SECONDS"], 1, 24 * 3600
         ),
         wake=_wake(raw["WAKE"]),
+        consent=_consent(raw["CONSENT"]),
+        trusted_proxy_count=_int_between("TRUSTED_PROXY_COUNT", raw["TRUSTED_PROXY_COUNT"], 0, 10),
+        set_fbp_cookie=_bool("SET_FBP_COOKIE", raw["SET_FBP_COOKIE"]),
+        advanced_matching=_bool("ADVANCED_MATCHING", raw["ADVANCED_MATCHING"]),
+        server_page_view=_bool("SERVER_PAGE_VIEW", raw["SERVER_PAGE_VIEW"]),
+        limited_data_use=_limited_data_use(raw["LIMITED_DATA_USE"]),
     )
     # Pitfall: a lease shorter than a request lets a second worker send the same rows.
     if conf.lease_seconds <= 2 * (conf.connect_timeout + conf.read_timeout):
@@ -203,6 +233,38 @@ def _wake(value: object) -> str:
     if value not in ("celery", "none"):
         raise _bad("WAKE", "'celery', 'none' or None (Celery when it is installed)")
     return str(value)
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(key, "True or False")
+    return value
+
+
+def _consent(value: object) -> Callable[[HttpRequest], bool] | None:
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str):
+        raise _bad("CONSENT", "a dotted path to a callable, a callable, or None")
+    try:
+        function = import_string(value)
+    except ImportError as exc:
+        message = f"{SETTING_NAME}['CONSENT'] cannot be imported: {exc}"
+        raise CapiConfigurationError(message) from exc
+    if not callable(function):
+        raise _bad("CONSENT", "a dotted path to a callable")
+    return function  # type: ignore[no-any-return]
+
+
+def _limited_data_use(value: object) -> dict[str, int] | None:
+    if value is None:
+        return None
+    expected = "None or {'country': 1, 'state': 1000} (0 and 0 let Meta geolocate)"
+    if not isinstance(value, dict) or set(value) != {"country", "state"}:
+        raise _bad("LIMITED_DATA_USE", expected)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        raise _bad("LIMITED_DATA_USE", expected)
+    return {"country": value["country"], "state": value["state"]}
 
 
 def _celery_is_configured() -> bool:

@@ -16,3 +16,29 @@ class ActionSource(models.TextChoices):
     SYSTEM_GENERATED = "system_generated", _("System generated")
     BUSINESS_MESSAGING = "business_messaging", _("Business messaging")
     OTHER = "other", _("Other")
+
+
+#: Meta's standard events: the Pixel tracks them with ``track``, anything else with
+#: ``trackCustom``.
+STANDARD_EVENTS = frozenset(
+    {
+        "AddPaymentInfo",
+        "AddToCart",
+        "AddToWishlist",
+        "CompleteRegistration",
+        "Contact",
+        "CustomizeProduct",
+        "Donate",
+        "FindLocation",
+        "InitiateCheckout",
+        "Lead",
+        "PageView",
+        "Purchase",
+        "Schedule",
+        "Search",
+        "StartTrial",
+        "SubmitApplication",
+        "Subscribe",
+        "ViewContent",
+    }
+)

@@ -28,6 +28,7 @@ from .exceptions import (
     EventValidationError,
     UnknownUserDataKey,
 )
+from .middleware import browser_context
 from .models import OutboxEvent
 from .normalize import normalize_user_data
 
@@ -45,9 +46,11 @@ class EventDraft:
     user_data: Mapping[str, object] = field(default_factory=dict)
     custom_data: Mapping[str, object] | None = None
     event_source_url: str | None = None
-    #: The browser's IP, user agent, fbc, fbp and page URL; explicit ``user_data`` wins.
-    browser: Mapping[str, str] = field(default_factory=dict)
+    #: The browser's IP, user agent, fbc, fbp and pages; explicit ``user_data`` wins.
+    browser: Mapping[str, object] = field(default_factory=dict)
     phone_region: str | None = None
+    #: Limited Data Use: ``{"country": …, "state": …}``, or None.
+    limited_data_use: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     if not isinstance(draft.user_data, Mapping) or not isinstance(draft.browser, Mapping):
         raise EventValidationError("user_data and request_context must be dicts")
     raw_user_data: dict[str, object] = {
-        key: value for key, value in draft.browser.items() if key != "event_source_url"
+        key: draft.browser[key] for key in context.USER_DATA_KEYS if key in draft.browser
     }
     raw_user_data.update(draft.user_data)
     try:
@@ -80,6 +83,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     except UnknownUserDataKey as exc:
         raise EventValidationError(exc.problems) from None
     event_source_url = draft.event_source_url or draft.browser.get("event_source_url")
+    referrer_url = draft.browser.get("referrer_url")
     event_time = 0
     try:
         event_time = validation.event_timestamp(
@@ -107,6 +111,12 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     }
     if event_source_url:
         payload["event_source_url"] = event_source_url
+    if isinstance(referrer_url, str) and referrer_url:
+        payload["referrer_url"] = referrer_url
+    if draft.limited_data_use is not None:
+        payload["data_processing_options"] = ["LDU"]
+        payload["data_processing_options_country"] = draft.limited_data_use["country"]
+        payload["data_processing_options_state"] = draft.limited_data_use["state"]
     if custom_data:
         payload["custom_data"] = custom_data
     return BuiltEvent(
@@ -198,12 +208,16 @@ def send_event(
     action_source: str = ActionSource.WEBSITE,
     event_source_url: str | None = None,
     request: HttpRequest | None = None,
-) -> OutboxEvent:
+    limited_data_use: Mapping[str, int] | None = None,
+) -> OutboxEvent | None:
     """Record an event that is not a model save (AddToCart, a CRM status change, …).
 
     The row is written in the current transaction, so it exists exactly when the caller's
     work commits. Invalid input never raises: the returned row is ``failed`` and its
-    ``last_error`` says what to fix.
+    ``last_error`` says what to fix. Returns None, storing nothing, when the visitor of
+    ``request`` (or of the request being handled) refused consent.
+
+    ``limited_data_use`` overrides the ``LIMITED_DATA_USE`` setting for this event.
     """
     event_id = str(uuid.uuid4()) if event_id is None else event_id
     key_problems = validation.check_event_name(event_name) + validation.check_event_id(event_id)
@@ -211,7 +225,9 @@ def send_event(
         # An unusable key cannot deduplicate anything; the failure gets a key of its own.
         event_name = str(event_name)[: validation.MAX_EVENT_NAME_LENGTH] or "(invalid)"
         event_id = str(uuid.uuid4())
-    browser = context.context_from_request(request) if request else context.current_context()
+    browser = browser_context(request) if request else context.current_context()
+    if browser.get(context.CONSENT_KEY) is False:
+        return None
     draft = EventDraft(
         event_name=event_name,
         event_id=event_id,
@@ -221,6 +237,7 @@ def send_event(
         custom_data=custom_data,
         event_source_url=event_source_url,
         browser=browser,
+        limited_data_use=limited_data_use or capi_settings().limited_data_use,
     )
     return record_event(
         event_name=event_name,

@@ -67,11 +67,17 @@ class ModelEvent(Generic[M]):
         """The page the conversion happened on; by default, the current request's URL."""
         return None
 
-    def request_context(self, instance: M) -> Mapping[str, str]:
+    def request_context(self, instance: M) -> Mapping[str, object]:
         """The browser's ``client_ip_address``, ``client_user_agent``, ``fbc``, ``fbp`` and
-        ``event_source_url``. By default, those of the request being handled, if any;
-        override it to return what you stored on the order at checkout."""
+        pages. By default, those of the request being handled (``CapiMiddleware``), if any;
+        override it to return ``django_capi.browser_context(request)`` stored on the order
+        at checkout. A context whose ``consent`` is False stores no event."""
         return context.current_context()
+
+    def limited_data_use(self, instance: M) -> Mapping[str, int] | None:
+        """Limited Data Use for this event (``{"country": 1, "state": 1000}``); by default
+        the ``LIMITED_DATA_USE`` setting."""
+        return capi_settings().limited_data_use
 
     def event_id(self, instance: M) -> str:
         """The id the Pixel shares for deduplication; stable for (model, pk, event name)."""
@@ -174,20 +180,24 @@ def _capture(
     model_event: ModelEvent[Any], instance: models.Model, *, created: bool, using: str
 ) -> None:
     error: str | None = None
+    browser: Mapping[str, object] = {}
     try:
         # A savepoint: a hook whose query fails must not abort the shop's transaction.
         with transaction.atomic(using=using):
             if not _call(model_event, "should_send", instance, created):
                 return
             event_id = _event_id(model_event, instance)
+            browser = _call(model_event, "request_context", instance) or {}
     except CapiError as exc:
         error = str(exc)
         event_id = default_event_id(instance, model_event.event_name, model=model_event.model)
+    if isinstance(browser, Mapping) and browser.get(context.CONSENT_KEY) is False:
+        return  # the shopper refused tracking: Meta hears nothing of this order
     record_event(
         event_name=model_event.event_name,
         event_id=event_id,
         action_source=model_event.action_source,
-        build=lambda: _build(model_event, instance, event_id),
+        build=lambda: _build(model_event, instance, event_id, browser),
         using=using,
         source=instance,
         error=error,
@@ -206,7 +216,12 @@ def _event_id(model_event: ModelEvent[Any], instance: models.Model) -> str:
     return str(value)
 
 
-def _build(model_event: ModelEvent[Any], instance: models.Model, event_id: str) -> BuiltEvent:
+def _build(
+    model_event: ModelEvent[Any],
+    instance: models.Model,
+    event_id: str,
+    browser: Mapping[str, object],
+) -> BuiltEvent:
     draft = EventDraft(
         event_name=model_event.event_name,
         event_id=event_id,
@@ -215,8 +230,9 @@ def _build(model_event: ModelEvent[Any], instance: models.Model, event_id: str) 
         user_data=_call(model_event, "user_data", instance) or {},
         custom_data=_call(model_event, "custom_data", instance),
         event_source_url=_call(model_event, "event_source_url", instance),
-        browser=_call(model_event, "request_context", instance) or {},
+        browser=browser,
         phone_region=model_event.phone_region,
+        limited_data_use=_call(model_event, "limited_data_use", instance),
     )
     return build_event(draft, default_phone_region=capi_settings().default_phone_region)
 

@@ -84,6 +84,7 @@ def test_the_public_api():
         "send_event",
         "normalize_user_data",
         "OutboxEvent",
+        "browser_context",
     }
     for name in django_capi.__all__:
         assert getattr(django_capi, name) is not None

@@ -1,4 +1,17 @@
+from decimal import Decimal
+
 from django.db import models
+
+
+class Product(models.Model):
+    """What the browser tests' shop sells; a name may hold anything, markup included."""
+
+    sku = models.CharField(max_length=50, unique=True)
+    name = models.CharField(max_length=500)
+    price = models.DecimalField(max_digits=10, decimal_places=2, default=Decimal("9.90"))
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Order(models.Model):
@@ -10,6 +23,10 @@ class Order(models.Model):
     currency = models.CharField(max_length=3, default="EUR")
     user_agent = models.CharField(max_length=300, blank=True)
     ip = models.CharField(max_length=50, blank=True)
+    #: ``django_capi.browser_context(request)`` at checkout, for events recorded later.
+    browser = models.JSONField(default=dict, blank=True)
+    #: The cart at checkout: ``[{"id": sku, "name": …, "quantity": n, "item_price": "9.90"}]``.
+    items = models.JSONField(default=list, blank=True)
 
     def __str__(self) -> str:
         return f"Order {self.pk}"

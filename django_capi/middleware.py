@@ -1,0 +1,135 @@
+"""``CapiMiddleware``: the browser context of each request, for every event it creates.
+
+It reads the visitor's IP, user agent, ``_fbp``/``_fbc`` cookies and page, turns a Meta click
+id (``fbclid``) into a first-party ``_fbc`` cookie, asks the ``CONSENT`` callable, and makes
+the result the context of every ``send_event`` and model save during the request. It also
+keeps the stable part in the session, and ``browser_context(request)`` hands it to views that
+store it on an order for a payment webhook to use later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+
+from . import context
+from .conf import CapiSettings, capi_settings
+
+logger = logging.getLogger(__name__)
+
+#: Meta recommends keeping ``_fbc`` (and ``_fbp``) for 90 days.
+COOKIE_MAX_AGE = 90 * 24 * 3600
+SESSION_KEY = "django_capi_browser"
+#: Kept in the session: what identifies the browser, not the page it is on.
+_STABLE_KEYS = ("fbc", "fbp", "client_user_agent", "client_ip_address")
+_REQUEST_ATTRIBUTE = "_django_capi_browser"
+_COOKIES_ATTRIBUTE = "_django_capi_cookies"
+
+
+def browser_context(request: HttpRequest) -> dict[str, object]:
+    """The browser context of ``request``: store it on an order at checkout, and return it
+    from ``ModelEvent.request_context`` when the order is paid later without a browser."""
+    collected = getattr(request, _REQUEST_ATTRIBUTE, None)
+    if collected is None:
+        collected = _collect(request, capi_settings())
+    return dict(collected)
+
+
+def has_consent(request: HttpRequest | None) -> bool:
+    if request is None:
+        return True
+    return browser_context(request).get(context.CONSENT_KEY) is not False
+
+
+class CapiMiddleware:
+    """Place it after ``SessionMiddleware`` and ``AuthenticationMiddleware``."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        values = self._before(request)
+        with context.use_browser_context(values):
+            response = self.get_response(request)
+        self._after(request, response)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        values = self._before(request)
+        with context.use_browser_context(values):
+            result: Awaitable[HttpResponseBase] = self.get_response(request)
+            response = await result
+        self._after(request, response)
+        return response
+
+    def _before(self, request: HttpRequest) -> dict[str, object]:
+        values = _collect(request, capi_settings())
+        setattr(request, _REQUEST_ATTRIBUTE, values)
+        return values
+
+    def _after(self, request: HttpRequest, response: HttpResponseBase) -> None:
+        for name, value in getattr(request, _COOKIES_ATTRIBUTE, {}).items():
+            response.set_cookie(
+                name,
+                value,
+                max_age=COOKIE_MAX_AGE,
+                samesite="Lax",
+                secure=request.is_secure(),
+                httponly=False,  # the Pixel reads them too
+            )
+
+
+def _collect(request: HttpRequest, conf: CapiSettings) -> dict[str, object]:
+    if not _consents(request, conf):
+        return {context.CONSENT_KEY: False}
+    cookies: dict[str, str] = {}
+    fbc = context.fbc_for_click(request.COOKIES.get("_fbc"), context.click_id(request))
+    if fbc:
+        cookies["_fbc"] = fbc
+    if conf.set_fbp_cookie and not request.COOKIES.get("_fbp"):
+        cookies["_fbp"] = context.new_fbp()
+    setattr(request, _COOKIES_ATTRIBUTE, cookies)
+    values: dict[str, object] = dict(
+        context.context_from_request(request, trusted_proxy_count=conf.trusted_proxy_count, fbc=fbc)
+    )
+    if "_fbp" in cookies:
+        values["fbp"] = cookies["_fbp"]
+    _remember(request, values)
+    return values
+
+
+def _consents(request: HttpRequest, conf: CapiSettings) -> bool:
+    if conf.consent is None:
+        return True
+    try:
+        return bool(conf.consent(request))
+    except Exception:
+        # A broken consent check must fail towards privacy.
+        logger.exception("django-capi: the CONSENT callable raised; treating it as refused")
+        return False
+
+
+def _remember(request: HttpRequest, values: dict[str, object]) -> None:
+    """Keep the browser's ids in the session, and fill ones this request lacks (cookies the
+    browser dropped) from it."""
+    session = getattr(request, "session", None)
+    if session is None:
+        return
+    saved = session.get(SESSION_KEY) or {}
+    for key in ("fbc", "fbp"):
+        if key not in values and saved.get(key):
+            values[key] = saved[key]
+    stable = {key: values[key] for key in _STABLE_KEYS if key in values}
+    if stable != saved:
+        session[SESSION_KEY] = stable

@@ -1,0 +1,130 @@
+"""``{% load capi %}``: the Meta Pixel, sharing each event's ``event_id`` with the outbox.
+
+``{% capi_pixel %}`` goes in ``<head>``; ``{% capi_event order "Purchase" %}`` or
+``{% capi_event outbox_event %}`` on the page where the conversion shows. Rendering never
+creates a conversion: the tag reads the id the outbox row has (or will have), so reloading
+a thank-you page cannot count a purchase twice on the server. Every value is encoded for a
+``<script>`` element.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from django import template
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import models
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+
+from ..conf import capi_settings
+from ..constants import STANDARD_EVENTS
+from ..events import send_event
+from ..middleware import has_consent
+from ..models import OutboxEvent
+from ..normalize import normalize_user_data
+from ..registry import event_id_for, registered_events
+from ..validation import clean_custom_data
+
+register = template.Library()
+logger = logging.getLogger(__name__)
+
+FBEVENTS_URL = "https://connect.facebook.net/en_US/fbevents.js"
+
+# Characters that could end a <script> element or a JS string early, whatever the value.
+_SCRIPT_ESCAPES = {ord("<"): "\\u003C", ord(">"): "\\u003E", ord("&"): "\\u0026"}
+
+
+def js(value: object) -> str:
+    """``value`` as a JavaScript literal that is safe anywhere inside ``<script>``: no
+    ``</script>``, ``<!--`` or U+2028/U+2029 can break out of it."""
+    # ensure_ascii escapes U+2028 and U+2029, which end a line in older JavaScript.
+    return json.dumps(value, ensure_ascii=True, sort_keys=True).translate(_SCRIPT_ESCAPES)
+
+
+@register.simple_tag(takes_context=True)
+def capi_pixel(context: template.Context) -> SafeString:
+    """Meta's Pixel base code: ``init`` (with advanced matching for a signed-in user), a
+    ``PageView`` with its own ``eventID`` and the ``<noscript>`` image."""
+    request: HttpRequest | None = context.get("request")
+    conf = capi_settings()
+    if not conf.pixel_id or not has_consent(request):
+        return SafeString("")
+    event_id = str(uuid.uuid4())
+    if conf.server_page_view and request is not None:
+        send_event("PageView", event_id=event_id, request=request)
+    calls = [
+        f"fbq({js('init')}, {js(conf.pixel_id)}, {js(_advanced_matching(request))});",
+        f"fbq({js('track')}, {js('PageView')}, {{}}, {js({'eventID': event_id})});",
+    ]
+    script = (
+        "!function(f,b,e,v,n,t,s){if(f.fbq)return;n=f.fbq=function(){n.callMethod?"
+        "n.callMethod.apply(n,arguments):n.queue.push(arguments)};if(!f._fbq)f._fbq=n;"
+        "n.push=n;n.loaded=!0;n.version='2.0';n.queue=[];t=b.createElement(e);t.async=!0;"
+        "t.src=v;s=b.getElementsByTagName(e)[0];s.parentNode.insertBefore(t,s)}"
+        f"(window,document,'script',{js(FBEVENTS_URL)});" + "".join(calls)
+    )
+    return format_html(
+        '<script{}>{}</script><noscript><img height="1" width="1" style="display:none" '
+        'alt="" src="https://www.facebook.com/tr?id={}&amp;ev=PageView&amp;noscript=1">'
+        "</noscript>",
+        _nonce(request),
+        mark_safe(script),  # noqa: S308 - every value in it went through js()
+        conf.pixel_id,
+    )
+
+
+@register.simple_tag(takes_context=True)
+def capi_event(
+    context: template.Context, source: models.Model, event_name: str | None = None
+) -> SafeString:
+    """``fbq('track', name, custom_data, {eventID})`` for the outbox row of ``source``'s
+    ``event_name`` event, or for ``source`` itself when it is an ``OutboxEvent``."""
+    request: HttpRequest | None = context.get("request")
+    if source is None or not has_consent(request):
+        return SafeString("")
+    if isinstance(source, OutboxEvent):
+        name, event_id = source.event_name, source.event_id
+        custom_data = source.payload.get("custom_data", {})
+    else:
+        if not event_name:
+            raise template.TemplateSyntaxError("capi_event needs an event name for a model")
+        name, event_id = event_name, event_id_for(source, event_name)
+        custom_data = _custom_data(source, name, event_id)
+    method = "track" if name in STANDARD_EVENTS else "trackCustom"
+    call = f"fbq({js(method)}, {js(name)}, {js(custom_data)}, {js({'eventID': event_id})});"
+    return format_html("<script{}>{}</script>", _nonce(request), mark_safe(call))  # noqa: S308
+
+
+def _custom_data(source: models.Model, name: str, event_id: str) -> dict[str, Any]:
+    row = OutboxEvent.objects.filter(event_name=name, event_id=event_id).first()
+    if row is not None and row.payload:
+        return dict(row.payload.get("custom_data", {}))
+    # The row is not there yet (or failed): the hook gives what it will carry.
+    for model_event in registered_events(type(source)):
+        if model_event.event_name == name:
+            try:
+                return clean_custom_data(model_event.custom_data(source), name)
+            except Exception:
+                logger.exception("capi_event: no custom_data for %s %s", name, event_id)
+    return {}
+
+
+def _advanced_matching(request: HttpRequest | None) -> dict[str, Any]:
+    """The signed-in user's email and id, hashed as the server hashes them, so the Pixel and
+    the Conversions API describe the same person the same way."""
+    user: AbstractBaseUser | AnonymousUser | None = getattr(request, "user", None)
+    if not capi_settings().advanced_matching or user is None or not user.is_authenticated:
+        return {}
+    email = getattr(user, "email", "") or ""
+    matched = normalize_user_data({"em": email, "external_id": str(user.pk)})
+    return {key: matched[key] for key in ("em", "external_id") if key in matched}
+
+
+def _nonce(request: HttpRequest | None) -> SafeString:
+    nonce = getattr(request, "csp_nonce", None)
+    return format_html(' nonce="{}"', nonce) if nonce else SafeString("")
