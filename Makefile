@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: install lint typecheck migrations test test-sqlite test-postgres demo clean
+.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
+
+# The browser tests (tests/browser) drive Debian's Chromium through the Python playwright
+# package: `playwright install` would download a browser build of its own, which cannot work
+# offline, so Debian's package is installed when missing.
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 lint: install
 	$(BIN)/ruff check .
@@ -28,13 +35,13 @@ typecheck: install
 migrations: install
 	$(BIN)/django-admin makemigrations --check --dry-run --settings=tests.settings --pythonpath=.
 
-test-sqlite: install
+test-sqlite: install browser-deps
 	DATABASE_URL=sqlite:///:memory: $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
 
-test-postgres: install
+test-postgres: install browser-deps
 	DATABASE_URL=$(POSTGRES_URL) $(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck migrations test-sqlite test-postgres
+test: browser-deps lint typecheck migrations test-sqlite test-postgres
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
