@@ -68,6 +68,16 @@ DEFAULTS: dict[str, Any] = {
     # Limited Data Use for every event: {"country": 1, "state": 1000}, or {"country": 0,
     # "state": 0} to let Meta geolocate; None sends no data processing options.
     "LIMITED_DATA_USE": None,
+    # Operations.
+    # capi_purge deletes delivered rows this old, and scrubs the IP, user agent, fbc and fbp
+    # from rows this old (hashed data is personal data too: keep as little as needed).
+    "PURGE_DELIVERED_AFTER_DAYS": 30,
+    "SCRUB_BROWSER_DATA_AFTER_DAYS": 7,
+    # Alerts, once per incident: a due row waiting longer than this many seconds, or more
+    # than this share of the last hour's events failing.
+    "ALERT_BACKLOG_SECONDS": 900,
+    "ALERT_FAILURE_RATE": 0.2,
+    "ALERT_MAIL_ADMINS": True,
 }
 
 #: Keys that may come from the environment when ``DJANGO_CAPI`` leaves them out.
@@ -108,6 +118,11 @@ class CapiSettings:
     advanced_matching: bool
     server_page_view: bool
     limited_data_use: dict[str, int] | None
+    purge_delivered_after_days: int
+    scrub_browser_data_after_days: int
+    alert_backlog_seconds: int
+    alert_failure_rate: float
+    alert_mail_admins: bool
 
     def events_url(self, pixel_id: str) -> str:
         return f"{self.graph_api_url}/{self.api_version}/{pixel_id}/events"
@@ -158,6 +173,17 @@ def capi_settings() -> CapiSettings:
         advanced_matching=_bool("ADVANCED_MATCHING", raw["ADVANCED_MATCHING"]),
         server_page_view=_bool("SERVER_PAGE_VIEW", raw["SERVER_PAGE_VIEW"]),
         limited_data_use=_limited_data_use(raw["LIMITED_DATA_USE"]),
+        purge_delivered_after_days=_int_between(
+            "PURGE_DELIVERED_AFTER_DAYS", raw["PURGE_DELIVERED_AFTER_DAYS"], 1, 3650
+        ),
+        scrub_browser_data_after_days=_int_between(
+            "SCRUB_BROWSER_DATA_AFTER_DAYS", raw["SCRUB_BROWSER_DATA_AFTER_DAYS"], 1, 3650
+        ),
+        alert_backlog_seconds=_int_between(
+            "ALERT_BACKLOG_SECONDS", raw["ALERT_BACKLOG_SECONDS"], 60, 7 * 86400
+        ),
+        alert_failure_rate=_share("ALERT_FAILURE_RATE", raw["ALERT_FAILURE_RATE"]),
+        alert_mail_admins=_bool("ALERT_MAIL_ADMINS", raw["ALERT_MAIL_ADMINS"]),
     )
     # Pitfall: a lease shorter than a request lets a second worker send the same rows.
     if conf.lease_seconds <= 2 * (conf.connect_timeout + conf.read_timeout):
@@ -233,6 +259,12 @@ def _wake(value: object) -> str:
     if value not in ("celery", "none"):
         raise _bad("WAKE", "'celery', 'none' or None (Celery when it is installed)")
     return str(value)
+
+
+def _share(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise _bad(key, "a share between 0 and 1, such as 0.2")
+    return float(value)
 
 
 def _bool(key: str, value: object) -> bool:
