@@ -7,6 +7,7 @@ id replaces the cookie) live here; the middleware only applies them to a request
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from django.http import HttpRequest
 USER_DATA_KEYS = ("client_ip_address", "client_user_agent", "fbc", "fbp")
 #: ``consent`` is False when the visitor refused tracking: no event may be stored for it.
 CONSENT_KEY = "consent"
+_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
 
 _current: ContextVar[Mapping[str, object] | None] = ContextVar("django_capi_browser", default=None)
 
@@ -74,7 +76,10 @@ def click_id(request: HttpRequest) -> str | None:
     if not value:
         referrer = request.META.get("HTTP_REFERER", "")
         value = parse_qs(urlsplit(referrer).query).get("fbclid", [""])[0]
-    return value.strip() or None
+    value = value.strip()
+    # Anything else is not Meta's: a link could otherwise plant a cookie big enough to get
+    # every later request of the browser refused.
+    return value if _CLICK_ID.fullmatch(value) else None
 
 
 def fbc_for_click(cookie: str | None, fbclid: str | None) -> str | None:
@@ -85,10 +90,8 @@ def fbc_for_click(cookie: str | None, fbclid: str | None) -> str | None:
     """
     if not fbclid:
         return None
-    if cookie and cookie.rsplit(".", 1)[-1] == fbclid:
-        return None
     if cookie and _fbc_click_id(cookie) == fbclid:
-        return None  # a Parameter Builder cookie with an appendix after the click id
+        return None
     return f"fb.1.{int(time.time() * 1000)}.{fbclid}"
 
 
@@ -113,8 +116,10 @@ def use_browser_context(values: Mapping[str, object]) -> Iterator[None]:
 
 
 def _fbc_click_id(cookie: str) -> str | None:
+    """The click id of ``fb.<index>.<ms>.<fbclid>``, with or without the Parameter Builder's
+    appendix after it."""
     parts = cookie.split(".")
-    return parts[3] if len(parts) == 5 and parts[0] == "fb" else None
+    return parts[3] if len(parts) in (4, 5) and parts[0] == "fb" else None
 
 
 def _without_query(url: str) -> str:

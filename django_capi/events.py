@@ -99,6 +99,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         custom_data = validation.clean_custom_data(draft.custom_data, draft.event_name)
     except EventValidationError as exc:
         problems += exc.problems
+    problems += validation.check_limited_data_use(draft.limited_data_use)
     if problems:
         raise EventValidationError(problems)
 
@@ -225,7 +226,12 @@ def send_event(
         # An unusable key cannot deduplicate anything; the failure gets a key of its own.
         event_name = str(event_name)[: validation.MAX_EVENT_NAME_LENGTH] or "(invalid)"
         event_id = str(uuid.uuid4())
-    browser = browser_context(request) if request else context.current_context()
+    if request is not None:
+        browser = browser_context(request)
+    elif action_source == ActionSource.WEBSITE:
+        browser = context.current_context()
+    else:
+        browser = {}  # a CRM or phone event must not take a staff member's browser
     if browser.get(context.CONSENT_KEY) is False:
         return None
     draft = EventDraft(

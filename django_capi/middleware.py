@@ -13,8 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
+from django.utils.cache import patch_vary_headers
 
 from . import context
 from .conf import CapiSettings, capi_settings
@@ -24,8 +25,9 @@ logger = logging.getLogger(__name__)
 #: Meta recommends keeping ``_fbc`` (and ``_fbp``) for 90 days.
 COOKIE_MAX_AGE = 90 * 24 * 3600
 SESSION_KEY = "django_capi_browser"
-#: Kept in the session: what identifies the browser, not the page it is on.
-_STABLE_KEYS = ("fbc", "fbp", "client_user_agent", "client_ip_address")
+#: Kept in the session: Meta's ids of the browser, for a later checkout whose request lacks
+#: the cookies. Not the IP or user agent: no reason to store those for every visitor.
+_STABLE_KEYS = ("fbc", "fbp")
 _REQUEST_ATTRIBUTE = "_django_capi_browser"
 _COOKIES_ATTRIBUTE = "_django_capi_cookies"
 
@@ -40,8 +42,10 @@ def browser_context(request: HttpRequest) -> dict[str, object]:
 
 
 def has_consent(request: HttpRequest | None) -> bool:
+    """Whether Meta may hear of this visitor. Without a request to ask about, only when no
+    consent is asked for at all."""
     if request is None:
-        return True
+        return capi_settings().consent is None
     return browser_context(request).get(context.CONSENT_KEY) is not False
 
 
@@ -66,7 +70,8 @@ class CapiMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        values = self._before(request)
+        # The session and the CONSENT callable may touch the database: not in the loop.
+        values = await sync_to_async(self._before)(request)
         with context.use_browser_context(values):
             result: Awaitable[HttpResponseBase] = self.get_response(request)
             response = await result
@@ -79,6 +84,14 @@ class CapiMiddleware:
         return values
 
     def _after(self, request: HttpRequest, response: HttpResponseBase) -> None:
+        if capi_settings().consent is not None:
+            patch_vary_headers(response, ("Cookie",))  # caches must not share the Pixel
+        if getattr(request, _REQUEST_ATTRIBUTE, {}).get(context.CONSENT_KEY) is False:
+            # A refusal takes back what was set before it.
+            for name in ("_fbc", "_fbp"):
+                if name in request.COOKIES:
+                    response.delete_cookie(name, samesite="Lax")
+            return
         for name, value in getattr(request, _COOKIES_ATTRIBUTE, {}).items():
             response.set_cookie(
                 name,
@@ -92,6 +105,9 @@ class CapiMiddleware:
 
 def _collect(request: HttpRequest, conf: CapiSettings) -> dict[str, object]:
     if not _consents(request, conf):
+        session = getattr(request, "session", None)
+        if session is not None and SESSION_KEY in session:
+            del session[SESSION_KEY]
         return {context.CONSENT_KEY: False}
     cookies: dict[str, str] = {}
     fbc = context.fbc_for_click(request.COOKIES.get("_fbc"), context.click_id(request))
@@ -127,9 +143,11 @@ def _remember(request: HttpRequest, values: dict[str, object]) -> None:
     if session is None:
         return
     saved = session.get(SESSION_KEY) or {}
-    for key in ("fbc", "fbp"):
+    for key in _STABLE_KEYS:
         if key not in values and saved.get(key):
             values[key] = saved[key]
     stable = {key: values[key] for key in _STABLE_KEYS if key in values}
-    if stable != saved:
+    # Written only when the ids change, and never into a session that does not exist yet:
+    # a visitor must not get a session row (and an uncacheable page) just for this.
+    if stable != saved and session.session_key is not None:
         session[SESSION_KEY] = stable

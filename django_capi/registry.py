@@ -71,7 +71,12 @@ class ModelEvent(Generic[M]):
         """The browser's ``client_ip_address``, ``client_user_agent``, ``fbc``, ``fbp`` and
         pages. By default, those of the request being handled (``CapiMiddleware``), if any;
         override it to return ``django_capi.browser_context(request)`` stored on the order
-        at checkout. A context whose ``consent`` is False stores no event."""
+        at checkout. A context whose ``consent`` is False stores no event.
+
+        Only website events take the current request's by default: a system or phone event
+        recorded while staff work in the admin must not carry the staff's browser."""
+        if self.action_source != ActionSource.WEBSITE:
+            return {}
         return context.current_context()
 
     def limited_data_use(self, instance: M) -> Mapping[str, int] | None:

@@ -187,3 +187,17 @@ def _to_json(value: object, path: str, problems: list[str]) -> Any:
         return [_to_json(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
     problems.append(f"{path} is a {type(value).__name__}, which JSON cannot carry")
     return None
+
+
+def check_limited_data_use(value: object) -> list[str]:
+    """``{"country": int, "state": int}`` (Meta: 1 and 1000 for California, 0 and 0 to let
+    it geolocate) or None."""
+    if value is None:
+        return []
+    if (
+        not isinstance(value, Mapping)
+        or set(value) != {"country", "state"}
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+    ):
+        return ["limited_data_use must be None or {'country': <int>, 'state': <int>}"]
+    return []

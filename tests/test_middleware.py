@@ -141,13 +141,36 @@ def test_fbp_is_set_only_when_asked():
     assert OutboxEvent.objects.last().payload["user_data"]["fbp"] == response.cookies["_fbp"].value
 
 
+def with_session(request):
+    from django.contrib.sessions.backends.db import SessionStore
+
+    store = SessionStore()
+    store["cart"] = [1]  # the shop's own session
+    store.create()
+    request.COOKIES["sessionid"] = store.session_key
+    return request
+
+
 def test_the_session_keeps_the_ids_for_later_requests():
-    first = get("/?fbclid=KeepMe")
+    first = with_session(get("/?fbclid=KeepMe"))
     run(lead_view, first)
     second = get("/checkout/")
-    second.COOKIES["sessionid"] = first.session.session_key
+    second.COOKIES["sessionid"] = first.COOKIES["sessionid"]  # the _fbc cookie got lost
     run(lambda request: HttpResponse(), second)
     assert browser_context(second)["fbc"].endswith(".KeepMe")
+    assert set(second.session["django_capi_browser"]) == {"fbc"}  # no IP, no user agent
+
+
+def test_no_session_is_created_just_for_the_ids():
+    response = run(lead_view, get("/?fbclid=NoSession"))
+    assert "sessionid" not in response.cookies
+    assert "_fbc" in response.cookies
+
+
+def test_an_oversized_or_strange_click_id_is_ignored():
+    for fbclid in ("A" * 600, 'x;y="1"', "a b"):
+        request = RequestFactory().get("/", {"fbclid": fbclid}, HTTP_USER_AGENT=UA)
+        assert "_fbc" not in run(lead_view, request).cookies
 
 
 def test_an_order_paid_later_without_a_browser_carries_the_checkout_context():
@@ -175,9 +198,14 @@ def refuse(request):
 
 def test_without_consent_nothing_is_stored_and_no_cookie_is_set():
     with capi(CONSENT="tests.test_middleware.refuse"):
-        response = run(lead_view, get("/?fbclid=NoConsent"))
+        request = with_session(get("/?fbclid=NoConsent"))
+        request.COOKIES["_fbp"] = "fb.1.1596403881668.1116446470"  # set before the refusal
+        response = run(lead_view, request)
         assert response.content == b"none"
-        assert "_fbc" not in response.cookies
+        assert response.cookies["_fbp"]["max-age"] == 0  # taken back
+        assert response.cookies["_fbc"]["max-age"] == 0 if "_fbc" in response.cookies else True
+        assert "Cookie" in response["Vary"]
+        assert "django_capi_browser" not in request.session
 
         def pay(request):
             order = OrderFactory()
@@ -203,14 +231,35 @@ def test_a_broken_consent_check_counts_as_refused(caplog):
     assert "treating it as refused" in caplog.text
 
 
-def test_the_middleware_works_in_async_views():
+def test_the_middleware_works_in_async_views_with_a_session():
+    from asgiref.sync import sync_to_async
+
     async def view(request):
         return HttpResponse()
 
     middleware = CapiMiddleware(view)
     request = get("/?fbclid=AsyncClick")
+    with_session(request)
+    from importlib import import_module
+
+    from django.conf import settings
+
+    engine = import_module(settings.SESSION_ENGINE)
+    request.session = engine.SessionStore(request.COOKIES["sessionid"])
     response = asyncio.run(middleware(request))
     assert response.cookies["_fbc"].value.endswith(".AsyncClick")
+    saved = asyncio.run(sync_to_async(lambda: dict(request.session))())
+    assert saved["django_capi_browser"]["fbc"].endswith(".AsyncClick")
+
+
+def test_a_staff_members_browser_never_lands_on_a_system_event():
+    def view(request):
+        row = send_event("Lead", user_data={"em": "phone@b.co"}, action_source="phone_call")
+        return HttpResponse(str(row.pk))
+
+    run(view, get("/admin/?fbclid=Staff"))
+    user_data = OutboxEvent.objects.get().payload["user_data"]
+    assert set(user_data) == {"em"}
 
 
 def test_limited_data_use_from_the_setting_and_per_event():
@@ -232,3 +281,29 @@ def test_limited_data_use_from_the_setting_and_per_event():
         limited_data_use={"country": 0, "state": 0},
     )
     assert row.payload["data_processing_options_country"] == 0
+    bad = send_event(
+        "Lead", user_data={"em": "z@b.co"}, action_source="chat", limited_data_use={"country": 1}
+    )
+    assert bad.status == "failed"
+    assert "limited_data_use must be None or" in bad.last_error
+
+
+def test_the_limited_data_use_hook_of_a_model_event(isolated_registry):
+    from django_capi import ModelEvent, register
+    from tests.shop.models import Lead
+
+    @register(Lead)
+    class CaliforniaLead(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+        def limited_data_use(self, instance):
+            return {"country": 1, "state": 1000}
+
+    Lead.objects.create(email="ca@b.co")
+    payload = OutboxEvent.objects.get(event_name="Contact").payload
+    assert payload["data_processing_options"] == ["LDU"]
+    assert payload["data_processing_options_state"] == 1000

@@ -40,7 +40,8 @@ def test_the_pixel_base_code_inits_tracks_a_page_view_and_has_noscript():
     assert init == ["init", "1234567890", {}]
     assert page_view[:3] == ["track", "PageView", {}]
     assert re.fullmatch(r"[0-9a-f-]{36}", page_view[3]["eventID"])
-    assert 'src="https://www.facebook.com/tr?id=1234567890&amp;ev=PageView&amp;noscript=1"' in html
+    noscript = "https://www.facebook.com/tr?id=1234567890&amp;ev=PageView&amp;eid="
+    assert f'src="{noscript}{page_view[3]["eventID"]}&amp;noscript=1"' in html
 
 
 def test_advanced_matching_sends_the_users_hashes_as_the_server_does():
@@ -71,8 +72,8 @@ def test_a_server_page_view_shares_the_pixels_event_id():
 
 def test_capi_event_renders_the_rows_event_id_and_custom_data():
     order = OrderFactory(total=Decimal("42.50"))
+    order.status = "paid"  # rendered before the save that records the row
     before = calls(render('{% capi_event order "Purchase" %}', order=order))
-    order.status = "paid"
     order.save()
     row = OutboxEvent.objects.get()
     after = calls(render('{% capi_event order "Purchase" %}', order=order))
@@ -86,10 +87,19 @@ def test_capi_event_renders_the_rows_event_id_and_custom_data():
 
 
 def test_rendering_a_thank_you_page_twice_creates_no_event():
-    order = OrderFactory(status="paid")
-    render('{% capi_event order "Purchase" %}', order=order)
-    render('{% capi_event order "Purchase" %}', order=order)
+    order = OrderFactory()
+    assert render('{% capi_event order "Purchase" %}', order=order) == ""  # not paid yet
+    order.status = "paid"
+    order.save()
+    first = render('{% capi_event order "Purchase" %}', order=order)
+    second = render('{% capi_event order "Purchase" %}', order=order)
+    assert first == second != ""
     assert OutboxEvent.objects.count() == 1
+
+
+def test_an_event_no_model_event_declares_renders_nothing(caplog):
+    assert render('{% capi_event order "Lead" %}', order=OrderFactory(status="paid")) == ""
+    assert "no 'Lead' event is registered" in caplog.text
 
 
 def test_capi_event_for_a_send_event_row_and_custom_names():

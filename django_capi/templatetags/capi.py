@@ -27,7 +27,7 @@ from ..events import send_event
 from ..middleware import has_consent
 from ..models import OutboxEvent
 from ..normalize import normalize_user_data
-from ..registry import event_id_for, registered_events
+from ..registry import ModelEvent, event_id_for, registered_events
 from ..validation import clean_custom_data
 
 register = template.Library()
@@ -57,7 +57,15 @@ def capi_pixel(context: template.Context) -> SafeString:
     event_id = str(uuid.uuid4())
     if conf.server_page_view and request is not None:
         send_event("PageView", event_id=event_id, request=request)
-    calls = [
+    calls = []
+    if conf.limited_data_use is not None:
+        ldu = conf.limited_data_use
+        # Must come before init for the Pixel's own events to be Limited Data Use too.
+        calls.append(
+            f"fbq({js('dataProcessingOptions')}, {js(['LDU'])}, "
+            f"{js(ldu['country'])}, {js(ldu['state'])});"
+        )
+    calls += [
         f"fbq({js('init')}, {js(conf.pixel_id)}, {js(_advanced_matching(request))});",
         f"fbq({js('track')}, {js('PageView')}, {{}}, {js({'eventID': event_id})});",
     ]
@@ -70,11 +78,12 @@ def capi_pixel(context: template.Context) -> SafeString:
     )
     return format_html(
         '<script{}>{}</script><noscript><img height="1" width="1" style="display:none" '
-        'alt="" src="https://www.facebook.com/tr?id={}&amp;ev=PageView&amp;noscript=1">'
+        'alt="" src="https://www.facebook.com/tr?id={}&amp;ev=PageView&amp;eid={}&amp;noscript=1">'
         "</noscript>",
-        _nonce(request),
+        _nonce(context, request),
         mark_safe(script),  # noqa: S308 - every value in it went through js()
         conf.pixel_id,
+        event_id,
     )
 
 
@@ -93,25 +102,47 @@ def capi_event(
     else:
         if not event_name:
             raise template.TemplateSyntaxError("capi_event needs an event name for a model")
-        name, event_id = event_name, event_id_for(source, event_name)
-        custom_data = _custom_data(source, name, event_id)
+        name = event_name
+        model_event = next(
+            (e for e in registered_events(type(source)) if e.event_name == name), None
+        )
+        if model_event is None:
+            # A browser event with no server twin could never be deduplicated.
+            logger.warning("capi_event: no %r event is registered for %s", name, type(source))
+            return SafeString("")
+        event_id = event_id_for(source, name)
+        row = OutboxEvent.objects.filter(event_name=name, event_id=event_id).first()
+        if row is None and not _will_send(model_event, source):
+            return SafeString("")  # not a conversion (yet): an unpaid order is no Purchase
+        custom_data = _custom_data(row, model_event, source)
     method = "track" if name in STANDARD_EVENTS else "trackCustom"
     call = f"fbq({js(method)}, {js(name)}, {js(custom_data)}, {js({'eventID': event_id})});"
-    return format_html("<script{}>{}</script>", _nonce(request), mark_safe(call))  # noqa: S308
+    return format_html(
+        "<script{}>{}</script>",
+        _nonce(context, request),
+        mark_safe(call),  # noqa: S308
+    )
 
 
-def _custom_data(source: models.Model, name: str, event_id: str) -> dict[str, Any]:
-    row = OutboxEvent.objects.filter(event_name=name, event_id=event_id).first()
+def _will_send(model_event: ModelEvent[Any], source: models.Model) -> bool:
+    try:
+        return bool(model_event.should_send(source, False))  # noqa: FBT003 - hook signature
+    except Exception:
+        logger.exception("capi_event: %s.should_send raised", type(model_event).__name__)
+        return False
+
+
+def _custom_data(
+    row: OutboxEvent | None, model_event: ModelEvent[Any], source: models.Model
+) -> dict[str, Any]:
     if row is not None and row.payload:
         return dict(row.payload.get("custom_data", {}))
     # The row is not there yet (or failed): the hook gives what it will carry.
-    for model_event in registered_events(type(source)):
-        if model_event.event_name == name:
-            try:
-                return clean_custom_data(model_event.custom_data(source), name)
-            except Exception:
-                logger.exception("capi_event: no custom_data for %s %s", name, event_id)
-    return {}
+    try:
+        return clean_custom_data(model_event.custom_data(source), model_event.event_name)
+    except Exception:
+        logger.exception("capi_event: no custom_data for %s", model_event.event_name)
+        return {}
 
 
 def _advanced_matching(request: HttpRequest | None) -> dict[str, Any]:
@@ -125,6 +156,7 @@ def _advanced_matching(request: HttpRequest | None) -> dict[str, Any]:
     return {key: matched[key] for key in ("em", "external_id") if key in matched}
 
 
-def _nonce(request: HttpRequest | None) -> SafeString:
-    nonce = getattr(request, "csp_nonce", None)
+def _nonce(context: template.Context, request: HttpRequest | None) -> SafeString:
+    # django-csp sets request.csp_nonce; Django 6's own CSP puts csp_nonce in the context.
+    nonce = getattr(request, "csp_nonce", None) or context.get("csp_nonce")
     return format_html(' nonce="{}"', nonce) if nonce else SafeString("")
