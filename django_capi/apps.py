@@ -10,7 +10,7 @@ class CapiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import registry
+        from . import checks, registry  # noqa: F401 - importing checks registers them
 
         registry.connect_signals()
         # Each installed app declares its conversions in a ``capi`` module, as with ``admin``.

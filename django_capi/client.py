@@ -57,6 +57,8 @@ class GraphFailure:
         """One line for the outbox row and the log: who answered what."""
         if http_status is None:
             return self.message
+        if self.code is None and not self.title:
+            return f"HTTP {http_status} {self.message}"  # a proxy's or a portal's answer
         code = "" if self.code is None else f" code {self.code}"
         code += "" if self.subcode is None else f"/{self.subcode}"
         title = f" {self.title}:" if self.title else ""
@@ -139,9 +141,7 @@ def parse_response(response: requests.Response, duration_ms: int) -> GraphResult
             )
         # A captive portal, a proxy's page or a wrong GRAPH_API_URL: nothing says Meta has
         # the events, so they must not count as delivered.
-        failure = GraphFailure(
-            ErrorKind.TRANSIENT, f"HTTP {response.status_code} without events_received"
-        )
+        failure = GraphFailure(ErrorKind.TRANSIENT, "without events_received: not the Graph API")
         return GraphResult(response.status_code, duration_ms, None, fbtrace_id, failure)
     return GraphResult(
         http_status=response.status_code,
@@ -164,7 +164,7 @@ def classify(
             kind = ErrorKind.SETUP
         return GraphFailure(
             kind,
-            f"HTTP {http_status} without a Graph API error body",
+            "without a Graph API error body: not Meta's answer",
             retry_after=_retry_after(headers or {}) if kind is ErrorKind.RATE_LIMIT else None,
         )
     code = _int_or_none(error_body.get("code"))

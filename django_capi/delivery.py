@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from itertools import groupby
@@ -62,10 +62,11 @@ def drain(
     client: GraphClient | None = None,
     time_limit: float | None = None,
     max_batches: int | None = None,
+    only: Collection[int] | None = None,
 ) -> DrainReport:
     """Deliver due events of one database until none are left (or a limit is reached). Safe
     to run in many processes at once: each batch is leased to one of them. Must not run
-    inside a transaction."""
+    inside a transaction. ``only`` restricts it to those row ids (the admin's "send now")."""
     using = using or router.db_for_write(OutboxEvent)
     own_client = client is None
     client = client or GraphClient()
@@ -74,7 +75,7 @@ def drain(
     batches = 0
     try:
         while True:
-            batch = drain_batch(using, client)
+            batch = drain_batch(using, client, only=only)
             report += batch
             batches += 1
             if batch.claimed == 0:
@@ -90,7 +91,9 @@ def drain(
     return report
 
 
-def drain_batch(using: str, client: GraphClient) -> DrainReport:
+def drain_batch(
+    using: str, client: GraphClient, *, only: Collection[int] | None = None
+) -> DrainReport:
     """Claim one lease's worth of rows and deliver them, pixel by pixel."""
     conf = client.conf
     gate = pixels.gate(using, conf.access_token)
@@ -99,6 +102,7 @@ def drain_batch(using: str, client: GraphClient) -> DrainReport:
         lease_seconds=conf.lease_seconds,
         using=using,
         exclude_pixels=gate.blocked,
+        only=only,
     )
     report = DrainReport(claimed=len(lease.rows))
     notices: list[Callable[[], None]] = []

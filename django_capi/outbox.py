@@ -54,7 +54,12 @@ def databases() -> list[str]:
 
 
 def claim(
-    *, limit: int, lease_seconds: int, using: str, exclude_pixels: Collection[str] = ()
+    *,
+    limit: int,
+    lease_seconds: int,
+    using: str,
+    exclude_pixels: Collection[str] = (),
+    only: Collection[int] | None = None,
 ) -> Lease:
     """Lease up to ``limit`` due rows and count an attempt for each.
 
@@ -69,6 +74,8 @@ def claim(
     due = OutboxEvent.objects.using(using).filter(status=PENDING, next_attempt_at__lte=Now())
     if exclude_pixels:
         due = due.exclude(pixel_id__in=exclude_pixels)
+    if only is not None:
+        due = due.filter(pk__in=list(only))
     oldest_first = due.order_by("next_attempt_at", "pk").values_list("pk", flat=True)
     lease_end = Now() + timedelta(seconds=lease_seconds)
     changes: dict[str, Any] = {

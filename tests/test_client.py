@@ -115,6 +115,6 @@ def test_a_2xx_that_is_not_the_graph_api_is_not_a_delivery():
     result = parse_response(response, 3)
     assert result.error is not None
     assert result.error.kind is ErrorKind.TRANSIENT
-    assert result.error.message == "HTTP 200 without events_received"
+    assert result.error.message == "without events_received: not the Graph API"
     response._content = b'{"events_received": 2, "fbtrace_id": "x"}'
     assert parse_response(response, 3).ok

@@ -149,7 +149,7 @@ def test_retries_stop_at_max_attempts(capi_graph, settings):
         make_due()
     row = OutboxEvent.objects.get()
     assert (row.status, row.failure_reason, row.attempts) == ("failed", "exhausted", 3)
-    assert row.last_error == "Meta HTTP 500 HTTP 500 without a Graph API error body"
+    assert row.last_error == "HTTP 500 without a Graph API error body: not Meta's answer"
     assert len(capi_graph.requests) == 3
 
 
@@ -341,7 +341,7 @@ def test_a_2xx_page_that_is_not_the_graph_api_is_retried_not_delivered(capi_grap
     report = drain()
     assert (report.delivered, report.retrying) == (0, 2)
     assert OutboxEvent.objects.first().last_error == (
-        "Meta HTTP 200 HTTP 200 without events_received"
+        "HTTP 200 without events_received: not the Graph API"
     )
 
 

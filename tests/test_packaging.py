@@ -33,6 +33,13 @@ def test_the_wheel_carries_code_migrations_and_type_marker(tmp_path):
         "django_capi/migrations/0001_initial.py",
         "django_capi/models.py",
     }
+    # Templates and static files are not Python: only MANIFEST.in puts them in the wheel.
+    expected |= {
+        str(path.relative_to(ROOT))
+        for pattern in ("templates/**/*.html", "static/**/*.css")
+        for path in (ROOT / "django_capi").glob(pattern)
+    }
+    assert any(name.endswith("health.html") for name in expected)
     assert expected <= names
     assert not any(name.startswith(("tests/", "example_project/")) for name in names)
     metadata = next(name for name in names if name.endswith("METADATA"))

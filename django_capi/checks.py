@@ -1,0 +1,315 @@
+"""System checks: setups that lose or spoil events without an exception anywhere.
+
+``manage.py check`` runs them (``--tag django_capi`` for these alone) and so does
+``capi_doctor``. The ids are stable forever: silence one with ``SILENCED_SYSTEM_CHECKS``.
+
+Errors (events cannot be recorded or delivered):
+
+- ``django_capi.E001``: no pixel id (``PIXEL_ID`` or ``CAPI_PIXEL_ID``).
+- ``django_capi.E002``: no access token (``ACCESS_TOKEN`` or ``CAPI_ACCESS_TOKEN``).
+- ``django_capi.E003``: ``DJANGO_CAPI`` fails validation (a bad value or an unknown key).
+- ``django_capi.E004``: a registered model is written on a database without the outbox table,
+  so its events cannot be recorded in its transaction.
+- ``django_capi.E005``: ``send_event`` writes on a database without the outbox table (the
+  router sends ``OutboxEvent`` writes where it does not migrate it).
+
+Warnings (events go out, but worse than they could):
+
+- ``django_capi.W001``: the ``capi`` template tags are available but ``CapiMiddleware`` is not
+  installed: the Pixel and server events lack fbc, fbp, IP and user agent.
+- ``django_capi.W002``: ``CapiMiddleware`` comes before ``SessionMiddleware`` or
+  ``AuthenticationMiddleware``.
+- ``django_capi.W003``: ``TEST_EVENT_CODE`` is set while ``DEBUG`` is off: production events
+  land in Test Events instead of counting.
+- ``django_capi.W004``: Celery workers drain an outbox on SQLite, which serializes every claim.
+- ``django_capi.W005``: Celery wake-ups with a per-process default cache, which workers cannot
+  clear.
+
+Checks that need the settings are skipped while ``E003`` stands: its message says what to fix
+first. The lease/timeout relation is part of the settings' own validation (``E003``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+from django.core.checks import Warning as CheckWarning
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, router
+from django.utils.module_loading import import_string
+
+from .client import INVALID_PARAMETER, UNSUPPORTED_POST_SUBCODE, ErrorKind, GraphFailure
+from .conf import SETTING_NAME, CapiSettings, capi_settings
+from .exceptions import CapiConfigurationError
+from .models import OutboxEvent
+from .outbox import databases as outbox_databases
+from .registry import _registry
+
+#: ``manage.py check --tag django_capi`` runs only these checks.
+TAG = "django_capi"
+
+CAPI_MIDDLEWARE = "django_capi.middleware.CapiMiddleware"
+SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+
+Messages = list[CheckMessage]
+
+
+def _settings_or_none() -> CapiSettings | None:
+    try:
+        return capi_settings()
+    except CapiConfigurationError:
+        return None
+
+
+@register(TAG)
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Messages:
+    """E001, E002, E003, W003."""
+    try:
+        conf = capi_settings()
+    except CapiConfigurationError as exc:
+        return [
+            Error(
+                str(exc),
+                hint=f"Fix {SETTING_NAME} in your settings; README.md lists every key.",
+                id="django_capi.E003",
+            )
+        ]
+    messages: Messages = []
+    if conf.pixel_id is None:
+        messages.append(
+            Error(
+                "No Meta pixel id is configured: every event is stored as failed.",
+                hint=f'Set {SETTING_NAME}["PIXEL_ID"] or the CAPI_PIXEL_ID environment '
+                "variable to your pixel's (dataset's) id from Events Manager.",
+                id="django_capi.E001",
+            )
+        )
+    if conf.access_token is None:
+        messages.append(
+            Error(
+                "No Conversions API access token is configured: Meta refuses every request.",
+                hint="Set the CAPI_ACCESS_TOKEN environment variable (or "
+                f'{SETTING_NAME}["ACCESS_TOKEN"]) to a token generated in Events Manager, '
+                "Settings, Conversions API.",
+                id="django_capi.E002",
+            )
+        )
+    if conf.test_event_code and not settings.DEBUG:
+        messages.append(
+            CheckWarning(
+                "TEST_EVENT_CODE is set while DEBUG is off: Meta treats every event as a test "
+                "event (shown in Test Events), not as a real conversion.",
+                hint=f'Remove {SETTING_NAME}["TEST_EVENT_CODE"] (and CAPI_TEST_EVENT_CODE) '
+                "in production; use `manage.py capi_test_event --code …` for a one-off test.",
+                id="django_capi.W003",
+            )
+        )
+    return messages
+
+
+@register(TAG)
+def check_middleware(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Messages:
+    """W001, W002."""
+    classes = [_import_or_none(path) for path in settings.MIDDLEWARE]
+    capi = _first_subclass(classes, CAPI_MIDDLEWARE)
+    if capi is None:
+        if not _capi_tags_loadable():
+            return []
+        return [
+            CheckWarning(
+                f"{CAPI_MIDDLEWARE} is not in MIDDLEWARE: the Pixel and server events lack the "
+                "click id (fbc), fbp, IP address and user agent unless you pass them yourself.",
+                hint=f'Add "{CAPI_MIDDLEWARE}" to MIDDLEWARE after SessionMiddleware and '
+                "AuthenticationMiddleware.",
+                id="django_capi.W001",
+            )
+        ]
+    late = [
+        path.rsplit(".", 1)[1]
+        for path in (SESSION_MIDDLEWARE, AUTH_MIDDLEWARE)
+        if (position := _first_subclass(classes, path)) is not None and position > capi
+    ]
+    if not late:
+        return []
+    return [
+        CheckWarning(
+            f"CapiMiddleware comes before {' and '.join(late)}: it cannot keep the browser's "
+            "ids in the session nor match the signed-in user.",
+            hint=f"Move {CAPI_MIDDLEWARE} after {' and '.join(late)} in MIDDLEWARE.",
+            id="django_capi.W002",
+        )
+    ]
+
+
+@register(TAG)
+def check_celery(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Messages:
+    """W004, W005."""
+    conf = _settings_or_none()
+    if conf is None or conf.wake != "celery":
+        return []
+    messages: Messages = []
+    sqlite = [alias for alias in outbox_databases() if connections[alias].vendor == "sqlite"]
+    if sqlite:
+        messages.append(
+            CheckWarning(
+                f"Celery workers drain an outbox on SQLite ({', '.join(sqlite)}): SQLite "
+                "serializes every claim, so workers wait on each other and on the shop.",
+                hint="Run the outbox on PostgreSQL (or MySQL) in production, or set "
+                f'{SETTING_NAME}["WAKE"] = "none" and run one `capi_drain --loop`.',
+                id="django_capi.W004",
+            )
+        )
+    backend = settings.CACHES.get("default", {}).get("BACKEND", "")
+    if _is_subclass(_import_or_none(backend), PER_PROCESS_CACHES):
+        messages.append(
+            CheckWarning(
+                f"The default cache ({backend.rsplit('.', 1)[-1]}) is per process: workers "
+                "cannot clear the wake-up debounce, so wake-ups wait for it to expire.",
+                hint='Configure a shared cache (e.g. Redis) as CACHES["default"]; see README '
+                '"Running delivery".',
+                id="django_capi.W005",
+            )
+        )
+    return messages
+
+
+@register(TAG)
+def check_databases(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Messages:
+    """E004, E005. Uses the routers' answers without hints: a router that shards by instance
+    is not second-guessed."""
+    with_outbox = {alias for alias in connections if router.allow_migrate_model(alias, OutboxEvent)}
+    hint = (
+        "Let your database router migrate django_capi on every database your registered "
+        "models are written to (allow_migrate), then run `manage.py migrate django_capi "
+        "--database ALIAS`."
+    )
+    messages: Messages = []
+    for model in sorted(_registry, key=lambda model: model._meta.label):
+        alias = router.db_for_write(model)
+        if alias not in with_outbox:
+            messages.append(
+                Error(
+                    f"{model._meta.label} is written to the database {alias!r}, which has no "
+                    "outbox: its events cannot be recorded in the same transaction.",
+                    hint=hint,
+                    obj=model,
+                    id="django_capi.E004",
+                )
+            )
+    alias = router.db_for_write(OutboxEvent)
+    if alias not in with_outbox:
+        messages.append(
+            Error(
+                f"OutboxEvent writes are routed to {alias!r}, where the router does not migrate "
+                "it: send_event() would fail there.",
+                hint=hint,
+                id="django_capi.E005",
+            )
+        )
+    return messages
+
+
+def graph_failure_fix(failure: GraphFailure, http_status: int | None, pixel_id: str) -> str:
+    """What to do about a failed request to the Graph API (shared by ``capi_doctor`` and
+    ``capi_test_event``)."""
+    if http_status is None:
+        return (
+            "This host cannot reach the Graph API: check its network, proxy and GRAPH_API_URL, "
+            "then try again."
+        )
+    if failure.code in (190, 102):
+        return (
+            "The access token is invalid, expired or revoked: generate a new one in Events "
+            "Manager (your dataset, Settings, Conversions API) and set CAPI_ACCESS_TOKEN."
+        )
+    if failure.code == 10 or (failure.code is not None and 200 <= failure.code < 300):
+        return (
+            f"The token may not send events for pixel {pixel_id}: generate it on that pixel's "
+            "Settings page in Events Manager, or give its system user access to the dataset."
+        )
+    if failure.code == INVALID_PARAMETER and failure.subcode == UNSUPPORTED_POST_SUBCODE:
+        return (
+            f"Meta finds no pixel {pixel_id} this token may use: check PIXEL_ID, and that the "
+            "token was generated for this pixel."
+        )
+    if failure.kind is ErrorKind.SETUP:
+        return "Meta refused the request itself: check API_VERSION and GRAPH_API_URL."
+    if failure.kind is ErrorKind.RATE_LIMIT:
+        return "Meta is rate-limiting this pixel: try again in a few minutes."
+    if failure.kind is ErrorKind.INVALID:
+        return "Meta refused the event's data: the message says which field."
+    if failure.code is None:
+        return (
+            "Something other than the Graph API answered (a proxy?): check GRAPH_API_URL and "
+            "the network, then try again."
+        )
+    return "Meta had a temporary problem: try again in a few minutes."
+
+
+def _capi_tags_loadable() -> bool:
+    """Whether a template could ``{% load capi %}`` (always, with the app installed and
+    Django templates)."""
+    from django.template import engines
+    from django.template.backends.django import DjangoTemplates
+
+    from .templatetags.capi import register as library
+
+    try:
+        all_engines = engines.all()
+    except ImproperlyConfigured:
+        return True  # Django's own checks report TEMPLATES; assume the tags are used
+    for engine in all_engines:
+        if isinstance(engine, DjangoTemplates):
+            loadable = engine.engine.template_libraries.values()
+            if (
+                any(lib is library for lib in loadable)
+                or library in engine.engine.template_builtins
+            ):
+                return True
+    return False
+
+
+def _import_or_none(path: str) -> type | None:
+    # A path that does not import is another check's business (Django fails loudly on it).
+    try:
+        imported = import_string(path)
+    except ImportError:
+        return None
+    return imported if isinstance(imported, type) else None
+
+
+def _is_subclass(klass: type | None, paths: Sequence[str]) -> bool:
+    bases = [base for base in map(_import_or_none, paths) if base is not None]
+    return klass is not None and any(issubclass(klass, base) for base in bases)
+
+
+def _first_subclass(classes: Sequence[type | None], path: str) -> int | None:
+    for position, klass in enumerate(classes):
+        if _is_subclass(klass, [path]):
+            return position
+    return None

@@ -1,0 +1,107 @@
+"""``manage.py capi_test_event``: send one event with a test code and print Meta's answer.
+
+It talks to the Graph API directly and never touches the outbox, so it works before
+migrations and leaves nothing to deliver or count. Meta shows the event under Events Manager,
+Test Events, for the code given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_capi.checks import graph_failure_fix
+from django_capi.client import GraphClient
+from django_capi.conf import SETTING_NAME, capi_settings
+from django_capi.events import EventDraft, build_event
+from django_capi.exceptions import CapiConfigurationError, EventValidationError
+
+
+class Command(BaseCommand):
+    help = (
+        "Send one test event to Meta with TEST_EVENT_CODE (or --code) and print Meta's answer. "
+        "The outbox is not touched."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--code",
+            help="The test code from Events Manager, Test Events (default: TEST_EVENT_CODE).",
+        )
+        parser.add_argument(
+            "--event-name",
+            choices=["PageView", "Lead"],
+            default="PageView",
+            help="Default: PageView.",
+        )
+        parser.add_argument(
+            "--url",
+            help="Send a website event from this page URL (needs --user-agent); otherwise the "
+            "event is system_generated.",
+        )
+        parser.add_argument("--user-agent", help="The browser user agent of a website event.")
+        parser.add_argument(
+            "--external-id",
+            default="capi-test-event",
+            help="The (hashed) external_id Meta matches the event on. Default: capi-test-event.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            conf = capi_settings()
+        except CapiConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        code = options["code"] or conf.test_event_code
+        if not code:
+            raise CommandError(
+                f"No test event code: pass --code (from Events Manager, Test Events) or set "
+                f"{SETTING_NAME}['TEST_EVENT_CODE']. Without one this would be a real event."
+            )
+        if conf.pixel_id is None:
+            raise CommandError(f"No pixel id: set {SETTING_NAME}['PIXEL_ID'] or CAPI_PIXEL_ID.")
+        if conf.access_token is None:
+            raise CommandError(
+                f"No access token: set CAPI_ACCESS_TOKEN or {SETTING_NAME}['ACCESS_TOKEN']."
+            )
+        url, user_agent = options["url"], options["user_agent"]
+        if bool(url) != bool(user_agent):
+            raise CommandError("A website test event needs both --url and --user-agent.")
+        # Unique per run: Meta would deduplicate a second test with the same event_id.
+        event_id = f"capi-test-event-{uuid.uuid4().hex}"
+        draft = EventDraft(
+            event_name=options["event_name"],
+            event_id=event_id,
+            action_source="website" if url else "system_generated",
+            user_data={"external_id": options["external_id"]},
+            event_source_url=url,
+            browser={"client_user_agent": user_agent} if user_agent else {},
+            limited_data_use=conf.limited_data_use,
+        )
+        try:
+            payload = build_event(draft, default_phone_region=conf.default_phone_region).payload
+        except EventValidationError as exc:
+            raise CommandError(f"The test event is invalid: {exc}") from None
+
+        client = GraphClient(dataclasses.replace(conf, test_event_code=code))
+        try:
+            result = client.post_events(conf.pixel_id, [payload])
+        finally:
+            client.close()
+        self.stdout.write(
+            f"Sent one {draft.event_name} ({draft.action_source}) to pixel {conf.pixel_id} "
+            f"with test code {code}, event_id {event_id}."
+        )
+        if result.error is not None:
+            raise CommandError(
+                f"Meta refused the test event: {result.error.describe(result.http_status)}\n"
+                f"Fix: {graph_failure_fix(result.error, result.http_status, conf.pixel_id)}"
+                + (f"\nfbtrace_id: {result.fbtrace_id}" if result.fbtrace_id else "")
+            )
+        self.stdout.write(
+            f"Meta answered HTTP {result.http_status}: events_received={result.events_received}, "
+            f"fbtrace_id={result.fbtrace_id or '-'} ({result.duration_ms} ms)."
+        )
+        self.stdout.write(f"Look for it in Events Manager, Test Events, under the code {code}.")

@@ -1,0 +1,188 @@
+"""What operators do to events: replay failures, send now, cancel, purge old data.
+
+One module, so the admin's actions and the management commands behave the same.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import connections, router, transaction
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from .delivery import SEND_MARGIN, DrainReport, drain
+from .dispatch import wake_drainer_on_commit
+from .models import OutboxEvent
+from .validation import MAX_EVENT_AGE, MAX_PHYSICAL_STORE_EVENT_AGE
+
+Status = OutboxEvent.Status
+#: ``user_data`` keys that identify a browser rather than a person; scrubbed after a while.
+BROWSER_KEYS = ("client_ip_address", "client_user_agent", "fbc", "fbp")
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    replayed: int
+    #: Failed rows Meta would refuse now: older than its 7 (or 62) days.
+    too_old: int
+    #: Failed while being built (no payload): fix the data and save the object again.
+    unbuilt: int
+    #: Neither failed nor cancelled.
+    skipped: int
+
+    def __str__(self) -> str:
+        parts = [f"{self.replayed} replayed"]
+        if self.too_old:
+            parts.append(f"{self.too_old} refused: older than Meta accepts (7 days, 62 in store)")
+        if self.unbuilt:
+            parts.append(
+                f"{self.unbuilt} refused: invalid when recorded; fix the data and save the "
+                "object again to rebuild them"
+            )
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped: neither failed nor cancelled")
+        return "; ".join(parts)
+
+
+def replay(events: QuerySet[OutboxEvent]) -> ReplayResult:
+    """Give failed (or cancelled) events a fresh attempts budget and send them again."""
+    failed = events.filter(status__in=[Status.FAILED, Status.CANCELLED])
+    replayable = failed.exclude(payload={}).exclude(_too_old())
+    total, failed_count = events.count(), failed.count()
+    unbuilt = failed.filter(payload={}).count()
+    using = events.db
+    with transaction.atomic(using=using):
+        replayed = replayable.update(
+            status=Status.PENDING,
+            failure_reason="",
+            last_error="",
+            attempts=0,
+            next_attempt_at=Now(),
+            leased_until=None,
+        )
+        if replayed:
+            wake_drainer_on_commit(using)
+    return ReplayResult(
+        replayed=replayed,
+        too_old=failed_count - unbuilt - replayed,
+        unbuilt=unbuilt,
+        skipped=total - failed_count,
+    )
+
+
+def send_now(events: QuerySet[OutboxEvent]) -> DrainReport | None:
+    """Deliver the selected pending events at once, whatever their backoff says.
+
+    Inside a transaction (an admin action under ``ATOMIC_REQUESTS``) the drain runs in a
+    thread of its own, with its own connection: a drain must never hold the caller's
+    transaction open while it talks to Meta. On SQLite, whose writers lock the whole
+    database, that thread would wait for the caller forever: the drain then runs right
+    after the caller's commit, and this returns None.
+    """
+    using = events.db
+    ids = list(events.filter(status=Status.PENDING).values_list("pk", flat=True))
+    if not ids:
+        return DrainReport()
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        return _send_now(using, ids)
+    if connection.vendor == "sqlite":
+        transaction.on_commit(lambda: _send_now(using, ids), using=using, robust=True)
+        return None
+    outcome: list[DrainReport | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(_send_now(using, ids))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome.append(exc)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=run, name="django-capi-send-now")
+    worker.start()
+    worker.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _send_now(using: str, ids: list[int]) -> DrainReport:
+    OutboxEvent.objects.using(using).filter(
+        pk__in=ids, status=Status.PENDING, leased_until=None
+    ).update(next_attempt_at=Now())
+    return drain(using=using, only=ids)
+
+
+def cancel(events: QuerySet[OutboxEvent]) -> int:
+    """Never send these: pending rows not in flight, and failed ones, become ``cancelled``."""
+    return events.filter(
+        Q(status=Status.PENDING, leased_until=None) | Q(status=Status.FAILED)
+    ).update(status=Status.CANCELLED)
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    deleted: int
+    scrubbed: int
+
+
+def purge(
+    *,
+    delivered_after_days: int,
+    scrub_after_days: int,
+    using: str | None = None,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+) -> PurgeResult:
+    """Delete delivered rows older than ``delivered_after_days`` and remove the browser's IP,
+    user agent, fbc and fbp from rows older than ``scrub_after_days``.
+
+    Works in batches of short transactions, so the table is never locked for long. Pending
+    rows keep their browser data: they still need it to be sent (and are failed as expired
+    once too old, then scrubbed on the next run).
+    """
+    using = using or router.db_for_write(OutboxEvent)
+    rows = OutboxEvent.objects.using(using)
+    now = timezone.now()
+    deletable = Q(
+        status=Status.DELIVERED, delivered_at__lt=now - timedelta(days=delivered_after_days)
+    )
+    old_delivered = rows.filter(deletable)
+    with_browser = (
+        rows.exclude(deletable)
+        .exclude(status=Status.PENDING)
+        .filter(
+            created_at__lt=now - timedelta(days=scrub_after_days),
+            payload__user_data__has_any_keys=list(BROWSER_KEYS),
+        )
+    )
+    if dry_run:
+        return PurgeResult(deleted=old_delivered.count(), scrubbed=with_browser.count())
+    deleted = 0
+    while ids := list(old_delivered.values_list("pk", flat=True)[:batch_size]):
+        with transaction.atomic(using=using):
+            rows.filter(pk__in=ids).delete()  # attempts go with them (CASCADE)
+        deleted += len(ids)
+    scrubbed = 0
+    while batch := list(with_browser.only("pk", "payload")[:batch_size]):
+        for row in batch:
+            for key in BROWSER_KEYS:
+                row.payload["user_data"].pop(key, None)
+        with transaction.atomic(using=using):
+            rows.bulk_update(batch, ["payload"])
+        scrubbed += len(batch)
+    return PurgeResult(deleted=deleted, scrubbed=scrubbed)
+
+
+def _too_old() -> Q:
+    """Rows Meta would refuse if sent now (with the margin the drainer keeps)."""
+    now = timezone.now()
+    store = Q(action_source="physical_store")
+    return (store & Q(event_time__lt=now - MAX_PHYSICAL_STORE_EVENT_AGE + SEND_MARGIN)) | (
+        ~store & Q(event_time__lt=now - MAX_EVENT_AGE + SEND_MARGIN)
+    )

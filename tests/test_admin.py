@@ -1,0 +1,157 @@
+"""The outbox admin: status at a glance, Meta's answer, and replay for those allowed to."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+
+from django_capi.models import DeliveryAttempt, OutboxEvent
+from tests.delivery_helpers import make_rows
+from tests.factories import OrderFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = "admin:django_capi_outboxevent_changelist"
+
+
+def staff(*permissions: str) -> User:
+    user = User.objects.create_user("-".join(permissions), password="x", is_staff=True)
+    for codename in permissions:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return user
+
+
+@pytest.fixture
+def viewer(client):
+    client.force_login(staff("view_outboxevent"))
+    return client
+
+
+@pytest.fixture
+def operator(client):
+    client.force_login(staff("view_outboxevent", "replay_outboxevent"))
+    return client
+
+
+def test_the_changelist_shows_status_error_and_source(viewer):
+    order = OrderFactory(status="paid")
+    row = OutboxEvent.objects.get()
+    OutboxEvent.objects.filter(pk=row.pk).update(
+        status="failed", last_error="Meta HTTP 400 code 100 Event Timestamp Too Old: too old"
+    )
+    html = viewer.get(reverse(CHANGELIST)).content.decode()
+    assert "Purchase" in html
+    assert "background:#b00020" in html  # the failed badge
+    assert "Meta HTTP 400 code 100 Event Timestamp Too Old" in html
+    assert f"shop.order {order.pk}" in html
+
+
+def test_search_is_exact_on_event_id_and_source_id(viewer):
+    rows = make_rows(3)
+    response = viewer.get(reverse(CHANGELIST), {"q": rows[1].event_id})
+    assert [row.pk for row in response.context["cl"].result_list] == [rows[1].pk]
+    response = viewer.get(reverse(CHANGELIST), {"q": rows[1].event_id[:-1]})
+    assert list(response.context["cl"].result_list) == []
+
+
+def test_filters_and_date_hierarchy_work(viewer):
+    make_rows(2)
+    OutboxEvent.objects.filter(event_id="ev-0").update(status="failed")
+    response = viewer.get(reverse(CHANGELIST), {"status__exact": "failed"})
+    assert [row.event_id for row in response.context["cl"].result_list] == ["ev-0"]
+    assert response.context["cl"].date_hierarchy == "created_at"
+
+
+def test_the_detail_shows_the_payload_and_attempts_and_cannot_edit(viewer):
+    row = make_rows(1)[0]
+    DeliveryAttempt.objects.create(
+        event=row,
+        outcome="retry",
+        batch_size=1,
+        http_status=503,
+        error_message="<script>x</script>",
+        duration_ms=12,
+    )
+    url = reverse("admin:django_capi_outboxevent_change", args=[row.pk])
+    html = viewer.get(url).content.decode()
+    assert "&quot;event_id&quot;: &quot;ev-0&quot;" in html  # pretty-printed, escaped
+    assert "&lt;script&gt;x&lt;/script&gt;" in html
+    assert "<script>x</script>" not in html
+    assert 'name="_save"' not in html
+    response = viewer.post(url, {"event_name": "Edited"})
+    assert response.status_code == 403
+    assert OutboxEvent.objects.get().event_name == "Lead"
+
+
+def test_actions_need_the_replay_permission(client):
+    make_rows(1)
+    client.force_login(staff("view_outboxevent"))
+    assert client.get(reverse(CHANGELIST)).context["action_form"] is None  # no actions at all
+    client.force_login(staff("view_outboxevent", "replay_outboxevent"))
+    choices = client.get(reverse(CHANGELIST)).context["action_form"].fields["action"].choices
+    assert {"replay", "send_now", "cancel"} <= {name for name, _ in choices}
+
+
+def test_replay_from_the_admin_reports_what_it_did(operator):
+    rows = make_rows(2)
+    old = make_rows(1, prefix="old", age=timedelta(days=9))
+    OutboxEvent.objects.update(status="failed")
+    response = operator.post(
+        reverse(CHANGELIST),
+        {"action": "replay", "_selected_action": [r.pk for r in rows + old]},
+        follow=True,
+    )
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "2 replayed" in text
+    assert "1 refused: older than Meta accepts" in text
+    assert OutboxEvent.objects.filter(status="pending").count() == 2
+
+
+def test_cancel_from_the_admin(operator):
+    rows = make_rows(2)
+    operator.post(reverse(CHANGELIST), {"action": "cancel", "_selected_action": [rows[0].pk]})
+    assert OutboxEvent.objects.get(pk=rows[0].pk).status == "cancelled"
+
+
+def test_send_now_from_the_admin(operator, capi_graph):
+    rows = make_rows(2)
+    response = operator.post(
+        reverse(CHANGELIST),
+        {"action": "send_now", "_selected_action": [rows[0].pk]},
+        follow=True,
+    )
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "Sent now: claimed 1, delivered 1" in text
+    assert capi_graph.event_ids() == ["ev-0"]
+
+
+@pytest.mark.parametrize("count", [10, 120])
+def test_the_changelist_query_count_does_not_grow_with_rows(
+    viewer, count, django_assert_max_num_queries
+):
+    OrderFactory.create_batch(count, status="paid")
+    with django_assert_max_num_queries(12):
+        response = viewer.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+
+
+def test_no_full_count_is_made(viewer, django_assert_max_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_rows(5)
+    with CaptureQueriesContext(connection) as captured:
+        viewer.get(reverse(CHANGELIST))
+    counts = [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts, "the page must count something"
+    assert all("LIMIT" in sql.upper() for sql in counts), counts
+
+
+def test_the_health_dashboard_is_linked_from_the_app_index_and_the_changelist(viewer):
+    health = reverse("admin:django_capi_outboxevent_health")
+    assert health in viewer.get(reverse("admin:app_list", args=["django_capi"])).content.decode()
+    assert health in viewer.get(reverse(CHANGELIST)).content.decode()
+    assert viewer.get(health).status_code == 200

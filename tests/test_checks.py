@@ -1,0 +1,251 @@
+"""django-capi's system checks: each fires with its stable id and a fix, and stays silent when
+the setup is right."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.core.checks import run_checks
+from django.db import connections
+from django.db.models import Model
+from django.test import override_settings
+
+from django_capi import checks
+from django_capi.exceptions import CapiConfigurationError
+from django_capi.middleware import CapiMiddleware
+
+CAPI = "django_capi.middleware.CapiMiddleware"
+SESSION = "django.contrib.sessions.middleware.SessionMiddleware"
+AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
+MESSAGES = "django.contrib.messages.middleware.MessageMiddleware"
+GOOD_MIDDLEWARE = [SESSION, AUTH, MESSAGES, CAPI]
+VALID = {"PIXEL_ID": "1234567890", "ACCESS_TOKEN": "test-token-not-real", "WAKE": "none"}
+LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+REDIS = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache"}}
+
+
+def capi_ids(**settings: Any) -> list[str]:
+    """The ids of the messages under ``settings``, as `manage.py check --tag django_capi` runs
+    them (registered by the app's ready())."""
+    with override_settings(**settings):
+        return sorted(message.id or "" for message in run_checks(tags=[checks.TAG]))
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CAPI_PIXEL_ID", "CAPI_ACCESS_TOKEN", "CAPI_TEST_EVENT_CODE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_test_settings_only_lack_the_middleware():
+    # tests/settings.py has no CapiMiddleware on purpose; nothing else is wrong there.
+    assert capi_ids() == ["django_capi.W001"]
+
+
+def test_a_right_setup_is_silent():
+    assert capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI=VALID) == []
+
+
+def test_every_message_has_a_django_capi_id_and_a_fix():
+    with override_settings(DJANGO_CAPI={"PIXEL_ID": "1", "TEST_EVENT_CODE": "T1", "WAKE": "none"}):
+        messages = run_checks(tags=[checks.TAG])
+    assert sorted(m.id or "" for m in messages) == [
+        "django_capi.E002",
+        "django_capi.W001",
+        "django_capi.W003",
+    ]
+    assert all(message.hint for message in messages)
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_a_missing_pixel_id_is_an_error_with_the_fix():
+    with override_settings(DJANGO_CAPI={**VALID, "PIXEL_ID": None}):
+        (message,) = checks.check_settings()
+    assert message.id == "django_capi.E001"
+    assert message.is_serious()
+    assert "CAPI_PIXEL_ID" in message.hint
+
+
+def test_a_missing_token_is_an_error_with_the_fix():
+    settings = {k: v for k, v in VALID.items() if k != "ACCESS_TOKEN"}
+    with override_settings(DJANGO_CAPI=settings):
+        (message,) = checks.check_settings()
+    assert message.id == "django_capi.E002"
+    assert "CAPI_ACCESS_TOKEN" in message.hint
+
+
+def test_the_token_may_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CAPI_ACCESS_TOKEN", "from-the-environment")
+    settings = {k: v for k, v in VALID.items() if k != "ACCESS_TOKEN"}
+    assert capi_ids(DJANGO_CAPI=settings, MIDDLEWARE=GOOD_MIDDLEWARE) == []
+
+
+def test_an_unknown_key_is_one_error_naming_it():
+    assert capi_ids(DJANGO_CAPI={**VALID, "PIXELID": "1"}, MIDDLEWARE=GOOD_MIDDLEWARE) == [
+        "django_capi.E003"
+    ]
+    with override_settings(DJANGO_CAPI={**VALID, "PIXELID": "1"}):
+        (message,) = checks.check_settings()
+    assert "'PIXELID'" in message.msg
+    assert message.is_serious()
+
+
+def test_an_invalid_value_is_the_settings_message_without_the_token():
+    with override_settings(DJANGO_CAPI={**VALID, "ACCESS_TOKEN": 12345, "WAKE": "celery"}):
+        with pytest.raises(CapiConfigurationError) as raised:
+            checks.capi_settings()
+        messages = [m for m in run_checks(tags=[checks.TAG]) if m.id != "django_capi.W001"]
+    assert [m.id for m in messages] == ["django_capi.E003"]  # nothing else judged on bad settings
+    assert messages[0].msg == str(raised.value)
+    assert "12345" not in messages[0].msg
+
+
+def test_the_lease_rule_is_left_to_the_settings_validation():
+    ids = capi_ids(DJANGO_CAPI={**VALID, "LEASE_SECONDS": 5}, MIDDLEWARE=GOOD_MIDDLEWARE)
+    assert ids == ["django_capi.E003"]
+
+
+def test_a_test_event_code_in_production_is_a_warning():
+    assert capi_ids(
+        DJANGO_CAPI={**VALID, "TEST_EVENT_CODE": "TEST123"}, MIDDLEWARE=GOOD_MIDDLEWARE
+    ) == ["django_capi.W003"]
+    with override_settings(DJANGO_CAPI={**VALID, "TEST_EVENT_CODE": "TEST123"}):
+        (message,) = checks.check_settings()
+    assert not message.is_serious()
+    assert "capi_test_event" in message.hint
+
+
+def test_a_test_event_code_while_debugging_is_fine():
+    settings = {"DJANGO_CAPI": {**VALID, "TEST_EVENT_CODE": "TEST123"}, "DEBUG": True}
+    assert capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, **settings) == []
+
+
+# --- middleware ------------------------------------------------------------------------------
+
+
+def test_tags_without_the_middleware_are_a_warning_with_the_fix():
+    with override_settings(MIDDLEWARE=[SESSION, AUTH]):
+        (message,) = checks.check_middleware()
+    assert message.id == "django_capi.W001"
+    assert CAPI in message.hint
+
+
+def test_without_django_templates_the_tags_cannot_be_used():
+    assert capi_ids(MIDDLEWARE=[SESSION, AUTH], TEMPLATES=[], DJANGO_CAPI=VALID) == []
+
+
+class SubclassedCapiMiddleware(CapiMiddleware):
+    """An integrator's own subclass counts as the middleware."""
+
+
+def test_a_subclass_of_the_middleware_counts():
+    middleware = [SESSION, AUTH, f"{__name__}.SubclassedCapiMiddleware"]
+    assert capi_ids(MIDDLEWARE=middleware, DJANGO_CAPI=VALID) == []
+
+
+@pytest.mark.parametrize(
+    ("middleware", "late"),
+    [
+        ([CAPI, SESSION, AUTH], "SessionMiddleware and AuthenticationMiddleware"),
+        ([SESSION, CAPI, AUTH], "AuthenticationMiddleware"),
+    ],
+)
+def test_the_middleware_before_session_or_auth_is_a_warning(middleware, late):
+    with override_settings(MIDDLEWARE=middleware):
+        (message,) = checks.check_middleware()
+    assert message.id == "django_capi.W002"
+    assert f"before {late}" in message.msg
+    assert f"after {late}" in message.hint
+
+
+def test_the_middleware_without_sessions_is_fine():
+    assert capi_ids(MIDDLEWARE=[CAPI], DJANGO_CAPI=VALID) == []
+
+
+# --- Celery ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vendor(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Make every outbox database look like ``vendor`` (the suite also runs on PostgreSQL)."""
+
+    def set_vendor(name: str) -> None:
+        for alias in connections:
+            monkeypatch.setattr(connections[alias], "vendor", name)
+
+    return set_vendor
+
+
+def test_sqlite_with_celery_workers_is_a_warning(vendor):
+    vendor("sqlite")
+    with override_settings(DJANGO_CAPI={**VALID, "WAKE": "celery"}, CACHES=REDIS):
+        (message,) = checks.check_celery()
+    assert message.id == "django_capi.W004"
+    assert "default, other" in message.msg
+    assert "PostgreSQL" in message.hint
+
+
+def test_sqlite_without_celery_is_fine(vendor):
+    vendor("sqlite")
+    assert capi_ids(DJANGO_CAPI=VALID, MIDDLEWARE=GOOD_MIDDLEWARE, CACHES=LOCMEM) == []
+
+
+def test_postgresql_with_celery_and_a_shared_cache_is_fine(vendor):
+    vendor("postgresql")
+    settings = {"DJANGO_CAPI": {**VALID, "WAKE": "celery"}, "CACHES": REDIS}
+    assert capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, **settings) == []
+
+
+@pytest.mark.parametrize("backend", ["locmem.LocMemCache", "dummy.DummyCache"])
+def test_celery_with_a_per_process_cache_is_a_warning(vendor, backend):
+    vendor("postgresql")
+    caches = {"default": {"BACKEND": f"django.core.cache.backends.{backend}"}}
+    with override_settings(DJANGO_CAPI={**VALID, "WAKE": "celery"}, CACHES=caches):
+        (message,) = checks.check_celery()
+    assert message.id == "django_capi.W005"
+    assert "Running delivery" in message.hint
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+class OutboxOnlyOn:
+    """A router that migrates django_capi on one alias only and leaves writes alone."""
+
+    def __init__(self, alias: str, outbox_writes: str | None = None) -> None:
+        self.alias = alias
+        self.outbox_writes = outbox_writes
+
+    def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
+        if model._meta.app_label == "django_capi":
+            return self.outbox_writes
+        return None
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool | None:
+        return db == self.alias if app_label == "django_capi" else None
+
+
+def test_a_model_written_where_there_is_no_outbox_is_an_error():
+    with override_settings(DATABASE_ROUTERS=[OutboxOnlyOn("other", outbox_writes="other")]):
+        messages = checks.check_databases()
+    assert {(m.id, m.obj._meta.label) for m in messages} == {
+        ("django_capi.E004", "shop.Lead"),
+        ("django_capi.E004", "shop.Order"),
+    }
+    assert "'default'" in messages[0].msg
+    assert "allow_migrate" in messages[0].hint
+
+
+def test_send_event_routed_where_there_is_no_outbox_is_an_error():
+    with override_settings(DATABASE_ROUTERS=[OutboxOnlyOn("default", outbox_writes="other")]):
+        (message,) = checks.check_databases()
+    assert message.id == "django_capi.E005"
+
+
+def test_an_outbox_on_the_models_database_is_fine():
+    with override_settings(DATABASE_ROUTERS=[OutboxOnlyOn("default")]):
+        assert checks.check_databases() == []
