@@ -120,7 +120,7 @@ def health_figures(*, using: str | None = None, now: datetime | None = None) -> 
     database's clock when None)."""
     db = using or router.db_for_read(OutboxEvent)
     rows = OutboxEvent.objects.using(db)
-    oldest_due_age = _oldest_due_age(rows, now)
+    oldest_due = oldest_due_age(rows, now)
     reference = now if now is not None else _database_now(db)
     zone = timezone.get_default_timezone() if settings.USE_TZ else None
     hours = _hour_buckets(reference, zone)
@@ -138,7 +138,7 @@ def health_figures(*, using: str | None = None, now: datetime | None = None) -> 
         now=reference,
         database=db,
         counts=_counts(rows),
-        oldest_due_age=oldest_due_age,
+        oldest_due_age=oldest_due,
         delivered_hourly=_series(delivered, TruncHour, hours, hours_end, zone),
         failed_hourly=_series(failed, TruncHour, hours, hours_end, zone),
         delivered_daily=_series(delivered, TruncDay, days, days_end, zone),
@@ -155,7 +155,8 @@ def _counts(rows: QuerySet[OutboxEvent]) -> dict[str, int]:
     return {status: found.get(status, 0) for status in Status.values}
 
 
-def _oldest_due_age(rows: QuerySet[OutboxEvent], now: datetime | None) -> timedelta | None:
+def oldest_due_age(rows: QuerySet[OutboxEvent], now: datetime | None) -> timedelta | None:
+    """How long the oldest due row has waited for a drainer (None when none is due)."""
     # The first entry of the partial index capi_outbox_due, like a claim's.
     clock: Combinable = Now() if now is None else Value(now, output_field=DateTimeField())
     waited = ExpressionWrapper(clock - F("next_attempt_at"), output_field=DurationField())

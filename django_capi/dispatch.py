@@ -41,6 +41,9 @@ def wake_drainer_on_commit(using: str = DEFAULT_DB_ALIAS) -> None:
 def wake_drainer(using: str = DEFAULT_DB_ALIAS) -> None:
     """New rows are committed: tell whoever drains the outbox."""
     signals.send_safely(signals.outbox_committed)
+    from .alerts import evaluate_from_web
+
+    evaluate_from_web(using)
     if capi_settings().wake != "celery":
         return  # cron, `capi_drain --loop` or the beat sweep drain on their own schedule
     if not cache.add(f"{WAKE_FLAG}:{using}", 1, timeout=WAKE_FLAG_SECONDS):

@@ -169,3 +169,20 @@ class PixelState(models.Model):
 
     def __str__(self) -> str:
         return self.pixel_id
+
+
+class AlertState(models.Model):
+    """One kind of incident (a backlog, a failure rate) and whether it is going on: alerts go
+    out when it starts and when it ends, never once per event or per check."""
+
+    kind = models.CharField(_("kind"), max_length=32, unique=True)
+    active = models.BooleanField(_("active"), default=False)
+    since = models.DateTimeField(_("since"), null=True, blank=True)
+    message = models.TextField(_("message"), blank=True)
+
+    class Meta:
+        verbose_name = _("alert")
+        verbose_name_plural = _("alerts")
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({'active' if self.active else 'clear'})"

@@ -21,6 +21,12 @@ event_failed = Signal()
 token_invalid = Signal()
 
 
+#: An incident began: ``kind`` ("backlog", "failure_rate") and a ``message`` to act on.
+alert_raised = Signal()
+#: That incident is over.
+alert_resolved = Signal()
+
+
 def send_safely(signal: Signal, **kwargs: Any) -> None:
     for receiver, result in signal.send_robust(sender=None, **kwargs):
         if isinstance(result, Exception):

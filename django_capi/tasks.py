@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import shared_task
 
-from . import dispatch, outbox
+from . import alerts, dispatch, outbox
 from .delivery import DrainReport, drain
 
 #: A task stops claiming new batches after this long, well inside broker visibility
@@ -30,4 +30,5 @@ def drain_outbox(using: str | None = None) -> dict[str, Any]:
         if batch.unfinished:
             drain_outbox.delay(using=alias)  # a backlog: keep going in a fresh task
         report += batch
+        alerts.evaluate(alias)
     return vars(report)

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
-from django_capi import outbox
+from django_capi import alerts, outbox
 from django_capi.client import GraphClient
 from django_capi.conf import capi_settings
 from django_capi.delivery import DrainReport, drain
@@ -54,12 +54,14 @@ class Command(BaseCommand):
         if not options["loop"]:
             for alias in databases:
                 self._report(alias, drain(using=alias, time_limit=options["time_limit"]))
+                alerts.evaluate(alias)
             return
         self.stopping = False
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
         self.stdout.write("Draining the outbox; SIGTERM or Ctrl-C stops after the current batch.")
         client = GraphClient()
+        next_alert_check = 0.0
         while not self.stopping:
             if client.conf is not capi_settings():
                 client.close()  # the settings changed: reconnect with the new ones
@@ -67,6 +69,10 @@ class Command(BaseCommand):
             claimed = 0
             for alias in databases:
                 claimed += self._drain_once(alias, client)
+            if time.monotonic() >= next_alert_check:
+                next_alert_check = time.monotonic() + alerts.WEB_CHECK_SECONDS
+                for alias in databases:
+                    self._evaluate_alerts(alias)
             if not claimed:
                 self._sleep(options["interval"])
         client.close()
@@ -86,6 +92,12 @@ class Command(BaseCommand):
         if report.claimed:
             self._report(alias, report)
         return report.claimed
+
+    def _evaluate_alerts(self, alias: str) -> None:
+        try:
+            alerts.evaluate(alias)
+        except Exception:
+            logger.exception("django-capi could not evaluate its alerts on %r", alias)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

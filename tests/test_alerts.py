@@ -1,0 +1,105 @@
+"""Alerts: once when an incident starts, once when it ends; never per event or per check."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.core.cache import cache
+from django.utils import timezone
+
+from django_capi import alerts, signals
+from django_capi.models import OutboxEvent
+from tests.delivery_helpers import make_rows
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def raised():
+    seen = []
+
+    def receiver(**kwargs):
+        seen.append((kwargs["kind"], kwargs["message"]))
+
+    signals.alert_raised.connect(receiver)
+    yield seen
+    signals.alert_raised.disconnect(receiver)
+
+
+def test_a_backlog_nobody_drains_alerts_once_and_resolves_once(raised, caplog):
+    make_rows(3)
+    waited = timedelta(minutes=20, seconds=30)
+    OutboxEvent.objects.update(next_attempt_at=timezone.now() - waited)
+    changes = alerts.evaluate()
+    assert [(c.kind, c.started) for c in changes] == [("backlog", True)]
+    assert "waited 20 min for a drainer" in changes[0].message
+    assert alerts.evaluate() == []  # still going on: no second alert
+    assert len(raised) == 1
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].subject.endswith("Meta Conversions API: backlog")
+    OutboxEvent.objects.update(status="delivered", delivered_at=timezone.now())
+    assert [(c.kind, c.started) for c in alerts.evaluate()] == [("backlog", False)]
+    assert "backlog alert resolved" in caplog.text
+    assert len(mail.outbox) == 1
+
+
+def test_a_young_backlog_is_no_incident():
+    make_rows(3)
+    OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(minutes=5))
+    assert alerts.evaluate() == []
+
+
+def test_a_high_failure_rate_alerts(raised):
+    rows = make_rows(30)
+    now = timezone.now()
+    failed, delivered = rows[:12], rows[12:]
+    OutboxEvent.objects.filter(pk__in=[r.pk for r in failed]).update(
+        status="failed", last_attempt_at=now
+    )
+    OutboxEvent.objects.filter(pk__in=[r.pk for r in delivered]).update(
+        status="delivered", delivered_at=now
+    )
+    (change,) = alerts.evaluate()
+    assert change.kind == "failure_rate"
+    assert change.message.startswith("12 of the last hour's 30 events failed (40%)")
+    assert raised == [("failure_rate", change.message)]
+
+
+def test_a_failure_rate_over_a_handful_of_events_is_noise():
+    rows = make_rows(5)
+    OutboxEvent.objects.filter(pk__in=[r.pk for r in rows]).update(
+        status="failed", last_attempt_at=timezone.now()
+    )
+    assert alerts.evaluate() == []
+
+
+def test_mail_can_be_turned_off(settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "ALERT_MAIL_ADMINS": False}
+    make_rows(1)
+    OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(hours=1))
+    assert alerts.evaluate()
+    assert mail.outbox == []
+
+
+def test_the_web_process_looks_at_most_once_a_minute(monkeypatch):
+    calls = []
+    monkeypatch.setattr(alerts, "evaluate", lambda using: calls.append(using))
+    cache.clear()
+    alerts.evaluate_from_web("default")
+    alerts.evaluate_from_web("default")
+    assert calls == ["default"]
+
+
+def test_committing_events_without_any_drainer_raises_the_backlog_alert(raised):
+    from django.db import transaction
+
+    from django_capi import send_event
+
+    make_rows(1)
+    OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(hours=2))
+    cache.clear()
+    with transaction.atomic():
+        send_event("Lead", user_data={"em": "a@b.co"}, action_source="chat")
+    assert [kind for kind, _ in raised] == ["backlog"]
