@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean
+.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench
 
 install: $(VENV)/.installed
 
@@ -48,3 +48,8 @@ clean:
 
 demo: install
 	$(BIN)/python example_project/demo.py
+
+# Not part of `make test`: fills the database capi_bench with a million outbox rows and times
+# the admin, the health page, claims and alerts (bench/README.md).
+bench: install
+	$(BIN)/python bench/outbox_at_scale.py --rows 1000000

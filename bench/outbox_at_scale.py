@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -156,6 +158,8 @@ WHERE e.status = 'failed' AND e.last_attempt_at IS NOT NULL
 
 COUNT_RE = re.compile(r"\bCOUNT\(", re.IGNORECASE)
 LIMIT_RE = re.compile(r"\bLIMIT\b", re.IGNORECASE)
+# COMMIT, SAVEPOINT and the like can be slow (a commit waits for WAL) but have no plan.
+EXPLAINABLE_RE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -167,6 +171,7 @@ class Result:
     unbounded_counts: list[str] = field(default_factory=list)
     slowest_sql: str = ""
     slowest_ms: float = 0.0
+    last_run: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -230,13 +235,14 @@ def measure(name: str, target_ms: int | None, run: Any, after: Any = None) -> Re
             after()
         queries = captured.captured_queries
         result.queries = len(queries)
+        result.last_run = [(float(q["time"]) * 1000, q["sql"]) for q in queries]
         for query in queries:
             sql, ms = query["sql"], float(query["time"]) * 1000
             if COUNT_RE.search(sql) and not LIMIT_RE.search(sql):
                 first = sql if len(sql) < 160 else sql[:157] + "..."
                 if first not in result.unbounded_counts:
                     result.unbounded_counts.append(first)
-            if ms > result.slowest_ms:
+            if ms > result.slowest_ms and EXPLAINABLE_RE.match(sql):
                 result.slowest_ms, result.slowest_sql = ms, sql
     return result
 
@@ -330,7 +336,10 @@ def explain(results: list[Result]) -> str:
 
     out = []
     for result in results:
-        out.append(f"=== {result.name}: slowest query {result.slowest_ms:.1f} ms ===\n")
+        out.append(f"=== {result.name} ===\n\nQueries of the last run, slowest first:\n")
+        for ms, query in sorted(result.last_run, reverse=True):
+            out.append(f"  {ms:7.1f} ms  {query if len(query) < 200 else query[:197] + '...'}\n")
+        out.append(f"\nSlowest query of all runs ({result.slowest_ms:.1f} ms):\n")
         out.append(result.slowest_sql + "\n\n")
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + result.slowest_sql)
@@ -348,6 +357,22 @@ def machine() -> str:
         (version,) = cursor.fetchone()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"nproc {cpus}, PostgreSQL {version}, Python {sys.version.split()[0]}"
+
+
+def code_state() -> str:
+    """The commit measured, and the library files changed since it (results move with them)."""
+    git = shutil.which("git")
+    if git is None:
+        return "unknown (no git)"
+
+    def run(*args: str) -> str:
+        return subprocess.run(  # noqa: S603 -- git, fixed arguments
+            [git, *args], check=False, cwd=ROOT, capture_output=True, text=True
+        ).stdout
+
+    head = run("rev-parse", "--short", "HEAD").strip()
+    changed = [line[3:] for line in run("status", "--porcelain", "--", "django_capi").splitlines()]
+    return head + (f" plus uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
 def table(results: list[Result]) -> str:
@@ -388,6 +413,7 @@ def main() -> None:
         f"# Outbox at scale\n\n"
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
         f"- Machine: {machine()}\n"
+        f"- Code: {code_state()}\n"
         f"- Rows: {args.rows:,} outbox events (fill + VACUUM ANALYZE: {seconds:.0f} s)\n"
         f"- Each measurement run {REPEAT} times, no warm-up (the max is usually the cold run)\n\n"
         f"{table(results)}\n"

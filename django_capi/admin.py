@@ -2,8 +2,8 @@
 to fix it. Read-only: nobody edits a payload.
 
 Built for millions of rows: no full ``COUNT(*)`` (the paginator counts at most
-``CappedPaginator.cap`` rows), one query for the page whatever it shows, and exact-match
-searches that use indexes.
+``CappedPaginator.cap`` rows), no ``DISTINCT`` for the filters' choices, one query for the
+rows whatever they show, and exact-match searches that use indexes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.functional import cached_property
@@ -21,8 +21,10 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from . import operations
-from .models import DeliveryAttempt, OutboxEvent
+from . import operations, registry
+from .conf import capi_settings
+from .constants import STANDARD_EVENTS
+from .models import DeliveryAttempt, OutboxEvent, PixelState
 
 REPLAY_PERMISSION = "django_capi.replay_outboxevent"
 
@@ -44,6 +46,38 @@ class CappedPaginator(Paginator):  # type: ignore[type-arg]
     def count(self) -> int:
         rows = cast("QuerySet[OutboxEvent]", self.object_list)
         return rows[: self.cap].count()
+
+
+class EventNameFilter(admin.SimpleListFilter):
+    """Event names declared in code, not a DISTINCT over millions of rows."""
+
+    title = _("event name")
+    parameter_name = "event_name"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        names = {e.event_name for events in registry._registry.values() for e in events}
+        names |= set(STANDARD_EVENTS) & {"AddToCart", "InitiateCheckout", "ViewContent"}
+        return [(name, name) for name in sorted(names)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(event_name=self.value()) if self.value() else queryset
+
+
+class PixelFilter(admin.SimpleListFilter):
+    """Pixels from the settings and the pixel states, not a DISTINCT over the outbox."""
+
+    title = _("pixel")
+    parameter_name = "pixel_id"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        pixel_ids = set(PixelState.objects.values_list("pixel_id", flat=True))
+        configured = capi_settings().pixel_id
+        if configured:
+            pixel_ids.add(configured)
+        return [(pixel_id, pixel_id) for pixel_id in sorted(pixel_ids)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(pixel_id=self.value()) if self.value() else queryset
 
 
 class DeliveryAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -92,14 +126,14 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     )
     list_filter = (
         "status",
-        "event_name",
-        "pixel_id",
+        EventNameFilter,
+        PixelFilter,
         "action_source",
         "failure_reason",
         "created_at",
     )
     date_hierarchy = "created_at"
-    search_fields = ("=event_id", "=source_id")
+    search_fields = ("event_id", "source_id")  # exact and indexed: get_search_results
     search_help_text = _("Exact event id, or the id of the object (an order's pk).")
     list_select_related = ("source_type",)
     show_full_result_count = False
@@ -150,6 +184,20 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # view only: a payload is what Meta gets, never hand-edited
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A deleted row is a deduplication key gone (and a lease pulled from under a
+        # worker): Cancel stops an event, capi_purge retires old ones.
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[OutboxEvent], search_term: str
+    ) -> tuple[QuerySet[OutboxEvent], bool]:
+        # Django's "=" is iexact, which no index serves; ids are matched as they are.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(event_id=term) | Q(source_id=term)), False
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(REPLAY_PERMISSION)
@@ -202,10 +250,26 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
         return format_html('<pre style="white-space:pre-wrap;margin:0">{}</pre>', text)
 
+    def _too_many(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> bool:
+        """ "Select all" over more rows than the paginator counts acts on a set nobody saw."""
+        if request.POST.get("select_across") != "1":
+            return False
+        if queryset[: CappedPaginator.cap + 1].count() <= CappedPaginator.cap:
+            return False
+        self.message_user(
+            request,
+            f"More than {CappedPaginator.cap} events are selected: narrow the filter, or use "
+            "the capi_replay command for bulk work.",
+            messages.ERROR,
+        )
+        return True
+
     @admin.action(
         description=_("Replay: send the selected failed events again"), permissions=["replay"]
     )
     def replay(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> None:
+        if self._too_many(request, queryset):
+            return
         result = operations.replay(queryset)
         level = messages.SUCCESS if result.replayed else messages.WARNING
         self.message_user(request, str(result), level)
@@ -215,6 +279,8 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         permissions=["replay"],
     )
     def send_now(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> None:
+        if self._too_many(request, queryset):
+            return
         report = operations.send_now(queryset)
         if report is None:
             self.message_user(request, "The events are sent as soon as this request ends.")
@@ -224,5 +290,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description=_("Cancel: never send the selected events"), permissions=["replay"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> None:
+        if self._too_many(request, queryset):
+            return
         count = operations.cancel(queryset)
         self.message_user(request, f"{count} event(s) cancelled.", messages.SUCCESS)

@@ -16,14 +16,14 @@ from datetime import timedelta
 from django.core.cache import cache
 from django.core.mail import mail_admins
 from django.db import router
-from django.db.models import QuerySet
-from django.db.models.functions import Coalesce, Now
+from django.db.models import Count
+from django.db.models.functions import Now
 from django.dispatch import Signal
 
 from . import signals
 from .conf import capi_settings
 from .dashboard import oldest_due_age
-from .models import AlertState, OutboxEvent
+from .models import AlertState, DeliveryAttempt, OutboxEvent
 
 logger = logging.getLogger(__name__)
 
@@ -43,34 +43,45 @@ class AlertChange:
 
 
 def evaluate(using: str | None = None) -> list[AlertChange]:
-    """Compare the outbox with the alert thresholds; announce what started or ended."""
+    """Compare the outbox with the alert thresholds; announce what started or ended.
+
+    An incident ends only well below its threshold (half of it), so a value hovering around
+    the line does not start and end it on every check.
+    """
     using = using or router.db_for_write(OutboxEvent)
     conf = capi_settings()
-    rows = OutboxEvent.objects.using(using)
     changes = []
 
-    waited = oldest_due_age(rows, None)
+    waited = oldest_due_age(OutboxEvent.objects.using(using), None)
     limit = timedelta(seconds=conf.alert_backlog_seconds)
-    backlog = waited is not None and waited > limit
     message = (
         f"the oldest due event has waited {int(waited.total_seconds()) // 60} min for a "
         "drainer: are the Celery workers (or capi_drain) running?"
-        if backlog and waited is not None
+        if waited is not None
         else ""
     )
-    changes += _flip(using, BACKLOG, active=backlog, message=message)
+    changes += _flip(
+        using,
+        BACKLOG,
+        start=waited is not None and waited > limit,
+        end=waited is None or waited < limit / 2,
+        message=message,
+    )
 
-    delivered, failed = _last_hour(rows)
-    total = delivered + failed
-    rate = failed / total if total else 0.0
-    failing = total >= MIN_EVENTS_FOR_RATE and rate > conf.alert_failure_rate
-    message = (
-        f"{failed} of the last hour's {total} events failed ({rate:.0%}); "
-        "the admin's health page lists the reasons"
-        if failing
-        else ""
+    good, bad = _last_hour(using)
+    total = good + bad
+    rate = bad / total if total else 0.0
+    enough = total >= MIN_EVENTS_FOR_RATE
+    changes += _flip(
+        using,
+        FAILURE_RATE,
+        start=enough and rate > conf.alert_failure_rate,
+        end=not enough or rate < conf.alert_failure_rate / 2,
+        message=(
+            f"{bad} of the last hour's {total} deliveries failed or must be retried "
+            f"({rate:.0%}); the admin's health page lists the reasons"
+        ),
     )
-    changes += _flip(using, FAILURE_RATE, active=failing, message=message)
     return changes
 
 
@@ -84,33 +95,44 @@ def evaluate_from_web(using: str) -> None:
         logger.exception("django-capi could not evaluate its alerts")
 
 
-def _last_hour(rows: QuerySet[OutboxEvent]) -> tuple[int, int]:
-    """Events delivered and failed in the last hour, by the database clock; each count is a
-    range scan of its partial index (``capi_outbox_delivered``, ``capi_outbox_failed``)."""
-    hour_ago = Now() - timedelta(hours=1)
-    delivered = rows.filter(status="delivered", delivered_at__gte=hour_ago).count()
-    failed = (
-        rows.filter(status="failed")
-        .annotate(failed_at=Coalesce("last_attempt_at", "created_at"))
-        .filter(failed_at__gte=hour_ago)
-        .count()
+def _last_hour(using: str) -> tuple[int, int]:
+    """Requests' outcomes per event in the last hour: delivered, and failed or to be retried.
+    Counting attempts, not rows, sees a Meta outage at once, while rows still wait in their
+    backoff (rate limits and token errors have their own handling and are left out)."""
+    outcomes = dict(
+        DeliveryAttempt.objects.using(using)
+        .filter(attempted_at__gte=Now() - timedelta(hours=1))
+        .values_list("outcome")
+        .annotate(n=Count("*"))
+        .order_by()
     )
-    return delivered, failed
+    good = outcomes.get(DeliveryAttempt.Outcome.DELIVERED, 0)
+    bad = sum(
+        outcomes.get(outcome, 0)
+        for outcome in (
+            DeliveryAttempt.Outcome.RETRY,
+            DeliveryAttempt.Outcome.FAILED,
+            DeliveryAttempt.Outcome.REJECTED,
+        )
+    )
+    return good, bad
 
 
-def _flip(using: str, kind: str, *, active: bool, message: str) -> list[AlertChange]:
+def _flip(using: str, kind: str, *, start: bool, end: bool, message: str) -> list[AlertChange]:
     """Record the incident's state; report a change only to the one caller that made it."""
     states = AlertState.objects.using(using)
     states.get_or_create(kind=kind)
-    if active:
+    if start:
         changed = states.filter(kind=kind, active=False).update(
             active=True, since=Now(), message=message
         )
-    else:
+    elif end:
         changed = states.filter(kind=kind, active=True).update(active=False, message="")
+    else:
+        changed = 0
     if not changed:
         return []
-    change = AlertChange(kind=kind, started=active, message=message)
+    change = AlertChange(kind=kind, started=start, message=message if start else "")
     _announce(change)
     return [change]
 
@@ -122,8 +144,14 @@ def _announce(change: AlertChange) -> None:
         logger.warning("django-capi: %s alert resolved", change.kind)
         return
     logger.error("django-capi: %s: %s", change.kind, change.message)
-    if capi_settings().alert_mail_admins:
-        try:
-            mail_admins(f"Meta Conversions API: {change.kind}", change.message, fail_silently=True)
-        except Exception:
-            logger.exception("django-capi could not mail the admins")
+    mail_admins_once(f"Meta Conversions API: {change.kind}", change.message)
+
+
+def mail_admins_once(subject: str, message: str) -> None:
+    """The mail of an incident's start, if ``ALERT_MAIL_ADMINS`` allows; never raises."""
+    if not capi_settings().alert_mail_admins:
+        return
+    try:
+        mail_admins(subject, message, fail_silently=True)
+    except Exception:
+        logger.exception("django-capi could not mail the admins")

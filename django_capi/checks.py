@@ -15,8 +15,8 @@ Errors (events cannot be recorded or delivered):
 
 Warnings (events go out, but worse than they could):
 
-- ``django_capi.W001``: the ``capi`` template tags are available but ``CapiMiddleware`` is not
-  installed: the Pixel and server events lack fbc, fbp, IP and user agent.
+- ``django_capi.W001``: ``CapiMiddleware`` is not installed: the Pixel's tags and the server
+  events then lack fbc, fbp, IP and user agent unless the integrator passes them.
 - ``django_capi.W002``: ``CapiMiddleware`` comes before ``SessionMiddleware`` or
   ``AuthenticationMiddleware``.
 - ``django_capi.W003``: ``TEST_EVENT_CODE`` is set while ``DEBUG`` is off: production events

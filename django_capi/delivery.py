@@ -15,7 +15,6 @@ from datetime import timedelta
 from itertools import groupby
 from typing import Self
 
-from django.core.mail import mail_admins
 from django.db import router
 from django.dispatch import Signal
 
@@ -315,10 +314,9 @@ def _alert_setup_broken(pixel_id: str, error: str) -> None:
     )
     logger.error("django-capi: %s", message)
     signals.send_safely(signals.token_invalid, pixel_id=pixel_id, error=error)
-    try:
-        mail_admins("Meta Conversions API: sending stopped", message, fail_silently=True)
-    except Exception:
-        logger.exception("django-capi could not mail the admins")
+    from .alerts import mail_admins_once
+
+    mail_admins_once("Meta Conversions API: sending stopped", message)
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> timedelta:

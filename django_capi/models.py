@@ -108,6 +108,9 @@ class OutboxEvent(models.Model):
                 name="capi_outbox_failed",
             ),
             models.Index(fields=["source_type", "source_id"], name="capi_outbox_source"),
+            # The admin's exact search by event id or by the order's id.
+            models.Index(fields=["event_id"], name="capi_outbox_event_id"),
+            models.Index(fields=["source_id"], name="capi_outbox_source_id"),
         ]
 
     def __str__(self) -> str:
@@ -143,7 +146,11 @@ class DeliveryAttempt(models.Model):
     class Meta:
         verbose_name = _("delivery attempt")
         verbose_name_plural = _("delivery attempts")
-        indexes = [models.Index(fields=["event", "attempted_at"], name="capi_attempt_event")]
+        indexes = [
+            models.Index(fields=["event", "attempted_at"], name="capi_attempt_event"),
+            # The failure-rate alert reads the last hour of attempts.
+            models.Index(fields=["attempted_at"], name="capi_attempt_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.outcome} ({self.http_status})"

@@ -14,12 +14,18 @@ from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from . import pixels
+from .conf import capi_settings
 from .delivery import SEND_MARGIN, DrainReport, drain
 from .dispatch import wake_drainer_on_commit
-from .models import OutboxEvent
+from .models import DeliveryAttempt, OutboxEvent
 from .validation import MAX_EVENT_AGE, MAX_PHYSICAL_STORE_EVENT_AGE
 
 Status = OutboxEvent.Status
+#: "Send now" works inside a web request: it sends at most this many events, for at most
+#: this long; the drainers take the rest.
+SEND_NOW_LIMIT = 5000
+SEND_NOW_SECONDS = 20.0
 #: ``user_data`` keys that identify a browser rather than a person; scrubbed after a while.
 BROWSER_KEYS = ("client_ip_address", "client_user_agent", "fbc", "fbp")
 
@@ -84,7 +90,12 @@ def send_now(events: QuerySet[OutboxEvent]) -> DrainReport | None:
     after the caller's commit, and this returns None.
     """
     using = events.db
-    ids = list(events.filter(status=Status.PENDING).values_list("pk", flat=True))
+    blocked = pixels.gate(using, capi_settings().access_token).blocked
+    ids = list(
+        events.filter(status=Status.PENDING)
+        .exclude(pixel_id__in=blocked)  # paused or circuit open: they would only wait, due
+        .values_list("pk", flat=True)[:SEND_NOW_LIMIT]
+    )
     if not ids:
         return DrainReport()
     connection = connections[using]
@@ -115,7 +126,7 @@ def _send_now(using: str, ids: list[int]) -> DrainReport:
     OutboxEvent.objects.using(using).filter(
         pk__in=ids, status=Status.PENDING, leased_until=None
     ).update(next_attempt_at=Now())
-    return drain(using=using, only=ids)
+    return drain(using=using, only=ids, time_limit=SEND_NOW_SECONDS)
 
 
 def cancel(events: QuerySet[OutboxEvent]) -> int:
@@ -127,6 +138,7 @@ def cancel(events: QuerySet[OutboxEvent]) -> int:
 
 @dataclass(frozen=True)
 class PurgeResult:
+    #: Delivered rows reduced to their deduplication key (payload and history deleted).
     deleted: int
     scrubbed: int
 
@@ -139,43 +151,52 @@ def purge(
     batch_size: int = 1000,
     dry_run: bool = False,
 ) -> PurgeResult:
-    """Delete delivered rows older than ``delivered_after_days`` and remove the browser's IP,
-    user agent, fbc and fbp from rows older than ``scrub_after_days``.
+    """Delete what old delivered rows carry, and remove the browser's IP, user agent, fbc
+    and fbp from rows older than ``scrub_after_days`` that can no longer be sent.
 
-    Works in batches of short transactions, so the table is never locked for long. Pending
-    rows keep their browser data: they still need it to be sent (and are failed as expired
-    once too old, then scrubbed on the next run).
+    A delivered row keeps its (pixel, event name, event id) and status: it is what tells a
+    later save of the same order that its Purchase was already reported. Everything else
+    goes: the payload with its hashed customer data, and the attempt history.
+
+    Browser data stays while a row may still be sent (pending, or failed and young enough to
+    replay): Meta refuses a website event without its user agent. Works in batches of short
+    transactions, so the table is never locked for long.
     """
     using = using or router.db_for_write(OutboxEvent)
     rows = OutboxEvent.objects.using(using)
     now = timezone.now()
-    deletable = Q(
+    expired_delivery = Q(
         status=Status.DELIVERED, delivered_at__lt=now - timedelta(days=delivered_after_days)
     )
-    old_delivered = rows.filter(deletable)
-    with_browser = (
-        rows.exclude(deletable)
-        .exclude(status=Status.PENDING)
-        .filter(
-            created_at__lt=now - timedelta(days=scrub_after_days),
-            payload__user_data__has_any_keys=list(BROWSER_KEYS),
-        )
+    old_delivered = rows.filter(expired_delivery).exclude(payload={})
+    unsendable = Q(status=Status.DELIVERED) | (
+        Q(status__in=[Status.FAILED, Status.CANCELLED]) & _too_old()
+    )
+    with_browser = rows.exclude(expired_delivery).filter(
+        unsendable,
+        created_at__lt=now - timedelta(days=scrub_after_days),
+        payload__user_data__has_any_keys=list(BROWSER_KEYS),
     )
     if dry_run:
         return PurgeResult(deleted=old_delivered.count(), scrubbed=with_browser.count())
     deleted = 0
     while ids := list(old_delivered.values_list("pk", flat=True)[:batch_size]):
         with transaction.atomic(using=using):
-            rows.filter(pk__in=ids).delete()  # attempts go with them (CASCADE)
+            DeliveryAttempt.objects.using(using).filter(event_id__in=ids).delete()
+            rows.filter(pk__in=ids).update(payload={}, warnings=[], last_error="")
         deleted += len(ids)
     scrubbed = 0
-    while batch := list(with_browser.only("pk", "payload")[:batch_size]):
-        for row in batch:
-            for key in BROWSER_KEYS:
-                row.payload["user_data"].pop(key, None)
+    while True:
         with transaction.atomic(using=using):
+            # Locked and re-checked, so a replay cannot slip in between read and write.
+            batch = list(with_browser.select_for_update().only("pk", "payload")[:batch_size])
+            for row in batch:
+                for key in BROWSER_KEYS:
+                    row.payload["user_data"].pop(key, None)
             rows.bulk_update(batch, ["payload"])
         scrubbed += len(batch)
+        if len(batch) < batch_size:
+            break
     return PurgeResult(deleted=deleted, scrubbed=scrubbed)
 
 

@@ -3,12 +3,15 @@ task only wakes the code that drains it, so a lost task loses no event."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
 
 from . import alerts, dispatch, outbox
 from .delivery import DrainReport, drain
+
+logger = logging.getLogger(__name__)
 
 #: A task stops claiming new batches after this long, well inside broker visibility
 #: timeouts, and queues a successor if rows are left.
@@ -30,5 +33,8 @@ def drain_outbox(using: str | None = None) -> dict[str, Any]:
         if batch.unfinished:
             drain_outbox.delay(using=alias)  # a backlog: keep going in a fresh task
         report += batch
-        alerts.evaluate(alias)
+        try:
+            alerts.evaluate(alias)
+        except Exception:  # an alert problem must not undo a drain that worked
+            logger.exception("django-capi could not evaluate its alerts on %r", alias)
     return vars(report)

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
+from django.utils import timezone
 
 from django_capi.models import DeliveryAttempt, OutboxEvent
 from tests.delivery_helpers import make_rows
@@ -155,3 +156,81 @@ def test_the_health_dashboard_is_linked_from_the_app_index_and_the_changelist(vi
     assert health in viewer.get(reverse("admin:app_list", args=["django_capi"])).content.decode()
     assert health in viewer.get(reverse(CHANGELIST)).content.decode()
     assert viewer.get(health).status_code == 200
+
+
+def test_a_viewer_cannot_run_an_action_by_posting_it(viewer):
+    make_rows(1)
+    OutboxEvent.objects.update(status="failed")
+    response = viewer.post(
+        reverse(CHANGELIST),
+        {"action": "replay", "_selected_action": [OutboxEvent.objects.get().pk]},
+    )
+    assert response.status_code in (200, 302, 403)
+    assert OutboxEvent.objects.get().status == "failed"
+
+
+def test_nobody_deletes_rows_from_the_admin(client):
+    client.force_login(User.objects.create_superuser("root", password="x"))
+    row = make_rows(1)[0]
+    actions = client.get(reverse(CHANGELIST)).context["action_form"].fields["action"].choices
+    assert "delete_selected" not in {name for name, _ in actions}
+    url = reverse("admin:django_capi_outboxevent_delete", args=[row.pk])
+    assert client.post(url, {"post": "yes"}).status_code == 403
+    assert OutboxEvent.objects.filter(pk=row.pk).exists()
+
+
+def test_select_all_beyond_the_counted_rows_is_refused(operator, monkeypatch):
+    from django_capi.admin import CappedPaginator
+
+    monkeypatch.setattr(CappedPaginator, "cap", 2)
+    make_rows(3)
+    OutboxEvent.objects.update(status="failed")
+    response = operator.post(
+        reverse(CHANGELIST),
+        {"action": "cancel", "select_across": "1", "_selected_action": [1]},
+        follow=True,
+    )
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "More than 2 events are selected" in text
+    assert not OutboxEvent.objects.filter(status="cancelled").exists()
+
+
+def test_search_matches_ids_exactly_with_their_case(viewer):
+    rows = make_rows(1, prefix="CaseSensitive")
+    found = viewer.get(reverse(CHANGELIST), {"q": rows[0].event_id}).context["cl"].result_list
+    assert [row.pk for row in found] == [rows[0].pk]
+    upper = viewer.get(reverse(CHANGELIST), {"q": rows[0].event_id.upper()})
+    assert list(upper.context["cl"].result_list) == []
+
+
+def test_filter_choices_come_from_declarations_not_from_the_table(viewer):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_rows(2)
+    with CaptureQueriesContext(connection) as captured:
+        viewer.get(reverse(CHANGELIST))
+    assert not any(
+        "DISTINCT" in q["sql"].upper() and "EVENT_NAME" in q["sql"].upper()
+        for q in captured.captured_queries
+    )
+    html = viewer.get(reverse(CHANGELIST)).content.decode()
+    assert "?event_name=Purchase" in html
+    assert "?pixel_id=1234567890" in html
+
+
+def test_the_date_hierarchy_needs_no_distinct_over_the_table(viewer):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_rows(3)
+    year = timezone.now().year
+    pages = [{}, {"created_at__year": year}, {"created_at__year": year, "created_at__month": 2}]
+    for params in pages:
+        with CaptureQueriesContext(connection) as captured:
+            html = viewer.get(reverse(CHANGELIST), params).content.decode()
+        assert not any("DISTINCT" in q["sql"].upper() for q in captured.captured_queries)
+        assert 'class="xfull"' in html or "date-hierarchy" in html or "toplinks" in html
+    february = viewer.get(reverse(CHANGELIST), pages[2]).content.decode()
+    assert "created_at__day=29" in february or "created_at__day=28" in february
+    assert f"?created_at__year={year}" in viewer.get(reverse(CHANGELIST)).content.decode()

@@ -10,7 +10,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from django_capi import alerts, signals
-from django_capi.models import OutboxEvent
+from django_capi.models import DeliveryAttempt, OutboxEvent
 from tests.delivery_helpers import make_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,28 +51,40 @@ def test_a_young_backlog_is_no_incident():
     assert alerts.evaluate() == []
 
 
-def test_a_high_failure_rate_alerts(raised):
-    rows = make_rows(30)
-    now = timezone.now()
-    failed, delivered = rows[:12], rows[12:]
-    OutboxEvent.objects.filter(pk__in=[r.pk for r in failed]).update(
-        status="failed", last_attempt_at=now
+def attempts(outcome: str, count: int) -> None:
+    row = make_rows(1, prefix=f"{outcome}-{count}-{DeliveryAttempt.objects.count()}")[0]
+    DeliveryAttempt.objects.bulk_create(
+        DeliveryAttempt(event=row, outcome=outcome, batch_size=1, duration_ms=1)
+        for _ in range(count)
     )
-    OutboxEvent.objects.filter(pk__in=[r.pk for r in delivered]).update(
-        status="delivered", delivered_at=now
-    )
+
+
+def test_a_high_failure_rate_alerts_even_while_rows_wait_in_backoff(raised):
+    attempts("delivered", 18)
+    attempts("retry", 10)  # a Meta outage: nothing has failed for good yet
+    attempts("rejected", 2)
     (change,) = alerts.evaluate()
     assert change.kind == "failure_rate"
-    assert change.message.startswith("12 of the last hour's 30 events failed (40%)")
+    assert change.message.startswith(
+        "12 of the last hour's 30 deliveries failed or must be retried (40%)"
+    )
     assert raised == [("failure_rate", change.message)]
 
 
 def test_a_failure_rate_over_a_handful_of_events_is_noise():
-    rows = make_rows(5)
-    OutboxEvent.objects.filter(pk__in=[r.pk for r in rows]).update(
-        status="failed", last_attempt_at=timezone.now()
-    )
+    attempts("retry", 5)
     assert alerts.evaluate() == []
+
+
+def test_a_rate_hovering_around_the_threshold_does_not_flap(raised):
+    attempts("delivered", 75)
+    attempts("retry", 25)  # 25 %: starts (threshold 20 %)
+    assert [c.started for c in alerts.evaluate()] == [True]
+    attempts("delivered", 25)  # 20 %: at the line, below it only a little
+    assert alerts.evaluate() == []
+    attempts("delivered", 150)  # 10 %: well below
+    assert [c.started for c in alerts.evaluate()] == [False]
+    assert len(raised) == 1
 
 
 def test_mail_can_be_turned_off(settings):

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_capi import operations
 from django_capi.models import DeliveryAttempt, OutboxEvent
 from tests.delivery_helpers import make_rows
+from tests.factories import OrderFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,36 +115,62 @@ def test_capi_replay_filters_reports_progress_and_has_a_dry_run():
     assert out.getvalue().strip().endswith("0 replayed")
 
 
-def test_purge_deletes_old_deliveries_and_scrubs_browser_data_in_batches():
-    rows = make_rows(5)
-    long_ago = timezone.now() - timedelta(days=40)
-    browser = {
-        "em": "e" * 64,
-        "client_ip_address": "203.0.113.1",
-        "client_user_agent": "UA",
-        "fbc": "fb.1.1.x",
-        "fbp": "fb.1.1.1",
-    }
+BROWSER = {
+    "em": "e" * 64,
+    "client_ip_address": "203.0.113.1",
+    "client_user_agent": "UA",
+    "fbc": "fb.1.1.x",
+    "fbp": "fb.1.1.1",
+}
+
+
+def test_purge_keeps_only_the_dedup_key_of_old_deliveries_and_scrubs_in_batches():
+    rows = make_rows(6)
     for row in OutboxEvent.objects.all():
-        row.payload["user_data"] = dict(browser)
+        row.payload["user_data"] = dict(BROWSER)
         row.save()
-    OutboxEvent.objects.filter(pk__in=[rows[0].pk, rows[1].pk]).update(
+    long_ago = timezone.now() - timedelta(days=40)
+    ten_days = timezone.now() - timedelta(days=10)
+    old_delivered = [rows[0].pk, rows[1].pk]
+    OutboxEvent.objects.filter(pk__in=old_delivered).update(
         status=Status.DELIVERED, delivered_at=long_ago, created_at=long_ago
     )
+    # Failed 10 days ago, and too old for Meta now: never sendable again.
     OutboxEvent.objects.filter(pk=rows[2].pk).update(
-        status=Status.FAILED, created_at=timezone.now() - timedelta(days=10)
+        status=Status.FAILED, created_at=ten_days, event_time=ten_days
     )
-    OutboxEvent.objects.filter(pk=rows[3].pk).update(created_at=timezone.now() - timedelta(days=10))
+    # Failed and still young enough to replay: needs its user agent.
+    OutboxEvent.objects.filter(pk=rows[3].pk).update(status=Status.FAILED, created_at=ten_days)
+    # Pending: needs everything to be sent.
+    OutboxEvent.objects.filter(pk=rows[4].pk).update(created_at=ten_days)
     DeliveryAttempt.objects.create(
         event_id=rows[0].pk, outcome="delivered", batch_size=1, duration_ms=1
     )
     out = StringIO()
     call_command("capi_purge", "--dry-run", stdout=out)
-    assert "2 delivered event(s) would be deleted; 1 event(s) would be scrubbed" in out.getvalue()
+    assert (
+        "2 delivered event(s) would be emptied (their keys stay); 1 event(s) would be scrubbed"
+        in out.getvalue()
+    )
     call_command("capi_purge", "--batch-size", "1", stdout=StringIO())
-    assert not OutboxEvent.objects.filter(pk__in=[rows[0].pk, rows[1].pk]).exists()
+
+    # The key stays, so saving the order again cannot report a second Purchase.
+    for row in OutboxEvent.objects.filter(pk__in=old_delivered):
+        assert (row.status, row.payload, row.event_id) == ("delivered", {}, row.event_id)
     assert not DeliveryAttempt.objects.exists()
     assert OutboxEvent.objects.get(pk=rows[2].pk).payload["user_data"] == {"em": "e" * 64}
-    # Pending rows still need their browser data to be sent; recent rows keep theirs.
-    assert OutboxEvent.objects.get(pk=rows[3].pk).payload["user_data"] == browser
-    assert OutboxEvent.objects.get(pk=rows[4].pk).payload["user_data"] == browser
+    for keep in (rows[3], rows[4], rows[5]):
+        assert OutboxEvent.objects.get(pk=keep.pk).payload["user_data"] == BROWSER
+    out = StringIO()
+    call_command("capi_purge", stdout=out)
+    assert out.getvalue().startswith("0 delivered event(s) were emptied (their keys stay); 0")
+
+
+def test_a_purged_delivery_still_stops_a_second_purchase():
+    order = OrderFactory(status="paid")
+    OutboxEvent.objects.update(
+        status=Status.DELIVERED, delivered_at=timezone.now() - timedelta(days=90)
+    )
+    call_command("capi_purge", stdout=StringIO())
+    order.save()  # a refund note, months later: still "paid"
+    assert OutboxEvent.objects.count() == 1

@@ -54,7 +54,7 @@ class Command(BaseCommand):
         if not options["loop"]:
             for alias in databases:
                 self._report(alias, drain(using=alias, time_limit=options["time_limit"]))
-                alerts.evaluate(alias)
+                self._evaluate_alerts(alias)
             return
         self.stopping = False
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,8 +12,9 @@ from django_capi.conf import capi_settings
 
 class Command(BaseCommand):
     help = (
-        "Delete delivered events older than PURGE_DELIVERED_AFTER_DAYS and scrub the IP, user "
-        "agent, fbc and fbp from events older than SCRUB_BROWSER_DATA_AFTER_DAYS."
+        "Empty delivered events older than PURGE_DELIVERED_AFTER_DAYS (their deduplication key "
+        "stays) and scrub the IP, user agent, fbc and fbp from events older than "
+        "SCRUB_BROWSER_DATA_AFTER_DAYS that can no longer be sent."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -34,6 +35,6 @@ class Command(BaseCommand):
         )
         verb = "would be" if options["dry_run"] else "were"
         self.stdout.write(
-            f"{result.deleted} delivered event(s) {verb} deleted; "
+            f"{result.deleted} delivered event(s) {verb} emptied (their keys stay); "
             f"{result.scrubbed} event(s) {verb} scrubbed of browser data."
         )
