@@ -29,3 +29,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def require_postgres() -> None:
     assert connection.vendor == "postgresql", "this test needs DATABASE_URL=postgres://…"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_connections(django_db_setup, django_db_blocker):
+    """Processes the tests start (drainers, a killed one, a Celery worker) may leave a
+    PostgreSQL session behind for a moment; end them, so the test databases can be dropped."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for alias in connections:
+            db = connections[alias]
+            if db.vendor != "postgresql":
+                continue
+            with db.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
