@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXY_COUNT": 0,
     # Also set a first-party _fbp cookie when the browser has none (the Pixel sets its own).
     "SET_FBP_COOKIE": False,
+    # The domain of the _fbc/_fbp cookies the middleware sets, e.g. ".example.com" as the
+    # Pixel's own cookies use; None sets host-only cookies.
+    "COOKIE_DOMAIN": None,
     # Send the signed-in user's hashed email and id with the Pixel's init.
     "ADVANCED_MATCHING": True,
     # Record a server-side PageView for each {% capi_pixel %}, sharing its eventID.
@@ -115,6 +118,7 @@ class CapiSettings:
     consent: Callable[[HttpRequest], bool] | None
     trusted_proxy_count: int
     set_fbp_cookie: bool
+    cookie_domain: str | None
     advanced_matching: bool
     server_page_view: bool
     limited_data_use: dict[str, int] | None
@@ -170,6 +174,7 @@ def capi_settings() -> CapiSettings:
         consent=_consent(raw["CONSENT"]),
         trusted_proxy_count=_int_between("TRUSTED_PROXY_COUNT", raw["TRUSTED_PROXY_COUNT"], 0, 10),
         set_fbp_cookie=_bool("SET_FBP_COOKIE", raw["SET_FBP_COOKIE"]),
+        cookie_domain=_cookie_domain(raw["COOKIE_DOMAIN"]),
         advanced_matching=_bool("ADVANCED_MATCHING", raw["ADVANCED_MATCHING"]),
         server_page_view=_bool("SERVER_PAGE_VIEW", raw["SERVER_PAGE_VIEW"]),
         limited_data_use=_limited_data_use(raw["LIMITED_DATA_USE"]),
@@ -259,6 +264,13 @@ def _wake(value: object) -> str:
     if value not in ("celery", "none"):
         raise _bad("WAKE", "'celery', 'none' or None (Celery when it is installed)")
     return str(value)
+
+
+def _cookie_domain(value: object) -> str | None:
+    domain = _optional_str("COOKIE_DOMAIN", value)
+    if domain is not None and not re.fullmatch(r"\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", domain):
+        raise _bad("COOKIE_DOMAIN", "a domain such as '.example.com', or None")
+    return domain
 
 
 def _share(key: str, value: object) -> float:

@@ -82,22 +82,30 @@ def click_id(request: HttpRequest) -> str | None:
     return value if _CLICK_ID.fullmatch(value) else None
 
 
-def fbc_for_click(cookie: str | None, fbclid: str | None) -> str | None:
+def subdomain_index(cookie_domain: str | None) -> int:
+    """Meta's index of the domain a cookie is defined on: ``com`` 0, ``example.com`` 1,
+    ``www.example.com`` 2; 1, Meta's value for a server, for a host-only cookie."""
+    if not cookie_domain:
+        return 1
+    return len(cookie_domain.strip(".").split(".")) - 1
+
+
+def fbc_for_click(cookie: str | None, fbclid: str | None, *, index: int = 1) -> str | None:
     """A new ``_fbc`` value when ``fbclid`` is new to this browser, else None.
 
     Meta: set it when there is no ``_fbc`` or when the click id after its last dot differs.
-    The creation time is in milliseconds; subdomain index 1 is Meta's value for a server.
+    The creation time is in milliseconds.
     """
     if not fbclid:
         return None
     if cookie and _fbc_click_id(cookie) == fbclid:
         return None
-    return f"fb.1.{int(time.time() * 1000)}.{fbclid}"
+    return f"fb.{index}.{int(time.time() * 1000)}.{fbclid}"
 
 
-def new_fbp() -> str:
-    """A browser id in Meta's ``fb.1.<ms>.<random>`` layout."""
-    return f"fb.1.{int(time.time() * 1000)}.{secrets.randbelow(2**31)}"
+def new_fbp(*, index: int = 1) -> str:
+    """A browser id in Meta's ``fb.<index>.<ms>.<random>`` layout."""
+    return f"fb.{index}.{int(time.time() * 1000)}.{secrets.randbelow(2**31)}"
 
 
 def current_context() -> dict[str, object]:

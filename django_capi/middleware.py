@@ -84,19 +84,21 @@ class CapiMiddleware:
         return values
 
     def _after(self, request: HttpRequest, response: HttpResponseBase) -> None:
-        if capi_settings().consent is not None:
+        conf = capi_settings()
+        if conf.consent is not None:
             patch_vary_headers(response, ("Cookie",))  # caches must not share the Pixel
         if getattr(request, _REQUEST_ATTRIBUTE, {}).get(context.CONSENT_KEY) is False:
             # A refusal takes back what was set before it.
             for name in ("_fbc", "_fbp"):
                 if name in request.COOKIES:
-                    response.delete_cookie(name, samesite="Lax")
+                    response.delete_cookie(name, domain=conf.cookie_domain, samesite="Lax")
             return
         for name, value in getattr(request, _COOKIES_ATTRIBUTE, {}).items():
             response.set_cookie(
                 name,
                 value,
                 max_age=COOKIE_MAX_AGE,
+                domain=conf.cookie_domain,  # the Pixel's own cookies live on the site domain
                 samesite="Lax",
                 secure=request.is_secure(),
                 httponly=False,  # the Pixel reads them too
@@ -110,11 +112,12 @@ def _collect(request: HttpRequest, conf: CapiSettings) -> dict[str, object]:
             del session[SESSION_KEY]
         return {context.CONSENT_KEY: False}
     cookies: dict[str, str] = {}
-    fbc = context.fbc_for_click(request.COOKIES.get("_fbc"), context.click_id(request))
+    index = context.subdomain_index(conf.cookie_domain)
+    fbc = context.fbc_for_click(request.COOKIES.get("_fbc"), context.click_id(request), index=index)
     if fbc:
         cookies["_fbc"] = fbc
     if conf.set_fbp_cookie and not request.COOKIES.get("_fbp"):
-        cookies["_fbp"] = context.new_fbp()
+        cookies["_fbp"] = context.new_fbp(index=index)
     setattr(request, _COOKIES_ATTRIBUTE, cookies)
     values: dict[str, object] = dict(
         context.context_from_request(request, trusted_proxy_count=conf.trusted_proxy_count, fbc=fbc)

@@ -99,3 +99,13 @@ def test_a_lease_must_outlive_the_slowest_request():
         capi_settings()
     with override_settings(DJANGO_CAPI={**too_short, "LEASE_SECONDS": 14}):
         assert capi_settings().lease_seconds == 14
+
+
+def test_the_cookie_domain_must_be_a_domain():
+    with (
+        override_settings(DJANGO_CAPI={"COOKIE_DOMAIN": "not a domain"}),
+        pytest.raises(CapiConfigurationError, match="COOKIE_DOMAIN"),
+    ):
+        capi_settings()
+    with override_settings(DJANGO_CAPI={"COOKIE_DOMAIN": ".example.com"}):
+        assert capi_settings().cookie_domain == ".example.com"

@@ -307,3 +307,21 @@ def test_the_limited_data_use_hook_of_a_model_event(isolated_registry):
     payload = OutboxEvent.objects.get(event_name="Contact").payload
     assert payload["data_processing_options"] == ["LDU"]
     assert payload["data_processing_options_state"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("domain", "index"), [(".example.com", 1), ("shop.example.com", 2), (".example.co.uk", 2)]
+)
+def test_cookies_can_live_on_the_site_domain_like_the_pixels(domain, index):
+    with capi(COOKIE_DOMAIN=domain, SET_FBP_COOKIE=True):
+        response = run(lead_view, get("/?fbclid=OnDomain"))
+    for name in ("_fbc", "_fbp"):
+        assert response.cookies[name]["domain"] == domain
+        assert response.cookies[name].value.startswith(f"fb.{index}.")
+    assert response.cookies["_fbc"].value.endswith(".OnDomain")
+
+
+def test_a_host_only_cookie_uses_metas_server_index():
+    response = run(lead_view, get("/?fbclid=HostOnly"))
+    assert response.cookies["_fbc"]["domain"] == ""
+    assert response.cookies["_fbc"].value.startswith("fb.1.")
