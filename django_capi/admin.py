@@ -55,9 +55,9 @@ class EventNameFilter(admin.SimpleListFilter):
     parameter_name = "event_name"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # Registered ModelEvents, plus Meta's standard names that send_event may record.
         names = {e.event_name for events in registry._registry.values() for e in events}
-        names |= set(STANDARD_EVENTS) & {"AddToCart", "InitiateCheckout", "ViewContent"}
-        return [(name, name) for name in sorted(names)]
+        return [(name, name) for name in sorted(names | STANDARD_EVENTS)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(event_name=self.value()) if self.value() else queryset

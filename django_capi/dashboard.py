@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.sites import AdminSite, all_sites
 from django.core.exceptions import PermissionDenied
-from django.db import connections, router
+from django.db import router
 from django.db.models import (
     Count,
     DateTimeField,
@@ -121,7 +120,7 @@ def health_figures(*, using: str | None = None, now: datetime | None = None) -> 
     db = using or router.db_for_read(OutboxEvent)
     rows = OutboxEvent.objects.using(db)
     oldest_due = oldest_due_age(rows, now)
-    reference = now if now is not None else _database_now(db)
+    reference = now if now is not None else outbox.database_now(db)
     zone = timezone.get_default_timezone() if settings.USE_TZ else None
     hours = _hour_buckets(reference, zone)
     days = _day_buckets(reference, zone)
@@ -168,20 +167,6 @@ def oldest_due_age(rows: QuerySet[OutboxEvent], now: datetime | None) -> timedel
         .first()
     )
     return None if age is None else max(age, timedelta(0))
-
-
-def _database_now(using: str) -> datetime:
-    """The database's clock: every due time, lease and pause is one of its ``Now()``s."""
-    connection = connections[using]
-    compiler = OutboxEvent.objects.none().query.get_compiler(using)
-    expression = Now()
-    sql, params = compiler.compile(expression)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {sql}", params)
-        value: Any = cursor.fetchone()[0]
-    for converter in connection.ops.get_db_converters(expression):
-        value = converter(value, expression, connection)
-    return value  # type: ignore[no-any-return]
 
 
 def _local(moment: datetime, zone: tzinfo | None) -> datetime:

@@ -37,7 +37,9 @@ def browser_context(request: HttpRequest) -> dict[str, object]:
     from ``ModelEvent.request_context`` when the order is paid later without a browser."""
     collected = getattr(request, _REQUEST_ATTRIBUTE, None)
     if collected is None:
+        # Without the middleware: collected once per request all the same, not per tag.
         collected = _collect(request, capi_settings())
+        setattr(request, _REQUEST_ATTRIBUTE, collected)
     return dict(collected)
 
 

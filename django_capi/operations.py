@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from . import pixels
 from .conf import capi_settings
+from .context import USER_DATA_KEYS
 from .delivery import SEND_MARGIN, DrainReport, drain
 from .dispatch import wake_drainer_on_commit
 from .models import DeliveryAttempt, OutboxEvent
@@ -26,8 +27,6 @@ Status = OutboxEvent.Status
 #: this long; the drainers take the rest.
 SEND_NOW_LIMIT = 5000
 SEND_NOW_SECONDS = 20.0
-#: ``user_data`` keys that identify a browser rather than a person; scrubbed after a while.
-BROWSER_KEYS = ("client_ip_address", "client_user_agent", "fbc", "fbp")
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def purge(
     with_browser = rows.exclude(expired_delivery).filter(
         unsendable,
         created_at__lt=now - timedelta(days=scrub_after_days),
-        payload__user_data__has_any_keys=list(BROWSER_KEYS),
+        payload__user_data__has_any_keys=list(USER_DATA_KEYS),
     )
     if dry_run:
         return PurgeResult(deleted=old_delivered.count(), scrubbed=with_browser.count())
@@ -191,7 +190,7 @@ def purge(
             # Locked and re-checked, so a replay cannot slip in between read and write.
             batch = list(with_browser.select_for_update().only("pk", "payload")[:batch_size])
             for row in batch:
-                for key in BROWSER_KEYS:
+                for key in USER_DATA_KEYS:
                     row.payload["user_data"].pop(key, None)
             rows.bulk_update(batch, ["payload"])
         scrubbed += len(batch)

@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db import connections, router, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Now
+from django.db.models.sql import Query
 from django.utils import timezone
 
 from .client import GraphResult
@@ -45,6 +46,14 @@ class Lease:
 
     def now(self) -> datetime:
         return self.db_now + timedelta(seconds=time.monotonic() - self.claimed_at)
+
+
+def database_now(using: str) -> datetime:
+    """The database's clock: every due time, lease and pause is one of its ``Now()``s."""
+    query = Query(None)
+    query.add_annotation(Now(), "now")
+    ((now,),) = query.get_compiler(using=using).results_iter()
+    return cast(datetime, now)
 
 
 def databases() -> list[str]:

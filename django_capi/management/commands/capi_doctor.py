@@ -20,8 +20,6 @@ from django.core.checks import ERROR, CheckMessage, run_checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
-from django.db.models.functions import Now
-from django.db.models.sql import Query
 from django.utils import timezone
 
 from django_capi import checks, outbox
@@ -337,10 +335,8 @@ def _unapplied_migrations(alias: str) -> list[Any]:
 def _clock_skew(alias: str) -> float:
     """Seconds the database's clock is ahead of this host's, against the middle of the query's
     round trip."""
-    query = Query(None)
-    query.add_annotation(Now(), "now")
     before = host_now()
-    ((db_now,),) = query.get_compiler(using=alias).results_iter()
+    db_now = outbox.database_now(alias)
     after = host_now()
     skew: timedelta = db_now - (before + (after - before) / 2)
     return skew.total_seconds()
