@@ -1,0 +1,43 @@
+"""Text that every supported database can store.
+
+PostgreSQL refuses NUL (``\\x00``) in ``text`` and ``jsonb``, and a lone surrogate (which
+Python strings may hold, from a cookie or a ``surrogateescape`` decode) cannot be encoded as
+UTF-8 by any driver. Both reach us from browsers and integrators; both become U+FFFD, the
+replacement character, so the rest of the value is kept and the loss stays visible.
+
+Pure: no Django, no settings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REPLACEMENT = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def is_storable(text: str) -> bool:
+    """True when ``text`` can be stored as is on every supported database."""
+    return _UNSTORABLE.search(text) is None
+
+
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD."""
+    return _UNSTORABLE.sub(REPLACEMENT, text)
+
+
+def storable_json(value: Any) -> Any:
+    """A copy of a JSON-like ``value`` (dicts, lists, tuples, scalars) whose strings, keys
+    included, are all ``storable``. Other objects are returned as they are."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, Mapping):
+        return {
+            (storable(key) if isinstance(key, str) else key): storable_json(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [storable_json(item) for item in value]
+    return value
