@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
+REDIS_URL ?= redis://127.0.0.1:6379/15
+# Uses the servers at these URLs when they answer, else starts throwaway ones (tests/services.py).
+WITH_SERVICES := $(BIN)/python -m tests.services
 PYTEST_ARGS ?=
 
 .PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench
@@ -36,10 +39,11 @@ migrations: install
 	$(BIN)/django-admin makemigrations --check --dry-run --settings=tests.settings --pythonpath=.
 
 test-sqlite: install browser-deps
-	DATABASE_URL=sqlite:///:memory: $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
+	DATABASE_URL=sqlite:///:memory: $(WITH_SERVICES) --redis $(REDIS_URL) -- \
+	  $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
 
 test-postgres: install browser-deps
-	DATABASE_URL=$(POSTGRES_URL) $(BIN)/pytest $(PYTEST_ARGS)
+	$(WITH_SERVICES) --postgres $(POSTGRES_URL) --redis $(REDIS_URL) -- $(BIN)/pytest $(PYTEST_ARGS)
 
 test: browser-deps lint typecheck migrations test-sqlite test-postgres
 
