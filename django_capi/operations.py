@@ -18,8 +18,8 @@ from . import pixels
 from .conf import capi_settings
 from .context import USER_DATA_KEYS
 from .delivery import SEND_MARGIN, DrainReport, drain
-from .dispatch import wake_drainer_on_commit
 from .models import DeliveryAttempt, OutboxEvent
+from .signals import outbox_committed, send_on_commit
 from .validation import MAX_EVENT_AGE, MAX_PHYSICAL_STORE_EVENT_AGE
 
 Status = OutboxEvent.Status
@@ -70,7 +70,7 @@ def replay(events: QuerySet[OutboxEvent]) -> ReplayResult:
             leased_until=None,
         )
         if replayed:
-            wake_drainer_on_commit(using)
+            send_on_commit(outbox_committed, using)
     return ReplayResult(
         replayed=replayed,
         too_old=failed_count - unbuilt - replayed,

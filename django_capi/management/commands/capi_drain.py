@@ -54,7 +54,7 @@ class Command(BaseCommand):
         if not options["loop"]:
             for alias in databases:
                 self._report(alias, drain(using=alias, time_limit=options["time_limit"]))
-                self._evaluate_alerts(alias)
+                alerts.evaluate_safely(alias)
             return
         self.stopping = False
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -72,7 +72,7 @@ class Command(BaseCommand):
             if time.monotonic() >= next_alert_check:
                 next_alert_check = time.monotonic() + alerts.WEB_CHECK_SECONDS
                 for alias in databases:
-                    self._evaluate_alerts(alias)
+                    alerts.evaluate_safely(alias)
             if not claimed:
                 self._sleep(options["interval"])
         client.close()
@@ -92,12 +92,6 @@ class Command(BaseCommand):
         if report.claimed:
             self._report(alias, report)
         return report.claimed
-
-    def _evaluate_alerts(self, alias: str) -> None:
-        try:
-            alerts.evaluate(alias)
-        except Exception:
-            logger.exception("django-capi could not evaluate its alerts on %r", alias)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
