@@ -22,8 +22,8 @@ from django.dispatch import Signal
 
 from . import signals
 from .conf import capi_settings
-from .dashboard import oldest_due_age
 from .models import AlertState, DeliveryAttempt, OutboxEvent
+from .queries import oldest_due_age
 
 logger = logging.getLogger(__name__)
 
