@@ -72,7 +72,6 @@ def test_a_broken_receiver_is_logged_and_does_not_raise(wakes, caplog):
     assert "receiver bug" in caplog.text
 
 
-
 def test_the_announcement_names_the_database_that_committed(wakes):
     with transaction.atomic():
         lead()
