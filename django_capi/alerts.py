@@ -3,8 +3,8 @@ refusing a large share of events. Once per incident: an alert when it starts, a 
 ends. (A broken token has its own once-per-incident alert: the pixel's circuit.)
 
 ``evaluate`` runs at the end of every drain task and ``capi_drain`` run, and from the web
-process when it commits events (at most once a minute there): a backlog with no worker
-running at all is exactly when nobody else would notice.
+process when it commits events (``dispatch``, at most once a minute there): a backlog with no
+worker running at all is exactly when nobody else would notice.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from django.dispatch import Signal
 
 from . import signals
 from .conf import capi_settings
-from .dashboard import oldest_due_age
 from .models import AlertState, DeliveryAttempt, OutboxEvent
+from .queries import oldest_due_age
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,19 @@ def evaluate(using: str | None = None) -> list[AlertChange]:
     return changes
 
 
-def evaluate_from_web(using: str) -> None:
-    """The web process's look, at most once a minute; never lets an error reach a commit."""
-    if not cache.add(f"django_capi:alerts:{using}", 1, timeout=WEB_CHECK_SECONDS):
-        return
+def evaluate_safely(using: str) -> None:
+    """``evaluate``, logging instead of raising: an alert problem must never undo a drain
+    that worked, nor reach a commit."""
     try:
         evaluate(using)
     except Exception:
-        logger.exception("django-capi could not evaluate its alerts")
+        logger.exception("django-capi could not evaluate its alerts on %r", using)
+
+
+def evaluate_from_web(using: str) -> None:
+    """The web process's look, at most once a minute."""
+    if cache.add(f"django_capi:alerts:{using}", 1, timeout=WEB_CHECK_SECONDS):
+        evaluate_safely(using)
 
 
 def _last_hour(using: str) -> tuple[int, int]:

@@ -10,8 +10,10 @@ class CapiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, registry  # noqa: F401 - importing checks registers them
+        from . import checks, dispatch, registry  # noqa: F401 - importing checks registers them
 
         registry.connect_signals()
+        # Delivery listens to capture's announcements; capture never calls delivery.
+        dispatch.connect()
         # Each installed app declares its conversions in a ``capi`` module, as with ``admin``.
         autodiscover_modules("capi")

@@ -42,12 +42,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
 from django.utils.module_loading import import_string
 
-from .client import INVALID_PARAMETER, UNSUPPORTED_POST_SUBCODE, ErrorKind, GraphFailure
 from .conf import SETTING_NAME, CapiSettings, capi_settings
 from .exceptions import CapiConfigurationError
 from .models import OutboxEvent
 from .outbox import databases as outbox_databases
-from .registry import _registry
+from .registry import registered_models
 
 #: ``manage.py check --tag django_capi`` runs only these checks.
 TAG = "django_capi"
@@ -127,7 +126,7 @@ def check_middleware(
     **kwargs: Any,
 ) -> Messages:
     """W001, W002."""
-    classes = [_import_or_none(path) for path in settings.MIDDLEWARE]
+    classes = _middleware_classes()
     capi = _first_subclass(classes, CAPI_MIDDLEWARE)
     if capi is None:
         if not _capi_tags_loadable():
@@ -202,14 +201,14 @@ def check_databases(
 ) -> Messages:
     """E004, E005. Uses the routers' answers without hints: a router that shards by instance
     is not second-guessed."""
-    with_outbox = {alias for alias in connections if router.allow_migrate_model(alias, OutboxEvent)}
+    with_outbox = set(outbox_databases())
     hint = (
         "Let your database router migrate django_capi on every database your registered "
         "models are written to (allow_migrate), then run `manage.py migrate django_capi "
         "--database ALIAS`."
     )
     messages: Messages = []
-    for model in sorted(_registry, key=lambda model: model._meta.label):
+    for model in sorted(registered_models(), key=lambda model: model._meta.label):
         alias = router.db_for_write(model)
         if alias not in with_outbox:
             messages.append(
@@ -234,41 +233,13 @@ def check_databases(
     return messages
 
 
-def graph_failure_fix(failure: GraphFailure, http_status: int | None, pixel_id: str) -> str:
-    """What to do about a failed request to the Graph API (shared by ``capi_doctor`` and
-    ``capi_test_event``)."""
-    if http_status is None:
-        return (
-            "This host cannot reach the Graph API: check its network, proxy and GRAPH_API_URL, "
-            "then try again."
-        )
-    if failure.code in (190, 102):
-        return (
-            "The access token is invalid, expired or revoked: generate a new one in Events "
-            "Manager (your dataset, Settings, Conversions API) and set CAPI_ACCESS_TOKEN."
-        )
-    if failure.code == 10 or (failure.code is not None and 200 <= failure.code < 300):
-        return (
-            f"The token may not send events for pixel {pixel_id}: generate it on that pixel's "
-            "Settings page in Events Manager, or give its system user access to the dataset."
-        )
-    if failure.code == INVALID_PARAMETER and failure.subcode == UNSUPPORTED_POST_SUBCODE:
-        return (
-            f"Meta finds no pixel {pixel_id} this token may use: check PIXEL_ID, and that the "
-            "token was generated for this pixel."
-        )
-    if failure.kind is ErrorKind.SETUP:
-        return "Meta refused the request itself: check API_VERSION and GRAPH_API_URL."
-    if failure.kind is ErrorKind.RATE_LIMIT:
-        return "Meta is rate-limiting this pixel: try again in a few minutes."
-    if failure.kind is ErrorKind.INVALID:
-        return "Meta refused the event's data: the message says which field."
-    if failure.code is None:
-        return (
-            "Something other than the Graph API answered (a proxy?): check GRAPH_API_URL and "
-            "the network, then try again."
-        )
-    return "Meta had a temporary problem: try again in a few minutes."
+def capi_middleware_installed() -> bool:
+    """Whether ``MIDDLEWARE`` holds ``CapiMiddleware`` (or a subclass of it)."""
+    return _first_subclass(_middleware_classes(), CAPI_MIDDLEWARE) is not None
+
+
+def _middleware_classes() -> list[type | None]:
+    return [_import_or_none(path) for path in settings.MIDDLEWARE]
 
 
 def _capi_tags_loadable() -> bool:

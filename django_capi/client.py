@@ -226,3 +226,46 @@ def _int_or_none(value: object) -> int | None:
 
 def _elapsed_ms(started: float) -> int:
     return max(0, round((time.monotonic() - started) * 1000))
+
+
+# What a person should do about a failed request (``capi_doctor``, ``capi_test_event``).
+
+#: The ``AUTH_CODES`` that say the token itself is invalid, expired or revoked; the others
+#: are permission errors.
+INVALID_TOKEN_CODES = frozenset({102, 190})
+
+
+def graph_failure_fix(failure: GraphFailure, http_status: int | None, pixel_id: str) -> str:
+    """The fix for ``failure``, in one or two sentences."""
+    if http_status is None:
+        return (
+            "This host cannot reach the Graph API: check its network, proxy and GRAPH_API_URL, "
+            "then try again."
+        )
+    if failure.code in INVALID_TOKEN_CODES:
+        return (
+            "The access token is invalid, expired or revoked: generate a new one in Events "
+            "Manager (your dataset, Settings, Conversions API) and set CAPI_ACCESS_TOKEN."
+        )
+    if failure.code in AUTH_CODES:
+        return (
+            f"The token may not send events for pixel {pixel_id}: generate it on that pixel's "
+            "Settings page in Events Manager, or give its system user access to the dataset."
+        )
+    if failure.code == INVALID_PARAMETER and failure.subcode == UNSUPPORTED_POST_SUBCODE:
+        return (
+            f"Meta finds no pixel {pixel_id} this token may use: check PIXEL_ID, and that the "
+            "token was generated for this pixel."
+        )
+    if failure.kind is ErrorKind.SETUP:
+        return "Meta refused the request itself: check API_VERSION and GRAPH_API_URL."
+    if failure.kind is ErrorKind.RATE_LIMIT:
+        return "Meta is rate-limiting this pixel: try again in a few minutes."
+    if failure.kind is ErrorKind.INVALID:
+        return "Meta refused the event's data: the message says which field."
+    if failure.code is None:
+        return (
+            "Something other than the Graph API answered (a proxy?): check GRAPH_API_URL and "
+            "the network, then try again."
+        )
+    return "Meta had a temporary problem: try again in a few minutes."

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -24,6 +24,7 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from .exceptions import CapiConfigurationError
+from .validation import check_limited_data_use
 
 SETTING_NAME = "DJANGO_CAPI"
 
@@ -303,11 +304,11 @@ def _consent(value: object) -> Callable[[HttpRequest], bool] | None:
 def _limited_data_use(value: object) -> dict[str, int] | None:
     if value is None:
         return None
-    expected = "None or {'country': 1, 'state': 1000} (0 and 0 let Meta geolocate)"
-    if not isinstance(value, dict) or set(value) != {"country", "state"}:
-        raise _bad("LIMITED_DATA_USE", expected)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
-        raise _bad("LIMITED_DATA_USE", expected)
+    # The shape is the per-event rule's (validation); only the message speaks of the setting.
+    if not isinstance(value, Mapping) or check_limited_data_use(value):
+        raise _bad(
+            "LIMITED_DATA_USE", "None or {'country': 1, 'state': 1000} (0 and 0 let Meta geolocate)"
+        )
     return {"country": value["country"], "state": value["state"]}
 
 

@@ -17,19 +17,8 @@ from django.contrib import admin
 from django.contrib.admin.sites import AdminSite, all_sites
 from django.core.exceptions import PermissionDenied
 from django.db import router
-from django.db.models import (
-    Count,
-    DateTimeField,
-    DurationField,
-    ExpressionWrapper,
-    F,
-    Max,
-    Q,
-    QuerySet,
-    Value,
-)
-from django.db.models.expressions import Combinable
-from django.db.models.functions import Coalesce, Now, TruncDay, TruncHour
+from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -40,6 +29,7 @@ from . import charts, outbox
 from .conf import DEFAULTS, capi_settings
 from .exceptions import CapiConfigurationError
 from .models import OutboxEvent, PixelState
+from .queries import oldest_due_age
 
 Status = OutboxEvent.Status
 
@@ -152,21 +142,6 @@ def _counts(rows: QuerySet[OutboxEvent]) -> dict[str, int]:
     # COUNT(*) grouped by status: an index-only scan of capi_outbox_status_created.
     found = dict(rows.values_list("status").annotate(n=Count("*")).order_by())
     return {status: found.get(status, 0) for status in Status.values}
-
-
-def oldest_due_age(rows: QuerySet[OutboxEvent], now: datetime | None) -> timedelta | None:
-    """How long the oldest due row has waited for a drainer (None when none is due)."""
-    # The first entry of the partial index capi_outbox_due, like a claim's.
-    clock: Combinable = Now() if now is None else Value(now, output_field=DateTimeField())
-    waited = ExpressionWrapper(clock - F("next_attempt_at"), output_field=DurationField())
-    age: timedelta | None = (
-        rows.filter(status=Status.PENDING, next_attempt_at__lte=clock)
-        .order_by("next_attempt_at")
-        .annotate(waited=waited)
-        .values_list("waited", flat=True)
-        .first()
-    )
-    return None if age is None else max(age, timedelta(0))
 
 
 def _local(moment: datetime, zone: tzinfo | None) -> datetime:

@@ -21,7 +21,6 @@ from django.utils import timezone
 from . import context, validation
 from .conf import capi_settings
 from .constants import ActionSource
-from .dispatch import wake_drainer_on_commit
 from .exceptions import (
     CapiConfigurationError,
     CapiError,
@@ -31,6 +30,7 @@ from .exceptions import (
 from .middleware import browser_context
 from .models import OutboxEvent
 from .normalize import normalize_user_data
+from .signals import outbox_committed, send_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def record_event(
     _warn_outside_transaction(using)
     row = _save(using, existing, pixel_id, event_name, event_id, action_source, fields, source)
     if row.status == OutboxEvent.Status.PENDING:
-        wake_drainer_on_commit(using)
+        send_on_commit(outbox_committed, using)
     else:
         logger.warning(
             "event %s %s for %s not sent: %s", event_name, event_id, _label(source), row.last_error

@@ -16,11 +16,12 @@ from django.utils import timezone
 
 from . import pixels
 from .conf import capi_settings
+from .constants import ActionSource
 from .context import USER_DATA_KEYS
 from .delivery import SEND_MARGIN, DrainReport, drain
-from .dispatch import wake_drainer_on_commit
 from .models import DeliveryAttempt, OutboxEvent
-from .validation import MAX_EVENT_AGE, MAX_PHYSICAL_STORE_EVENT_AGE
+from .signals import outbox_committed, send_on_commit
+from .validation import MAX_EVENT_AGE, MAX_PHYSICAL_STORE_EVENT_AGE, max_event_age
 
 Status = OutboxEvent.Status
 #: "Send now" works inside a web request: it sends at most this many events, for at most
@@ -32,7 +33,7 @@ SEND_NOW_SECONDS = 20.0
 @dataclass(frozen=True)
 class ReplayResult:
     replayed: int
-    #: Failed rows Meta would refuse now: older than its 7 (or 62) days.
+    #: Failed rows Meta would refuse now: older than ``validation.max_event_age``.
     too_old: int
     #: Failed while being built (no payload): fix the data and save the object again.
     unbuilt: int
@@ -42,7 +43,10 @@ class ReplayResult:
     def __str__(self) -> str:
         parts = [f"{self.replayed} replayed"]
         if self.too_old:
-            parts.append(f"{self.too_old} refused: older than Meta accepts (7 days, 62 in store)")
+            parts.append(
+                f"{self.too_old} refused: older than Meta accepts ({MAX_EVENT_AGE.days} days, "
+                f"{MAX_PHYSICAL_STORE_EVENT_AGE.days} in store)"
+            )
         if self.unbuilt:
             parts.append(
                 f"{self.unbuilt} refused: invalid when recorded; fix the data and save the "
@@ -70,7 +74,7 @@ def replay(events: QuerySet[OutboxEvent]) -> ReplayResult:
             leased_until=None,
         )
         if replayed:
-            wake_drainer_on_commit(using)
+            send_on_commit(outbox_committed, using)
     return ReplayResult(
         replayed=replayed,
         too_old=failed_count - unbuilt - replayed,
@@ -200,9 +204,16 @@ def purge(
 
 
 def _too_old() -> Q:
-    """Rows Meta would refuse if sent now (with the margin the drainer keeps)."""
+    """Rows Meta would refuse if sent now (with the margin the drainer keeps), each by the
+    limit of its action source (``validation.max_event_age``)."""
     now = timezone.now()
-    store = Q(action_source="physical_store")
-    return (store & Q(event_time__lt=now - MAX_PHYSICAL_STORE_EVENT_AGE + SEND_MARGIN)) | (
-        ~store & Q(event_time__lt=now - MAX_EVENT_AGE + SEND_MARGIN)
+    sources_by_age: dict[timedelta, list[str]] = {}
+    for source in ActionSource.values:
+        sources_by_age.setdefault(max_event_age(source), []).append(source)
+    # A row failed at capture may carry an action source Meta does not know: the general limit.
+    too_old = ~Q(action_source__in=ActionSource.values) & Q(
+        event_time__lt=now - MAX_EVENT_AGE + SEND_MARGIN
     )
+    for age, sources in sources_by_age.items():
+        too_old |= Q(action_source__in=sources, event_time__lt=now - age + SEND_MARGIN)
+    return too_old

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -249,3 +250,27 @@ def _call(model_event: ModelEvent[Any], hook: str, instance: models.Model, *args
         where = f"{type(model_event).__name__}.{hook}()"
         logger.exception("%s raised for %s pk=%s", where, instance._meta.label, instance.pk)
         raise HookError(where, exc) from exc
+
+
+# Reading the registry (the admin's filters, the system checks) and isolating it in tests.
+
+
+def registered_models() -> list[type[models.Model]]:
+    """The models ``register`` was called with, in registration order."""
+    return list(_registry)
+
+
+def all_events() -> list[ModelEvent[Any]]:
+    """Every registered ``ModelEvent`` instance, one per (model, event class)."""
+    return [event for events in _registry.values() for event in events]
+
+
+@contextmanager
+def isolated() -> Iterator[None]:
+    """Registrations made inside the block are forgotten when it ends (for tests)."""
+    saved = {model: list(events) for model, events in _registry.items()}
+    try:
+        yield
+    finally:
+        _registry.clear()
+        _registry.update(saved)

@@ -1,4 +1,3 @@
-import copy
 from collections.abc import Iterator
 
 import pytest
@@ -10,12 +9,8 @@ from django_capi import registry
 @pytest.fixture
 def isolated_registry() -> Iterator[None]:
     """Let a test register its own ModelEvents without leaking them into other tests."""
-    saved = copy.copy(registry._registry)
-    registry._registry.clear()
-    registry._registry.update({model: list(events) for model, events in saved.items()})
-    yield
-    registry._registry.clear()
-    registry._registry.update(saved)
+    with registry.isolated():
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

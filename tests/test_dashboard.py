@@ -18,13 +18,13 @@ from django.urls import reverse
 from django_capi import charts
 from django_capi.dashboard import MATCH_KEYS, health_figures, health_view
 from django_capi.models import OutboxEvent, PixelState
+from tests.factories import OutboxEventFactory
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 3, 15, 12, 30, tzinfo=UTC)
 ALL_KEYS = dict.fromkeys(MATCH_KEYS, "x")
 SCRIPT = "<script>alert('xss')</script>"
-_ids = itertools.count()
 
 
 def at(day: int, hour: int, minute: int = 0, month: int = 3) -> datetime:
@@ -40,29 +40,33 @@ def event(
     user_data: dict[str, Any] | None = None,
     **fields: Any,
 ) -> OutboxEvent:
-    payload = {"event_name": name} if user_data is None else {"user_data": user_data}
-    return OutboxEvent(
-        pixel_id=pixel,
-        event_name=name,
-        event_id=f"e{next(_ids)}",
-        event_time=created,
-        action_source="website",
-        payload=payload,
+    """An unsaved website row created (and due) at ``created``, for ``bulk_create``."""
+    fields.setdefault("next_attempt_at", created)
+    return OutboxEventFactory.build(
         status=status,
         created_at=created,
-        next_attempt_at=fields.pop("next_attempt_at", created),
+        event_time=created,
+        event_name=name,
+        pixel_id=pixel,
+        action_source="website",
+        user_data=user_data,
         **fields,
     )
 
 
 def delivered(when: datetime, **kwargs: Any) -> OutboxEvent:
-    return event(created=when - timedelta(minutes=1), delivered_at=when, **kwargs)
+    return event(created=when - timedelta(minutes=1), delivered=True, delivered_at=when, **kwargs)
 
 
 def failed(reason: str, error: str, *, attempt: datetime | None, **kwargs: Any) -> OutboxEvent:
     kwargs.setdefault("created", (attempt or NOW) - timedelta(minutes=30))
     return event(
-        "failed", failure_reason=reason, last_error=error, last_attempt_at=attempt, **kwargs
+        "failed",
+        failed=True,
+        failure_reason=reason,
+        last_error=error,
+        last_attempt_at=attempt,
+        **kwargs,
     )
 
 

@@ -70,3 +70,9 @@ def test_a_broken_receiver_is_logged_and_does_not_raise(wakes, caplog):
         signals.outbox_committed.disconnect(broken)
     assert len(wakes) == 1
     assert "receiver bug" in caplog.text
+
+
+def test_the_announcement_names_the_database_that_committed(wakes):
+    with transaction.atomic():
+        lead()
+    assert [call["using"] for call in wakes] == ["default"]

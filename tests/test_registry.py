@@ -9,11 +9,11 @@ import pytest
 from django.db import models
 
 import django_capi
-from django_capi import ModelEvent, OutboxEvent, register
+from django_capi import ModelEvent, OutboxEvent, register, registry
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.registry import registered_events
 from tests.shop.capi import OrderPaid
-from tests.shop.models import Order, PaidOrder
+from tests.shop.models import Lead, Order, PaidOrder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +44,16 @@ def test_two_events_with_one_name_on_one_model_are_refused():
     second = type("SecondPurchase", (ModelEvent,), {"event_name": "Purchase"})
     with pytest.raises(CapiConfigurationError, match="shop.Order already has a 'Purchase'"):
         register(Order)(second)
+
+
+def test_the_registry_is_read_and_isolated_through_public_functions():
+    before = registry.registered_models(), [type(e) for e in registry.all_events()]
+    assert Order in before[0] and OrderPaid in before[1]
+    with registry.isolated():
+        contact = register(Lead, Order)(type("Contact", (ModelEvent,), {"event_name": "Contact"}))
+        assert registry.registered_models()[-1] is Lead
+        assert [type(e) for e in registry.all_events()].count(contact) == 2
+    assert (registry.registered_models(), [type(e) for e in registry.all_events()]) == before
 
 
 @pytest.mark.usefixtures("isolated_registry")

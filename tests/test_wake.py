@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-from io import StringIO
 
 import pytest
 import redis
 from django.core.cache import cache
-from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import override_settings
 
-from django_capi import dispatch, send_event
+from django_capi import send_event, tasks
 from django_capi.conf import capi_settings
 from django_capi.models import OutboxEvent
-from tests.delivery_helpers import make_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,7 +40,7 @@ def lead(n: int) -> OutboxEvent:
 
 def test_a_burst_of_1000_committed_orders_queues_one_task(queue, monkeypatch):
     # However long the loop takes on a slow machine, it is one burst.
-    monkeypatch.setattr(dispatch, "WAKE_FLAG_SECONDS", 600)
+    monkeypatch.setattr(tasks, "WAKE_FLAG_SECONDS", 600)
     for n in range(1000):
         with transaction.atomic():
             lead(n)
@@ -54,14 +51,14 @@ def test_a_burst_of_1000_committed_orders_queues_one_task(queue, monkeypatch):
 def test_a_started_task_lets_the_next_commit_queue_another(queue):
     with transaction.atomic():
         lead(1)
-    dispatch.clear_wake_flag()  # what drain_outbox does first
+    tasks.clear_wake_flag()  # what drain_outbox does first
     with transaction.atomic():
         lead(2)
     assert queue() == 2
 
 
 def test_a_wake_flag_left_by_a_worker_without_a_shared_cache_expires(queue, monkeypatch):
-    monkeypatch.setattr(dispatch, "WAKE_FLAG_SECONDS", 1)
+    monkeypatch.setattr(tasks, "WAKE_FLAG_SECONDS", 1)
     with transaction.atomic():
         lead(1)
     time.sleep(1.1)  # nobody cleared the flag: a worker's cache is not this process's
@@ -115,20 +112,4 @@ def test_an_unreachable_broker_is_logged_and_the_commit_stands(settings, caplog)
         app.set_current()
     assert OutboxEvent.objects.filter(pk=row.pk).exists()
     assert "could not queue a drain; the periodic sweep will" in caplog.text
-    assert cache.get(f"{dispatch.WAKE_FLAG}:default") is None  # the next commit tries again
-
-
-@pytest.mark.django_db(transaction=True, databases=["default", "other"])
-def test_capi_drain_delivers_what_is_due_in_every_database_and_reports(capi_graph):
-    make_rows(3)
-    make_rows(2, prefix="elsewhere", using="other")
-    out = StringIO()
-    call_command("capi_drain", stdout=out)
-    assert "default: claimed 3, delivered 3" in out.getvalue()
-    assert "other: claimed 2, delivered 2" in out.getvalue()
-    assert len(capi_graph.event_ids()) == 5
-
-
-def test_capi_drain_refuses_an_unknown_database():
-    with pytest.raises(CommandError, match="no outbox in database"):
-        call_command("capi_drain", "--database", "nope")
+    assert cache.get(f"{tasks.WAKE_FLAG}:default") is None  # the next commit tries again

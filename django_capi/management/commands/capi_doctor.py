@@ -23,9 +23,10 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from django_capi import checks, outbox
-from django_capi.client import ErrorKind, GraphClient
+from django_capi.client import ErrorKind, GraphClient, graph_failure_fix
 from django_capi.conf import SETTING_NAME, CapiSettings, capi_settings
 from django_capi.exceptions import CapiConfigurationError
+from django_capi.management.options import add_database_option, outbox_databases
 
 OK, WARN, FAIL, SKIPPED = "✓", "!", "✗", "·"
 DRAIN_TASK = "django_capi.drain_outbox"
@@ -82,18 +83,12 @@ class Command(BaseCommand):
             help="Ask Meta whether the token may post to the pixel (a request with no events: "
             "nothing is recorded).",
         )
-        parser.add_argument(
-            "--database",
-            action="append",
-            dest="databases",
-            help="Check this outbox database alias (repeatable). Default: every one.",
+        add_database_option(
+            parser, "Check this outbox database alias (repeatable). Default: every one."
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        databases = options["databases"] or outbox.databases()
-        unknown = set(databases) - set(outbox.databases())
-        if unknown:
-            raise CommandError(f"no outbox in database(s) {', '.join(sorted(unknown))}")
+        databases = outbox_databases(options)
         messages: Messages = {}
         for message in run_checks(tags=[checks.TAG]):
             if (message.id or "").startswith("django_capi."):
@@ -141,11 +136,7 @@ class Command(BaseCommand):
         problems = _from_checks(report, messages, "W001", "W002")
         if problems:
             return
-        installed = any(
-            checks._is_subclass(checks._import_or_none(path), [checks.CAPI_MIDDLEWARE])
-            for path in settings.MIDDLEWARE
-        )
-        if installed:
+        if checks.capi_middleware_installed():
             report.add(OK, "CapiMiddleware is installed after the session and auth middleware")
         else:
             report.add(
@@ -295,7 +286,7 @@ class Command(BaseCommand):
         if error is None or error.kind is ErrorKind.INVALID:
             report.add(OK, f"Meta accepts the token for pixel {conf.pixel_id}")
             return
-        fix = checks.graph_failure_fix(error, result.http_status, conf.pixel_id)
+        fix = graph_failure_fix(error, result.http_status, conf.pixel_id)
         mark = FAIL if error.kind is ErrorKind.SETUP or result.http_status is None else WARN
         what = "refused the token" if mark == FAIL else "could not check the token"
         report.add(mark, f"Meta {what}: {error.describe(result.http_status)}", fix=fix)

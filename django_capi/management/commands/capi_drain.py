@@ -8,13 +8,14 @@ import time
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from django_capi import alerts, outbox
 from django_capi.client import GraphClient
 from django_capi.conf import capi_settings
 from django_capi.delivery import DrainReport, drain
+from django_capi.management.options import add_database_option, outbox_databases
 
 logger = logging.getLogger("django_capi.delivery")
 
@@ -39,22 +40,17 @@ class Command(BaseCommand):
             help="Stop claiming new batches after this many seconds (without --loop), so "
             "cron runs never pile up.",
         )
-        parser.add_argument(
-            "--database",
-            action="append",
-            dest="databases",
-            help="Drain this database alias (repeatable). Default: every database with an outbox.",
+        add_database_option(
+            parser,
+            "Drain this database alias (repeatable). Default: every database with an outbox.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        databases = options["databases"] or outbox.databases()
-        unknown = set(databases) - set(outbox.databases())
-        if unknown:
-            raise CommandError(f"no outbox in database(s) {', '.join(sorted(unknown))}")
+        databases = outbox_databases(options)
         if not options["loop"]:
             for alias in databases:
                 self._report(alias, drain(using=alias, time_limit=options["time_limit"]))
-                self._evaluate_alerts(alias)
+                alerts.evaluate_safely(alias)
             return
         self.stopping = False
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -72,7 +68,7 @@ class Command(BaseCommand):
             if time.monotonic() >= next_alert_check:
                 next_alert_check = time.monotonic() + alerts.WEB_CHECK_SECONDS
                 for alias in databases:
-                    self._evaluate_alerts(alias)
+                    alerts.evaluate_safely(alias)
             if not claimed:
                 self._sleep(options["interval"])
         client.close()
@@ -92,12 +88,6 @@ class Command(BaseCommand):
         if report.claimed:
             self._report(alias, report)
         return report.claimed
-
-    def _evaluate_alerts(self, alias: str) -> None:
-        try:
-            alerts.evaluate(alias)
-        except Exception:
-            logger.exception("django-capi could not evaluate its alerts on %r", alias)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

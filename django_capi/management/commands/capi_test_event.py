@@ -13,8 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from django_capi.checks import graph_failure_fix
-from django_capi.client import GraphClient
+from django_capi.client import GraphClient, graph_failure_fix
 from django_capi.conf import SETTING_NAME, capi_settings
 from django_capi.events import EventDraft, build_event
 from django_capi.exceptions import CapiConfigurationError, EventValidationError

@@ -1,0 +1,31 @@
+"""Questions about the outbox that several modules ask (the alerts, the health page).
+
+Each one is a single query an index bounds, timed by the database clock like every other
+time in the outbox.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, QuerySet, Value
+from django.db.models.expressions import Combinable
+from django.db.models.functions import Now
+
+from .models import OutboxEvent
+
+
+def oldest_due_age(rows: QuerySet[OutboxEvent], now: datetime | None) -> timedelta | None:
+    """How long the oldest due row of ``rows`` has waited for a drainer, as of ``now`` (the
+    database's clock when None); None when none is due."""
+    # The first entry of the partial index capi_outbox_due, like a claim's.
+    clock: Combinable = Now() if now is None else Value(now, output_field=DateTimeField())
+    waited = ExpressionWrapper(clock - F("next_attempt_at"), output_field=DurationField())
+    age: timedelta | None = (
+        rows.filter(status=OutboxEvent.Status.PENDING, next_attempt_at__lte=clock)
+        .order_by("next_attempt_at")
+        .annotate(waited=waited)
+        .values_list("waited", flat=True)
+        .first()
+    )
+    return None if age is None else max(age, timedelta(0))
