@@ -10,8 +10,13 @@ class CapiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, registry  # noqa: F401 - importing checks registers them
+        from django.db.models.signals import post_migrate
+
+        from . import checks, installation, registry  # noqa: F401 - importing checks registers them
 
         registry.connect_signals()
+        post_migrate.connect(
+            installation.ensure_installation, sender=self, dispatch_uid="django_capi.installation"
+        )
         # Each installed app declares its conversions in a ``capi`` module, as with ``admin``.
         autodiscover_modules("capi")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -36,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "GRAPH_API_URL": "https://graph.facebook.com",
     "API_VERSION": "v25.0",
     "TEST_EVENT_CODE": None,
+    # The namespace of default event ids (a UUID); None uses the one stored in each outbox
+    # database at migrate time, so two installations never share an order's event id.
+    "EVENT_ID_NAMESPACE": None,
     "DEFAULT_PHONE_REGION": None,
     "BATCH_SIZE": META_MAX_BATCH_SIZE,
     # With the backoff below, 25 attempts span about two days on average: a long outage of
@@ -105,6 +109,7 @@ class CapiSettings:
     graph_api_url: str
     api_version: str
     test_event_code: str | None
+    event_id_namespace: uuid.UUID | None
     default_phone_region: str | None
     batch_size: int
     max_attempts: int
@@ -159,6 +164,7 @@ def capi_settings() -> CapiSettings:
         graph_api_url=_graph_api_url(raw["GRAPH_API_URL"]),
         api_version=_api_version(raw["API_VERSION"]),
         test_event_code=_optional_str("TEST_EVENT_CODE", raw["TEST_EVENT_CODE"]),
+        event_id_namespace=_uuid("EVENT_ID_NAMESPACE", raw["EVENT_ID_NAMESPACE"]),
         default_phone_region=_phone_region(raw["DEFAULT_PHONE_REGION"]),
         batch_size=_int_between("BATCH_SIZE", raw["BATCH_SIZE"], 1, META_MAX_BATCH_SIZE),
         max_attempts=_int_between("MAX_ATTEMPTS", raw["MAX_ATTEMPTS"], 1, 1000),
@@ -241,6 +247,15 @@ def _api_version(value: object) -> str:
     if version is None or not _API_VERSION.fullmatch(version):
         raise _bad("API_VERSION", "a Graph API version such as 'v25.0'")
     return version
+
+
+def _uuid(key: str, value: object) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(_optional_str(key, value)))
+    except ValueError:
+        raise _bad(key, "a UUID such as 'c2f3a0e4-…', or None") from None
 
 
 def _phone_region(value: object) -> str | None:

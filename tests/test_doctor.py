@@ -14,6 +14,7 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
 from django_capi.management.commands import capi_doctor
+from django_capi.models import Installation
 from django_capi.testing import GraphError, HttpStatus
 
 ALL_DATABASES = ["default", "other"]
@@ -61,6 +62,12 @@ def test_a_healthy_setup_is_all_ticks_and_exits_0(healthy, settings):
     assert "✓ ACCESS_TOKEN is set (from DJANGO_CAPI)" in lines
     assert "✓ default: django_capi migrations applied" in lines
     assert "✓ other: django_capi migrations applied" in lines
+    for alias in ALL_DATABASES:
+        namespace = Installation.objects.using(alias).get().event_id_namespace
+        assert (
+            f"✓ {alias}: event ids under namespace {namespace}, stored in the database at "
+            "migrate time" in lines
+        )
     assert "✓ Meta accepts the token for pixel 1234567890" in lines
     assert output.rstrip().endswith("All good.")
     # The token check sent no event: nothing for Meta to record or count.
@@ -359,3 +366,14 @@ def test_a_refused_token_exits_non_zero_with_metas_message(capi_graph, settings)
     assert "Fix: The access token is invalid, expired or revoked" in message
     assert capi_graph.received_events() == []
     assert settings.DJANGO_CAPI["ACCESS_TOKEN"] not in message + out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_the_namespace_setting_is_shown_as_the_source(healthy, settings):
+    namespace = "0b7e7c1e-55d5-4a3c-9a52-0d5a9d8e6f10"
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "EVENT_ID_NAMESPACE": namespace}
+    output, _ = doctor()
+    assert (
+        f"✓ default: event ids under namespace {namespace}, from the EVENT_ID_NAMESPACE "
+        "setting" in marked(output)
+    )

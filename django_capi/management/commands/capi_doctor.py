@@ -22,7 +22,7 @@ from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from django_capi import checks, outbox
+from django_capi import checks, installation, outbox
 from django_capi.client import ErrorKind, GraphClient
 from django_capi.conf import SETTING_NAME, CapiSettings, capi_settings
 from django_capi.exceptions import CapiConfigurationError
@@ -264,6 +264,8 @@ class Command(BaseCommand):
                 )
             else:
                 report.add(OK, f"{alias}: django_capi migrations applied")
+            namespace, source = installation.describe_namespace(alias)
+            report.add(OK, f"{alias}: event ids under namespace {namespace}, {source}")
             direction = "ahead of" if skew > 0 else "behind"
             clock = f"{alias}: database clock {abs(skew):.1f} s {direction} this host"
             if abs(skew) > MAX_CLOCK_SKEW:
