@@ -24,6 +24,8 @@ Warnings (events go out, but worse than they could):
 - ``django_capi.W004``: Celery workers drain an outbox on SQLite, which serializes every claim.
 - ``django_capi.W005``: Celery wake-ups with a per-process default cache, which workers cannot
   clear.
+- ``django_capi.W006``: ``API_VERSION`` is no longer served by Meta, or stops being served
+  within 90 days: every request will then fail with code 2635 and the circuit opens.
 
 Checks that need the settings are skipped while ``E003`` stands: its message says what to fix
 first. The lease/timeout relation is part of the settings' own validation (``E003``).
@@ -32,6 +34,7 @@ first. The lease/timeout relation is part of the settings' own validation (``E00
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.apps import AppConfig
@@ -40,10 +43,17 @@ from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from .client import INVALID_PARAMETER, UNSUPPORTED_POST_SUBCODE, ErrorKind, GraphFailure
-from .conf import SETTING_NAME, CapiSettings, capi_settings
+from .client import (
+    DEPRECATED_API_VERSION,
+    INVALID_PARAMETER,
+    UNSUPPORTED_POST_SUBCODE,
+    ErrorKind,
+    GraphFailure,
+)
+from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, api_version_end, capi_settings
 from .exceptions import CapiConfigurationError
 from .models import OutboxEvent
 from .outbox import databases as outbox_databases
@@ -55,6 +65,8 @@ TAG = "django_capi"
 CAPI_MIDDLEWARE = "django_capi.middleware.CapiMiddleware"
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+#: Warn this long before Meta stops serving the configured API version.
+API_VERSION_NOTICE = timedelta(days=90)
 PER_PROCESS_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
     "django.core.cache.backends.dummy.DummyCache",
@@ -76,7 +88,7 @@ def check_settings(
     databases: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Messages:
-    """E001, E002, E003, W003."""
+    """E001, E002, E003, W003, W006."""
     try:
         conf = capi_settings()
     except CapiConfigurationError as exc:
@@ -115,6 +127,18 @@ def check_settings(
                 hint=f'Remove {SETTING_NAME}["TEST_EVENT_CODE"] (and CAPI_TEST_EVENT_CODE) '
                 "in production; use `manage.py capi_test_event --code …` for a one-off test.",
                 id="django_capi.W003",
+            )
+        )
+    end = api_version_end(conf.api_version)
+    if end is not None and end - timezone.now().date() <= API_VERSION_NOTICE:
+        ends = "has not been served since" if end <= timezone.now().date() else "stops on"
+        messages.append(
+            CheckWarning(
+                f"API_VERSION {conf.api_version} {ends} {end.isoformat()}: Meta then refuses "
+                "every request (code 2635) and no event is delivered.",
+                hint=f'Set {SETTING_NAME}["API_VERSION"] to {next(iter(API_VERSIONS))} (or '
+                "remove it: the default is the newest version this release knows).",
+                id="django_capi.W006",
             )
         )
     return messages
@@ -256,6 +280,11 @@ def graph_failure_fix(failure: GraphFailure, http_status: int | None, pixel_id: 
         return (
             f"Meta finds no pixel {pixel_id} this token may use: check PIXEL_ID, and that the "
             "token was generated for this pixel."
+        )
+    if failure.code == DEPRECATED_API_VERSION:
+        return (
+            f"Meta no longer serves this API_VERSION: set {SETTING_NAME}['API_VERSION'] to "
+            f"{next(iter(API_VERSIONS))} (or remove it to use the newest this release knows)."
         )
     if failure.kind is ErrorKind.SETUP:
         return "Meta refused the request itself: check API_VERSION and GRAPH_API_URL."

@@ -28,6 +28,8 @@ TRANSIENT_CODES = frozenset({1, 2})
 INVALID_PARAMETER = 100
 #: Graph code 100 with this subcode: the pixel does not exist or the token may not use it.
 UNSUPPORTED_POST_SUBCODE = 33
+#: "You are calling a deprecated version of the API": every request fails until upgraded.
+DEPRECATED_API_VERSION = 2635
 
 
 class ErrorKind(enum.StrEnum):
@@ -182,9 +184,12 @@ def classify(
         # Any other code is about the request, not an event (a retired API version, say):
         # bisecting would fail every event of the backlog for nothing.
         kind = ErrorKind.SETUP
+    message = str(error_body.get("error_user_msg") or error_body.get("message") or "")
+    if code == DEPRECATED_API_VERSION:
+        message += " (upgrade DJANGO_CAPI['API_VERSION'] to a version Meta serves)"
     return GraphFailure(
         kind=kind,
-        message=str(error_body.get("error_user_msg") or error_body.get("message") or ""),
+        message=message,
         code=code,
         subcode=subcode,
         type=str(error_body.get("type") or ""),

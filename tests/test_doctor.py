@@ -59,6 +59,7 @@ def test_a_healthy_setup_is_all_ticks_and_exits_0(healthy, settings):
     assert lines, output
     assert all(line.startswith("✓") for line in lines), output
     assert "✓ PIXEL_ID 1234567890" in lines
+    assert "✓ API_VERSION v26.0 (no end of service announced)" in lines
     assert "✓ ACCESS_TOKEN is set (from DJANGO_CAPI)" in lines
     assert "✓ default: django_capi migrations applied" in lines
     assert "✓ other: django_capi migrations applied" in lines
@@ -377,3 +378,13 @@ def test_the_namespace_setting_is_shown_as_the_source(healthy, settings):
         f"✓ default: event ids under namespace {namespace}, from the EVENT_ID_NAMESPACE "
         "setting" in marked(output)
     )
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_an_api_version_meta_no_longer_serves_is_a_warning_with_the_fix(healthy, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "API_VERSION": "v19.0"}
+    output, error = doctor()
+    assert error is None
+    assert "! API_VERSION v19.0 has not been served since 2026-05-21" in output
+    assert "[django_capi.W006]" in output
+    assert 'fix: Set DJANGO_CAPI["API_VERSION"] to v26.0' in output

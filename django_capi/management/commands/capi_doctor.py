@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from django_capi import checks, installation, outbox
 from django_capi.client import ErrorKind, GraphClient
-from django_capi.conf import SETTING_NAME, CapiSettings, capi_settings
+from django_capi.conf import SETTING_NAME, CapiSettings, api_version_end, capi_settings
 from django_capi.exceptions import CapiConfigurationError
 
 OK, WARN, FAIL, SKIPPED = "✓", "!", "✗", "·"
@@ -35,7 +35,7 @@ MAX_CLOCK_SKEW = 5.0
 
 #: Which section prints the system check messages of each id.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Settings": ("E003", "E001", "E002", "W003"),
+    "Settings": ("E003", "E001", "E002", "W003", "W006"),
     "Middleware": ("W001", "W002"),
     "Delivery": ("W004", "W005"),
     "Databases": ("E004", "E005"),
@@ -135,6 +135,10 @@ class Command(BaseCommand):
         if not _from_checks(report, messages, "W003"):
             where = "set (DEBUG is on)" if conf.test_event_code else "not set"
             report.add(OK, f"TEST_EVENT_CODE {where}")
+        if not _from_checks(report, messages, "W006"):
+            end = api_version_end(conf.api_version)
+            until = f"served until {end.isoformat()}" if end else "no end of service announced"
+            report.add(OK, f"API_VERSION {conf.api_version} ({until})")
 
     def _middleware(self, report: Report, messages: Messages) -> None:
         report.section("Middleware")
