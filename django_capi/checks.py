@@ -24,6 +24,9 @@ Warnings (events go out, but worse than they could):
 - ``django_capi.W004``: Celery workers drain an outbox on SQLite, which serializes every claim.
 - ``django_capi.W005``: Celery wake-ups with a per-process default cache, which workers cannot
   clear.
+- ``django_capi.W007``: ``CELERY_BROKER_URL`` is set but no Celery app with a broker is loaded
+  in this process (the project's ``__init__.py`` does not import it), so ``WAKE`` resolved to
+  ``"none"``: commits wake no drainer and events wait for the sweep, if there is one.
 - ``django_capi.W006``: ``API_VERSION`` is no longer served by Meta, or stops being served
   within 90 days: every request will then fail with code 2635 and the circuit opens.
 
@@ -188,10 +191,12 @@ def check_celery(
     databases: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Messages:
-    """W004, W005."""
+    """W004, W005, W007."""
     conf = _settings_or_none()
-    if conf is None or conf.wake != "celery":
+    if conf is None:
         return []
+    if conf.wake != "celery":
+        return _celery_app_not_loaded()
     messages: Messages = []
     sqlite = [alias for alias in outbox_databases() if connections[alias].vendor == "sqlite"]
     if sqlite:
@@ -216,6 +221,24 @@ def check_celery(
             )
         )
     return messages
+
+
+def _celery_app_not_loaded() -> Messages:
+    """W007: WAKE was left to resolve itself and a broker is configured, yet it resolved to
+    "none": the Celery app that would read the broker is not loaded in this process."""
+    user = getattr(settings, SETTING_NAME, None) or {}
+    if not getattr(settings, "CELERY_BROKER_URL", None) or user.get("WAKE") is not None:
+        return []
+    return [
+        CheckWarning(
+            "CELERY_BROKER_URL is set but no Celery app with a broker is loaded in this "
+            'process, so WAKE resolved to "none": commits queue no drain task.',
+            hint="Import your Celery app in your project package's __init__.py (`from .celery "
+            'import app as celery_app`), or set DJANGO_CAPI["WAKE"] = "none" if you drain with '
+            "`capi_drain`.",
+            id="django_capi.W007",
+        )
+    ]
 
 
 @register(TAG)

@@ -286,3 +286,41 @@ def test_a_version_older_than_the_table_has_ended_and_a_newer_one_is_fine():
 def test_the_fix_for_a_deprecated_api_version_names_the_setting():
     failure = GraphFailure(ErrorKind.SETUP, "deprecated", code=2635)
     assert "API_VERSION'] to v26.0" in checks.graph_failure_fix(failure, 400, "1")
+
+
+# --- a broker without its Celery app -----------------------------------------------------------
+
+
+@pytest.fixture
+def unloaded_celery_app() -> Any:
+    """A process where the project's __init__.py did not import its Celery app: the current
+    app is one nobody configured."""
+    from celery import Celery, current_app
+
+    previous = current_app._get_current_object()
+    Celery("default", set_as_current=True)
+    yield
+    previous.set_current()
+
+
+def test_a_broker_without_a_loaded_celery_app_is_a_warning(unloaded_celery_app):
+    without_wake = {key: value for key, value in VALID.items() if key != "WAKE"}
+    with override_settings(
+        MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI=without_wake, CELERY_BROKER_URL="redis://x:6379/0"
+    ):
+        assert capi_settings().wake == "none"
+        (message,) = run_checks(tags=[checks.TAG])
+    assert message.id == "django_capi.W007"
+    assert "from .celery import app as celery_app" in (message.hint or "")
+
+
+def test_a_loaded_app_or_an_explicit_wake_is_fine(unloaded_celery_app):
+    without_wake = {key: value for key, value in VALID.items() if key != "WAKE"}
+    broker = {"MIDDLEWARE": GOOD_MIDDLEWARE, "CELERY_BROKER_URL": "redis://x:6379/0"}
+    assert capi_ids(**broker, DJANGO_CAPI=VALID) == []  # WAKE "none" chosen on purpose
+    no_broker = {"CELERY_BROKER_URL": None}
+    assert capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI=without_wake, **no_broker) == []
+    from tests.celery_app import app  # importing it makes it the current app, as in a project
+
+    app.set_current()
+    assert "django_capi.W007" not in capi_ids(**broker, DJANGO_CAPI=without_wake)

@@ -388,3 +388,21 @@ def test_an_api_version_meta_no_longer_serves_is_a_warning_with_the_fix(healthy,
     assert "! API_VERSION v19.0 has not been served since 2026-05-21" in output
     assert "[django_capi.W006]" in output
     assert 'fix: Set DJANGO_CAPI["API_VERSION"] to v26.0' in output
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_a_broker_without_a_loaded_celery_app_is_not_all_good(healthy, settings):
+    from celery import Celery, current_app
+
+    previous = current_app._get_current_object()
+    settings.DJANGO_CAPI = {k: v for k, v in settings.DJANGO_CAPI.items() if k != "WAKE"}
+    Celery("default", set_as_current=True)
+    try:
+        output, error = doctor()
+    finally:
+        previous.set_current()
+    assert error is None
+    assert "[django_capi.W007]" in output
+    assert "fix: Import your Celery app" in output
+    assert 'WAKE "none": commits queue no task' not in output
+    assert not output.rstrip().endswith("All good.")

@@ -37,7 +37,7 @@ MAX_CLOCK_SKEW = 5.0
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Settings": ("E003", "E001", "E002", "W003", "W006"),
     "Middleware": ("W001", "W002"),
-    "Delivery": ("W004", "W005"),
+    "Delivery": ("W007", "W004", "W005"),
     "Databases": ("E004", "E005"),
 }
 
@@ -164,6 +164,8 @@ class Command(BaseCommand):
             report.add(FAIL, "WAKE unknown: the settings are invalid", fix="see Settings above")
             return
         if conf.wake != "celery":
+            if _from_checks(report, messages, "W007"):
+                return
             report.add(
                 OK,
                 'WAKE "none": commits queue no task; run `capi_drain` from cron or '
