@@ -10,7 +10,7 @@ from django.template import Context, Template
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from django_capi import OutboxEvent, event_id_for
+from django_capi import OutboxEvent, event_id_for, installation
 from django_capi.conf import capi_settings
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.installation import (
@@ -28,9 +28,12 @@ OVERRIDE = "0b7e7c1e-55d5-4a3c-9a52-0d5a9d8e6f10"
 
 @pytest.fixture(autouse=True)
 def _forget_namespaces():
-    """The tests rewrite installation rows that the rollback restores: forget what they read."""
+    """The tests rewrite installation rows that the rollback restores: forget what they read
+    (and whether the missing row was already logged)."""
+    installation._warn_unmigrated.cache_clear()
     yield
     stored_namespace.cache_clear()
+    installation._warn_unmigrated.cache_clear()
 
 
 def order_1(using: str) -> Order:
