@@ -137,3 +137,20 @@ def test_a_database_without_its_row_uses_the_fixed_namespace_and_asks_again(capl
     assert "migrate django_capi" in caplog.text
     Installation.objects.using("other").create(event_id_namespace=uuid.UUID(OVERRIDE))
     assert event_id_namespace("other") == uuid.UUID(OVERRIDE)  # the miss was not cached
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(databases=BOTH)
+def test_code_deployed_before_migrate_keeps_the_old_ids_and_the_save_succeeds():
+    """PostgreSQL aborts a transaction on a failed query: the read sits in a savepoint."""
+    from django.db import connection
+
+    stored_namespace.cache_clear()
+    with transaction.atomic():
+        with connection.schema_editor() as editor:
+            editor.delete_model(Installation)  # 0007 not applied yet (rolled back below)
+        order = Order.objects.create(pk=1, email="one@example.com", status="paid", total=3)
+        row = OutboxEvent.objects.get()  # the transaction is still usable
+        assert row.event_id == str(uuid.uuid5(LEGACY_EVENT_ID_NAMESPACE, "shop.order:1:Purchase"))
+        assert event_id_for(order, "Purchase") == row.event_id
+        transaction.set_rollback(True)
