@@ -10,10 +10,15 @@ class CapiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, dispatch, registry  # noqa: F401 - importing checks registers them
+        from django.db.models.signals import post_migrate
+
+        from . import checks, dispatch, installation, registry  # noqa: F401 - checks registers them
 
         registry.connect_signals()
         # Delivery listens to capture's announcements; capture never calls delivery.
         dispatch.connect()
+        post_migrate.connect(
+            installation.ensure_installation, sender=self, dispatch_uid="django_capi.installation"
+        )
         # Each installed app declares its conversions in a ``capi`` module, as with ``admin``.
         autodiscover_modules("capi")

@@ -24,6 +24,11 @@ Warnings (events go out, but worse than they could):
 - ``django_capi.W004``: Celery workers drain an outbox on SQLite, which serializes every claim.
 - ``django_capi.W005``: Celery wake-ups with a per-process default cache, which workers cannot
   clear.
+- ``django_capi.W007``: ``CELERY_BROKER_URL`` is set but no Celery app with a broker is loaded
+  in this process (the project's ``__init__.py`` does not import it), so ``WAKE`` resolved to
+  ``"none"``: commits wake no drainer and events wait for the sweep, if there is one.
+- ``django_capi.W006``: ``API_VERSION`` is no longer served by Meta, or stops being served
+  within 90 days: every request will then fail with code 2635 and the circuit opens.
 
 Checks that need the settings are skipped while ``E003`` stands: its message says what to fix
 first. The lease/timeout relation is part of the settings' own validation (``E003``).
@@ -32,6 +37,7 @@ first. The lease/timeout relation is part of the settings' own validation (``E00
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.apps import AppConfig
@@ -40,9 +46,10 @@ from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from .conf import SETTING_NAME, CapiSettings, capi_settings
+from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, api_version_end, capi_settings
 from .exceptions import CapiConfigurationError
 from .models import OutboxEvent
 from .outbox import databases as outbox_databases
@@ -54,6 +61,8 @@ TAG = "django_capi"
 CAPI_MIDDLEWARE = "django_capi.middleware.CapiMiddleware"
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+#: Warn this long before Meta stops serving the configured API version.
+API_VERSION_NOTICE = timedelta(days=90)
 PER_PROCESS_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
     "django.core.cache.backends.dummy.DummyCache",
@@ -75,7 +84,7 @@ def check_settings(
     databases: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Messages:
-    """E001, E002, E003, W003."""
+    """E001, E002, E003, W003, W006."""
     try:
         conf = capi_settings()
     except CapiConfigurationError as exc:
@@ -114,6 +123,18 @@ def check_settings(
                 hint=f'Remove {SETTING_NAME}["TEST_EVENT_CODE"] (and CAPI_TEST_EVENT_CODE) '
                 "in production; use `manage.py capi_test_event --code …` for a one-off test.",
                 id="django_capi.W003",
+            )
+        )
+    end = api_version_end(conf.api_version)
+    if end is not None and end - timezone.now().date() <= API_VERSION_NOTICE:
+        ends = "has not been served since" if end <= timezone.now().date() else "stops on"
+        messages.append(
+            CheckWarning(
+                f"API_VERSION {conf.api_version} {ends} {end.isoformat()}: Meta then refuses "
+                "every request (code 2635) and no event is delivered.",
+                hint=f'Set {SETTING_NAME}["API_VERSION"] to {next(iter(API_VERSIONS))} (or '
+                "remove it: the default is the newest version this release knows).",
+                id="django_capi.W006",
             )
         )
     return messages
@@ -163,10 +184,12 @@ def check_celery(
     databases: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Messages:
-    """W004, W005."""
+    """W004, W005, W007."""
     conf = _settings_or_none()
-    if conf is None or conf.wake != "celery":
+    if conf is None:
         return []
+    if conf.wake != "celery":
+        return _celery_app_not_loaded()
     messages: Messages = []
     sqlite = [alias for alias in outbox_databases() if connections[alias].vendor == "sqlite"]
     if sqlite:
@@ -191,6 +214,24 @@ def check_celery(
             )
         )
     return messages
+
+
+def _celery_app_not_loaded() -> Messages:
+    """W007: WAKE was left to resolve itself and a broker is configured, yet it resolved to
+    "none": the Celery app that would read the broker is not loaded in this process."""
+    user = getattr(settings, SETTING_NAME, None) or {}
+    if not getattr(settings, "CELERY_BROKER_URL", None) or user.get("WAKE") is not None:
+        return []
+    return [
+        CheckWarning(
+            "CELERY_BROKER_URL is set but no Celery app with a broker is loaded in this "
+            'process, so WAKE resolved to "none": commits queue no drain task.',
+            hint="Import your Celery app in your project package's __init__.py (`from .celery "
+            'import app as celery_app`), or set DJANGO_CAPI["WAKE"] = "none" if you drain with '
+            "`capi_drain`.",
+            id="django_capi.W007",
+        )
+    ]
 
 
 @register(TAG)

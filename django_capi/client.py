@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from .conf import CapiSettings, capi_settings
+from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, capi_settings
 
 #: Graph error codes for throttling (Meta's "recovery tactic": wait, then retry), and 368,
 #: "temporarily blocked for policy violations… wait and retry": a pause, not the events' fault.
@@ -28,6 +28,8 @@ TRANSIENT_CODES = frozenset({1, 2})
 INVALID_PARAMETER = 100
 #: Graph code 100 with this subcode: the pixel does not exist or the token may not use it.
 UNSUPPORTED_POST_SUBCODE = 33
+#: "You are calling a deprecated version of the API": every request fails until upgraded.
+DEPRECATED_API_VERSION = 2635
 
 
 class ErrorKind(enum.StrEnum):
@@ -182,9 +184,12 @@ def classify(
         # Any other code is about the request, not an event (a retired API version, say):
         # bisecting would fail every event of the backlog for nothing.
         kind = ErrorKind.SETUP
+    message = str(error_body.get("error_user_msg") or error_body.get("message") or "")
+    if code == DEPRECATED_API_VERSION:
+        message += " (upgrade DJANGO_CAPI['API_VERSION'] to a version Meta serves)"
     return GraphFailure(
         kind=kind,
-        message=str(error_body.get("error_user_msg") or error_body.get("message") or ""),
+        message=message,
         code=code,
         subcode=subcode,
         type=str(error_body.get("type") or ""),
@@ -256,6 +261,11 @@ def graph_failure_fix(failure: GraphFailure, http_status: int | None, pixel_id: 
         return (
             f"Meta finds no pixel {pixel_id} this token may use: check PIXEL_ID, and that the "
             "token was generated for this pixel."
+        )
+    if failure.code == DEPRECATED_API_VERSION:
+        return (
+            f"Meta no longer serves this API_VERSION: set {SETTING_NAME}['API_VERSION'] to "
+            f"{next(iter(API_VERSIONS))} (or remove it to use the newest this release knows)."
         )
     if failure.kind is ErrorKind.SETUP:
         return "Meta refused the request itself: check API_VERSION and GRAPH_API_URL."

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from typing import Any
 
@@ -31,12 +33,29 @@ SETTING_NAME = "DJANGO_CAPI"
 #: Meta accepts at most this many events in one request.
 META_MAX_BATCH_SIZE = 1000
 
+#: The Graph API versions Meta's changelog lists, newest first, with the first day each is no
+#: longer served (None: no end announced) [GCL] (meta-capi.md §1.4). The one place to update
+#: when Meta releases a version: the default and the W006 check follow it.
+API_VERSIONS: dict[str, date | None] = {
+    "v26.0": None,
+    "v25.0": date(2028, 7, 29),
+    "v24.0": date(2028, 2, 18),
+    "v23.0": date(2027, 10, 8),
+    "v22.0": date(2027, 5, 20),
+    "v21.0": date(2027, 1, 21),
+    "v20.0": date(2026, 9, 24),
+    "v19.0": date(2026, 5, 21),
+}
+
 DEFAULTS: dict[str, Any] = {
     "PIXEL_ID": None,
     "ACCESS_TOKEN": None,
     "GRAPH_API_URL": "https://graph.facebook.com",
-    "API_VERSION": "v25.0",
+    "API_VERSION": next(iter(API_VERSIONS)),
     "TEST_EVENT_CODE": None,
+    # The namespace of default event ids (a UUID); None uses the one stored in each outbox
+    # database at migrate time, so two installations never share an order's event id.
+    "EVENT_ID_NAMESPACE": None,
     "DEFAULT_PHONE_REGION": None,
     "BATCH_SIZE": META_MAX_BATCH_SIZE,
     # With the backoff below, 25 attempts span about two days on average: a long outage of
@@ -106,6 +125,7 @@ class CapiSettings:
     graph_api_url: str
     api_version: str
     test_event_code: str | None
+    event_id_namespace: uuid.UUID | None
     default_phone_region: str | None
     batch_size: int
     max_attempts: int
@@ -131,6 +151,21 @@ class CapiSettings:
 
     def events_url(self, pixel_id: str) -> str:
         return f"{self.graph_api_url}/{self.api_version}/{pixel_id}/events"
+
+
+def api_version_end(version: str) -> date | None:
+    """The day Meta stops serving ``version``; None when no end is known. A version older than
+    the oldest listed has ended: its end is the oldest listed one's."""
+    if version in API_VERSIONS:
+        return API_VERSIONS[version]
+    oldest = list(API_VERSIONS)[-1]
+    if _version_number(version) < _version_number(oldest):
+        return API_VERSIONS[oldest]
+    return None  # newer than this table: Meta served it when it was configured
+
+
+def _version_number(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.lstrip("v").split("."))
 
 
 @cache
@@ -160,6 +195,7 @@ def capi_settings() -> CapiSettings:
         graph_api_url=_graph_api_url(raw["GRAPH_API_URL"]),
         api_version=_api_version(raw["API_VERSION"]),
         test_event_code=_optional_str("TEST_EVENT_CODE", raw["TEST_EVENT_CODE"]),
+        event_id_namespace=_uuid("EVENT_ID_NAMESPACE", raw["EVENT_ID_NAMESPACE"]),
         default_phone_region=_phone_region(raw["DEFAULT_PHONE_REGION"]),
         batch_size=_int_between("BATCH_SIZE", raw["BATCH_SIZE"], 1, META_MAX_BATCH_SIZE),
         max_attempts=_int_between("MAX_ATTEMPTS", raw["MAX_ATTEMPTS"], 1, 1000),
@@ -242,6 +278,15 @@ def _api_version(value: object) -> str:
     if version is None or not _API_VERSION.fullmatch(version):
         raise _bad("API_VERSION", "a Graph API version such as 'v25.0'")
     return version
+
+
+def _uuid(key: str, value: object) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(_optional_str(key, value)))
+    except ValueError:
+        raise _bad(key, "a UUID such as 'c2f3a0e4-…', or None") from None
 
 
 def _phone_region(value: object) -> str | None:

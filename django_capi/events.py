@@ -123,8 +123,25 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     return BuiltEvent(
         payload=payload,
         event_time=datetime.fromtimestamp(event_time, tz=UTC),
-        warnings=list(user_data.problems),
+        warnings=[*user_data.problems, *_browser_warnings(draft, user_data)],
     )
+
+
+#: For a website event that carries no browser ids and no browser context at all.
+NO_BROWSER_WARNING = (
+    "website event without fbc or fbp and without a browser context: Meta matches it far less "
+    "often. Store django_capi.browser_context(request) on the order at checkout (a JSONField) "
+    "and return it from the ModelEvent's request_context (README: The browser side)"
+)
+
+
+def _browser_warnings(draft: EventDraft, user_data: Mapping[str, object]) -> list[str]:
+    """Meta recommends fbc with every event and fbp for website events [FBC]. A context made by
+    browser_context() always names its page, so one without a page was put together by hand
+    (user agent and IP only) or is missing: the mapping, not the visitor, lost the ids."""
+    if draft.action_source != ActionSource.WEBSITE or "fbc" in user_data or "fbp" in user_data:
+        return []
+    return [] if draft.browser.get("event_source_url") else [NO_BROWSER_WARNING]
 
 
 def record_event(

@@ -193,3 +193,24 @@ class AlertState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} ({'active' if self.active else 'clear'})"
+
+
+class Installation(models.Model):
+    """One row per database holding an outbox: what makes this installation's event ids its own.
+
+    Written at migrate time (``installation.ensure_installation``), read once per process."""
+
+    #: Always 1: a database holds one installation.
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    event_id_namespace = models.UUIDField(_("event id namespace"), editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("installation")
+        verbose_name_plural = _("installation")
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="django_capi_single_installation")
+        ]
+
+    def __str__(self) -> str:
+        return str(self.event_id_namespace)

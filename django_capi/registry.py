@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models.signals import post_save
 
 from . import context, validation
@@ -22,15 +22,12 @@ from .conf import capi_settings
 from .constants import ActionSource
 from .events import BuiltEvent, EventDraft, build_event, record_event
 from .exceptions import CapiConfigurationError, CapiError, EventValidationError, HookError
+from .installation import event_id_namespace
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=models.Model)
 E = TypeVar("E", bound="ModelEvent[Any]")
-
-#: Fixed forever: changing it would change every default event id, and break deduplication
-#: of Pixel events rendered before the change.
-EVENT_ID_NAMESPACE = uuid.UUID("8abca9e4-6fe3-4243-89a2-77d7715fb220")
 
 
 class ModelEvent(Generic[M]):
@@ -131,13 +128,17 @@ def registered_events(model: type[models.Model]) -> list[ModelEvent[Any]]:
 def default_event_id(
     instance: models.Model, event_name: str, *, model: type[models.Model] | None = None
 ) -> str:
-    """A UUIDv5 of (model label, pk, event name). ``model`` is the registered model, so a
-    proxy or a multi-table child gets the same id as the model the event was declared on."""
+    """A UUIDv5 of (model label, pk, event name) under the namespace of the instance's
+    database (``installation.py``): the same order number in two installations gives two ids.
+    ``model`` is the registered model, so a proxy or a multi-table child gets the same id as
+    the model the event was declared on."""
     if instance.pk is None:
         raise ValueError("an event id needs a saved instance (its pk is None)")
     model = model or type(instance)
     label = (model._meta.concrete_model or model)._meta.label_lower
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{label}:{instance.pk}:{event_name}"))
+    alias = instance._state.db or router.db_for_write(type(instance), instance=instance)
+    namespace = event_id_namespace(alias)
+    return str(uuid.uuid5(namespace, f"{label}:{instance.pk}:{event_name}"))
 
 
 def event_id_for(instance: models.Model, event_name: str) -> str:

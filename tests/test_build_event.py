@@ -8,11 +8,13 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from django_capi.events import EventDraft, build_event
+from django_capi.events import NO_BROWSER_WARNING, EventDraft, build_event
 from django_capi.exceptions import EventValidationError
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
 URL = "https://shop.example.com/checkout/"
+FBP = "fb.1.1596403881668.1116446470"  # [FBC]'s example
+FBC = "fb.1.1554763741205.IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk"
 
 
 def draft(**overrides):
@@ -93,7 +95,8 @@ def test_browser_context_fills_user_data_and_the_url_but_explicit_values_win():
 
 
 def test_dropped_values_become_warnings_not_failures():
-    built = build_event(draft(user_data={"em": "a@b.co", "ph": "12", "client_user_agent": UA}))
+    user_data = {"em": "a@b.co", "ph": "12", "client_user_agent": UA, "fbp": FBP}
+    built = build_event(draft(user_data=user_data))
     assert "ph" not in built.payload["user_data"]
     assert len(built.warnings) == 1
     assert built.warnings[0].startswith("ph")
@@ -209,3 +212,39 @@ def test_problems_never_contain_the_raw_value():
 def test_hashes_match_an_independent_computation():
     built = build_event(draft(user_data={"em": "  Foo@Bar.COM ", "client_user_agent": UA}))
     assert built.payload["user_data"]["em"] == hashlib.sha256(b"foo@bar.com").hexdigest()
+
+
+# --- a website event without the browser's ids ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "browser",
+    [
+        {},  # a payment webhook, nothing stored at checkout
+        {"client_user_agent": UA, "client_ip_address": "203.0.113.9"},  # only what was kept
+    ],
+)
+def test_a_website_event_without_fbc_fbp_or_a_browser_context_is_warned(browser):
+    built = build_event(draft(browser=browser))
+    assert built.warnings == [NO_BROWSER_WARNING]
+    assert "browser_context(request)" in built.warnings[0]
+    assert "request_context" in built.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("action_source", "browser", "user_data"),
+    [
+        # browser_context() of a visitor without cookies: the mapping is right
+        ("website", {"client_user_agent": UA, "event_source_url": URL}, {}),
+        ("website", {"client_user_agent": UA, "fbp": FBP}, {}),
+        ("website", {"client_user_agent": UA, "fbc": FBC}, {}),
+        ("website", {}, {"client_user_agent": UA, "fbc": FBC}),
+        ("system_generated", {}, {}),
+    ],
+)
+def test_events_with_the_browsers_ids_or_its_context_are_not_warned(
+    action_source, browser, user_data
+):
+    overrides = {"user_data": {"em": "a@b.co", **user_data}} if user_data else {}
+    built = build_event(draft(action_source=action_source, browser=browser, **overrides))
+    assert built.warnings == []

@@ -195,7 +195,7 @@ def test_a_delivered_row_is_never_rebuilt():
 
 
 def test_dropped_values_are_kept_as_warnings_on_the_row():
-    pay(OrderFactory(phone="12"))
+    pay(OrderFactory(phone="12", browser={"client_user_agent": "UA/1", "fbp": "fb.1.1.1"}))
     row = OutboxEvent.objects.get()
     assert row.status == OutboxEvent.Status.PENDING
     assert "ph" not in row.payload["user_data"]

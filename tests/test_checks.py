@@ -4,6 +4,7 @@ the setup is right."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,8 +12,11 @@ from django.core.checks import run_checks
 from django.db import connections
 from django.db.models import Model
 from django.test import override_settings
+from django.utils import timezone
 
 from django_capi import checks
+from django_capi.client import ErrorKind, GraphFailure
+from django_capi.conf import API_VERSIONS, capi_settings
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.middleware import CapiMiddleware
 
@@ -249,3 +253,74 @@ def test_send_event_routed_where_there_is_no_outbox_is_an_error():
 def test_an_outbox_on_the_models_database_is_fine():
     with override_settings(DATABASE_ROUTERS=[OutboxOnlyOn("default")]):
         assert checks.check_databases() == []
+
+
+# --- API version -----------------------------------------------------------------------------
+
+
+def test_the_default_api_version_is_the_newest_meta_lists():
+    # meta-capi.md §1.4 [GCL]: v26.0 is the newest, with no end announced.
+    assert next(iter(API_VERSIONS)) == "v26.0"
+    with override_settings(DJANGO_CAPI=VALID):
+        assert capi_settings().api_version == "v26.0"
+
+
+@pytest.mark.parametrize(("days_left", "warned"), [(-1, True), (0, True), (90, True), (91, False)])
+def test_an_api_version_meta_stops_serving_is_a_warning(monkeypatch, days_left, warned):
+    monkeypatch.setitem(API_VERSIONS, "v21.0", timezone.now().date() + timedelta(days=days_left))
+    ids = capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI={**VALID, "API_VERSION": "v21.0"})
+    assert ids == (["django_capi.W006"] if warned else [])
+
+
+def test_a_version_older_than_the_table_has_ended_and_a_newer_one_is_fine():
+    with override_settings(
+        MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI={**VALID, "API_VERSION": "v9.0"}
+    ):
+        (message,) = run_checks(tags=[checks.TAG])
+    assert message.id == "django_capi.W006"
+    assert "has not been served since" in message.msg
+    assert 'API_VERSION"] to v26.0' in message.hint
+    assert capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI={**VALID, "API_VERSION": "v27.0"}) == []
+
+
+def test_the_fix_for_a_deprecated_api_version_names_the_setting():
+    failure = GraphFailure(ErrorKind.SETUP, "deprecated", code=2635)
+    assert "API_VERSION'] to v26.0" in checks.graph_failure_fix(failure, 400, "1")
+
+
+# --- a broker without its Celery app -----------------------------------------------------------
+
+
+@pytest.fixture
+def unloaded_celery_app() -> Any:
+    """A process where the project's __init__.py did not import its Celery app: the current
+    app is one nobody configured."""
+    from celery import Celery, current_app
+
+    previous = current_app._get_current_object()
+    Celery("default", set_as_current=True)
+    yield
+    previous.set_current()
+
+
+def test_a_broker_without_a_loaded_celery_app_is_a_warning(unloaded_celery_app):
+    without_wake = {key: value for key, value in VALID.items() if key != "WAKE"}
+    with override_settings(
+        MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI=without_wake, CELERY_BROKER_URL="redis://x:6379/0"
+    ):
+        assert capi_settings().wake == "none"
+        (message,) = run_checks(tags=[checks.TAG])
+    assert message.id == "django_capi.W007"
+    assert "from .celery import app as celery_app" in (message.hint or "")
+
+
+def test_a_loaded_app_or_an_explicit_wake_is_fine(unloaded_celery_app):
+    without_wake = {key: value for key, value in VALID.items() if key != "WAKE"}
+    broker = {"MIDDLEWARE": GOOD_MIDDLEWARE, "CELERY_BROKER_URL": "redis://x:6379/0"}
+    assert capi_ids(**broker, DJANGO_CAPI=VALID) == []  # WAKE "none" chosen on purpose
+    no_broker = {"CELERY_BROKER_URL": None}
+    assert capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI=without_wake, **no_broker) == []
+    from tests.celery_app import app  # importing it makes it the current app, as in a project
+
+    app.set_current()
+    assert "django_capi.W007" not in capi_ids(**broker, DJANGO_CAPI=without_wake)

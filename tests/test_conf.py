@@ -10,9 +10,9 @@ def test_defaults_fill_what_the_dict_leaves_out():
         conf = capi_settings()
     assert conf.pixel_id == "42"
     assert conf.graph_api_url == "https://graph.facebook.com"
-    assert conf.api_version == "v25.0"
+    assert conf.api_version == "v26.0"
     assert conf.batch_size == 1000
-    assert conf.events_url("42") == "https://graph.facebook.com/v25.0/42/events"
+    assert conf.events_url("42") == "https://graph.facebook.com/v26.0/42/events"
 
 
 def test_override_settings_clears_the_cache():

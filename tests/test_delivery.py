@@ -46,7 +46,7 @@ def test_pending_rows_are_delivered_with_metas_answer(capi_graph):
     assert (report.claimed, report.delivered, report.requests) == (3, 3, 1)
     assert capi_graph.event_ids() == [row.event_id for row in rows]
     (request,) = capi_graph.requests
-    assert request.path == f"/v25.0/{PIXEL}/events"
+    assert request.path == f"/v26.0/{PIXEL}/events"
     for row in OutboxEvent.objects.all():
         assert row.status == Status.DELIVERED
         assert row.delivered_at is not None
@@ -372,3 +372,21 @@ def test_rate_limits_without_a_wait_double_the_pause_and_are_capped(capi_graph):
     drain()
     cap = (PixelState.objects.get().paused_until - timezone.now()).total_seconds()
     assert 3590 < cap <= 3600  # ten hours asked, one hour taken
+
+
+def test_a_deprecated_api_version_opens_the_circuit_saying_to_upgrade(capi_graph, settings):
+    make_rows(3)
+    capi_graph.fail_always(
+        GraphError(
+            code=2635,
+            message="(#2635) You are calling a deprecated "
+            "version of the Ads API. Please update to the latest version.",
+        )
+    )
+    drain()
+    drain()
+    assert len(capi_graph.requests) == 1  # no bisect, no second request: the circuit is open
+    state = PixelState.objects.get()
+    assert state.circuit_opened_at is not None
+    assert "upgrade DJANGO_CAPI['API_VERSION']" in state.last_error
+    assert all(row.attempts == 0 for row in OutboxEvent.objects.all())

@@ -14,6 +14,7 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
 from django_capi.management.commands import capi_doctor
+from django_capi.models import Installation
 from django_capi.testing import GraphError, HttpStatus
 
 ALL_DATABASES = ["default", "other"]
@@ -58,9 +59,16 @@ def test_a_healthy_setup_is_all_ticks_and_exits_0(healthy, settings):
     assert lines, output
     assert all(line.startswith("✓") for line in lines), output
     assert "✓ PIXEL_ID 1234567890" in lines
+    assert "✓ API_VERSION v26.0 (no end of service announced)" in lines
     assert "✓ ACCESS_TOKEN is set (from DJANGO_CAPI)" in lines
     assert "✓ default: django_capi migrations applied" in lines
     assert "✓ other: django_capi migrations applied" in lines
+    for alias in ALL_DATABASES:
+        namespace = Installation.objects.using(alias).get().event_id_namespace
+        assert (
+            f"✓ {alias}: event ids under namespace {namespace}, stored in the database at "
+            "migrate time" in lines
+        )
     assert "✓ Meta accepts the token for pixel 1234567890" in lines
     assert output.rstrip().endswith("All good.")
     # The token check sent no event: nothing for Meta to record or count.
@@ -359,3 +367,42 @@ def test_a_refused_token_exits_non_zero_with_metas_message(capi_graph, settings)
     assert "Fix: The access token is invalid, expired or revoked" in message
     assert capi_graph.received_events() == []
     assert settings.DJANGO_CAPI["ACCESS_TOKEN"] not in message + out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_the_namespace_setting_is_shown_as_the_source(healthy, settings):
+    namespace = "0b7e7c1e-55d5-4a3c-9a52-0d5a9d8e6f10"
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "EVENT_ID_NAMESPACE": namespace}
+    output, _ = doctor()
+    assert (
+        f"✓ default: event ids under namespace {namespace}, from the EVENT_ID_NAMESPACE "
+        "setting" in marked(output)
+    )
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_an_api_version_meta_no_longer_serves_is_a_warning_with_the_fix(healthy, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "API_VERSION": "v19.0"}
+    output, error = doctor()
+    assert error is None
+    assert "! API_VERSION v19.0 has not been served since 2026-05-21" in output
+    assert "[django_capi.W006]" in output
+    assert 'fix: Set DJANGO_CAPI["API_VERSION"] to v26.0' in output
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_a_broker_without_a_loaded_celery_app_is_not_all_good(healthy, settings):
+    from celery import Celery, current_app
+
+    previous = current_app._get_current_object()
+    settings.DJANGO_CAPI = {k: v for k, v in settings.DJANGO_CAPI.items() if k != "WAKE"}
+    Celery("default", set_as_current=True)
+    try:
+        output, error = doctor()
+    finally:
+        previous.set_current()
+    assert error is None
+    assert "[django_capi.W007]" in output
+    assert "fix: Import your Celery app" in output
+    assert 'WAKE "none": commits queue no task' not in output
+    assert not output.rstrip().endswith("All good.")

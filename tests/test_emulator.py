@@ -913,6 +913,26 @@ def test_capi_graph_fixture_sets_a_token_when_none_is_configured(
     assert (conf.graph_api_url, conf.pixel_id) == (emulator.url, "42")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_capi_graph_fixture_queues_no_task_on_the_developers_broker(
+    settings: Any, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_capi import tasks
+    from tests.celery_app import app
+    from tests.shop.models import Order
+
+    app.set_current()  # a Celery app with a broker, as in a developer's project
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "WAKE": "celery"}
+    queued: list[object] = []
+    monkeypatch.setattr(tasks.drain_outbox, "delay", lambda **kwargs: queued.append(kwargs))
+
+    request.getfixturevalue("capi_graph")
+    Order.objects.create(email="a@example.com", status="paid", total=3, user_agent="UA/1")
+
+    assert capi_settings().wake == "none"
+    assert queued == []
+
+
 def test_importing_the_plugin_and_emulator_needs_no_django() -> None:
     code = (
         "import sys, django_capi.testing.pytest_plugin, django_capi.testing.emulator;"

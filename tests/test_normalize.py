@@ -306,6 +306,11 @@ def test_hashed_output_is_always_lowercase_sha256(key: str) -> None:
     [
         ("  John_Smith@Gmail.COM \n", "john_smith@gmail.com"),
         ("first.last+tag@sub.example.co.uk", "first.last+tag@sub.example.co.uk"),
+        # Meta asks only to trim and lowercase [CIP]: non-ASCII local parts and IDN domains
+        # are addresses Meta can match.
+        ("José@Example.com", "josé@example.com"),
+        ("Zoë.Müller@Bücher.de", "zoë.müller@bücher.de"),
+        ("ünïcödé@例え.jp", "ünïcödé@例え.jp"),
     ],
 )
 def test_email_is_trimmed_and_lowercased(raw: str, normalized: str) -> None:
@@ -313,7 +318,19 @@ def test_email_is_trimmed_and_lowercased(raw: str, normalized: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["john", "john@", "@example.com", "john smith@example.com", "john@example", "a@@b.com"]
+    "raw",
+    [
+        "john",
+        "john@",
+        "@example.com",
+        "john smith@example.com",
+        "john@example",
+        "a@@b.com",
+        "a@b@example.com",
+        "john@example.",
+        "john@.example.com",
+        "john@example..com",
+    ],
 )
 def test_invalid_email_is_dropped(raw: str) -> None:
     result = normalize_user_data({"em": raw})
@@ -665,7 +682,44 @@ def test_impossible_calendar_date_is_dropped(raw: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["16 Feb 1997", "97-02-16", "1997", "2/16/97", "1997-02-16T", "soon"]
+    "raw",
+    [
+        # Meta's own example is written "2/16/1997" [CIP]; shops also store written dates.
+        "Feb 16, 1997",
+        "16 February 1997",
+        "16 Feb 1997",
+        "February 16th, 1997",
+        "Sunday, 16 February 1997",
+        "16-Feb-1997",
+        "1997 Feb 16",
+    ],
+)
+def test_written_birth_dates_become_yyyymmdd(raw: str) -> None:
+    result = normalize_user_data({"db": raw})
+    assert result == {"db": "01acdbf6ec7b4f478a225f1a246e5d6767eeab1a7ffa17f025265b5b94f40f0c"}
+    assert result.problems == []
+
+
+def test_meta_birth_date_example_hash() -> None:
+    # [CIP]: 2/16/1997 → 19970216 → 01acdbf6…
+    assert one("db", "2/16/1997") == (
+        "01acdbf6ec7b4f478a225f1a246e5d6767eeab1a7ffa17f025265b5b94f40f0c"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "97-02-16",
+        "1997",
+        "2/16/97",
+        "1997-02-16T",
+        "soon",
+        "February 1997",  # no day: a default day would be a guess
+        "Feb 16",  # no year
+        "Feb 16, 97",  # a two-digit year is a guess too
+        "Smarch 16, 1997",
+    ],
 )
 def test_unrecognised_date_format_is_dropped(raw: str) -> None:
     result = normalize_user_data({"db": raw})
@@ -678,17 +732,49 @@ def test_unrecognised_date_format_is_dropped(raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "code"),
-    [("f", "f"), ("F", "f"), (" female ", "f"), ("FEMALE", "f"), ("m", "m"), ("Male", "m")],
+    [
+        ("f", "f"),
+        ("F", "f"),
+        (" female ", "f"),
+        ("FEMALE", "f"),
+        ("m", "m"),
+        ("Male", "m"),
+        # Synonyms Meta's parameter builder maps [PB]
+        ("woman", "f"),
+        ("Mrs.", "f"),
+        ("Ms", "f"),
+        ("ma'am", "f"),
+        ("man", "m"),
+        ("Mr.", "m"),
+        ("Sir", "m"),
+        # The words of shop forms in other languages
+        ("weiblich", "f"),
+        ("Frau", "f"),
+        ("Femme", "f"),
+        ("Señora", "f"),
+        ("femenino", "f"),
+        ("Männlich", "m"),
+        ("Herr", "m"),
+        ("homme", "m"),
+        ("masculino", "m"),
+        ("Señor", "m"),
+    ],
 )
 def test_gender_becomes_f_or_m(raw: str, code: str) -> None:
     assert one("ge", raw) == h(code)
 
 
-@pytest.mark.parametrize("raw", ["x", "woman", "fem", "non-binary", "0"])
+def test_gender_hashes_are_metas() -> None:
+    # [CIP]: "f" and "m", hashed
+    assert one("ge", "Female") == "252f10c83610ebca1a059c0bae8255eba2f95be4d1d7bcfa89d7248a82d9f111"
+    assert one("ge", "Male") == "62c66a7a5dd70c3146618063c344e531e6d4b59e379808443ce962b3abd63c5a"
+
+
+@pytest.mark.parametrize("raw", ["x", "fem", "non-binary", "0", "other", "divers"])
 def test_other_gender_values_are_dropped(raw: str) -> None:
     result = normalize_user_data({"ge": raw})
     assert result == {}
-    assert result.problems == ["ge: value is not one of f, m, female, male; dropped"]
+    assert result.problems == ["ge: value is not a word for female or male; dropped"]
 
 
 def test_external_id_is_trimmed_case_kept_then_hashed() -> None:

@@ -21,8 +21,9 @@ class OrderPaid(ModelEvent[Order]):
         return f"https://shop.example.com{instance.get_absolute_url()}"
 
     def request_context(self, instance):
-        # Saved at checkout, so a payment webhook without a browser still sends them.
-        return {"client_user_agent": instance.user_agent, "client_ip_address": instance.ip_address}
+        # browser_context(request), stored at checkout: the click id (fbc), fbp, IP and user
+        # agent reach Meta even when a payment webhook marks the order paid later.
+        return instance.browser
 
 
 @register(Lead)

@@ -6,9 +6,9 @@ class Order(models.Model):
     phone = models.CharField(max_length=40, blank=True)
     total = models.DecimalField(max_digits=10, decimal_places=2)
     status = models.CharField(max_length=20, default="new")
-    # The shopper's browser at checkout, kept for a payment webhook that arrives later.
-    user_agent = models.TextField(blank=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    # django_capi.browser_context(request) at checkout (click id, fbp, IP, user agent, page),
+    # kept for a payment webhook that arrives later without the shopper's browser.
+    browser = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

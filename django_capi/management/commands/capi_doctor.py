@@ -22,9 +22,9 @@ from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from django_capi import checks, outbox
+from django_capi import checks, installation, outbox
 from django_capi.client import ErrorKind, GraphClient, graph_failure_fix
-from django_capi.conf import SETTING_NAME, CapiSettings, capi_settings
+from django_capi.conf import SETTING_NAME, CapiSettings, api_version_end, capi_settings
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.management.options import add_database_option, outbox_databases
 
@@ -36,9 +36,9 @@ MAX_CLOCK_SKEW = 5.0
 
 #: Which section prints the system check messages of each id.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Settings": ("E003", "E001", "E002", "W003"),
+    "Settings": ("E003", "E001", "E002", "W003", "W006"),
     "Middleware": ("W001", "W002"),
-    "Delivery": ("W004", "W005"),
+    "Delivery": ("W007", "W004", "W005"),
     "Databases": ("E004", "E005"),
 }
 
@@ -130,6 +130,10 @@ class Command(BaseCommand):
         if not _from_checks(report, messages, "W003"):
             where = "set (DEBUG is on)" if conf.test_event_code else "not set"
             report.add(OK, f"TEST_EVENT_CODE {where}")
+        if not _from_checks(report, messages, "W006"):
+            end = api_version_end(conf.api_version)
+            until = f"served until {end.isoformat()}" if end else "no end of service announced"
+            report.add(OK, f"API_VERSION {conf.api_version} ({until})")
 
     def _middleware(self, report: Report, messages: Messages) -> None:
         report.section("Middleware")
@@ -151,6 +155,8 @@ class Command(BaseCommand):
             report.add(FAIL, "WAKE unknown: the settings are invalid", fix="see Settings above")
             return
         if conf.wake != "celery":
+            if _from_checks(report, messages, "W007"):
+                return
             report.add(
                 OK,
                 'WAKE "none": commits queue no task; run `capi_drain` from cron or '
@@ -255,6 +261,8 @@ class Command(BaseCommand):
                 )
             else:
                 report.add(OK, f"{alias}: django_capi migrations applied")
+            namespace, source = installation.describe_namespace(alias)
+            report.add(OK, f"{alias}: event ids under namespace {namespace}, {source}")
             direction = "ahead of" if skew > 0 else "behind"
             clock = f"{alias}: database clock {abs(skew):.1f} s {direction} this host"
             if abs(skew) > MAX_CLOCK_SKEW:
