@@ -123,6 +123,9 @@ PLAIN_KEYS = frozenset(
         "ctwa_clid",
         "ig_account_id",
         "ig_sid",
+        # In Meta's business-messaging examples beside page_id [BMSG].
+        "whatsapp_business_account_id",
+        "instagram_business_account_id",
     }
 )
 USER_DATA_KEYS = HASHED_LIST_KEYS | HASHED_SCALAR_KEYS | INTEGER_KEYS | PLAIN_KEYS
@@ -459,6 +462,16 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_amount(value: object) -> bool:
+    """A number, or a numeric string: Meta's own fbc example sends ``"value": "142.52"``."""
+    if isinstance(value, str):
+        try:
+            return math.isfinite(float(value))
+        except ValueError:
+            return False
+    return _is_number(value)
+
+
 def _check_custom_data(event: Mapping[str, Any]) -> None:
     custom_data = event.get("custom_data")
     if custom_data is None:
@@ -470,7 +483,7 @@ def _check_custom_data(event: Mapping[str, Any]) -> None:
     if not isinstance(custom_data, dict):
         raise Rejection(INVALID_CUSTOM_DATA, "custom_data must be an object.")
     purchase = event["event_name"] == "Purchase"
-    if ("value" in custom_data or purchase) and not _is_number(custom_data.get("value")):
+    if ("value" in custom_data or purchase) and not _is_amount(custom_data.get("value")):
         raise Rejection(INVALID_CUSTOM_DATA, "custom_data.value must be a number.")
     if "currency" in custom_data or purchase:
         currency = custom_data.get("currency")
@@ -482,8 +495,14 @@ def _check_custom_data(event: Mapping[str, Any]) -> None:
 
 
 def _check_other_fields(event: Mapping[str, Any]) -> None:
+    # Meta asks for the browser's http(s) address of website events [SEP]; other events may
+    # name their source in any string.
     for key in ("event_source_url", "referrer_url"):
-        if key in event and not (isinstance(event[key], str) and _URL.fullmatch(event[key])):
+        if key not in event:
+            continue
+        if not isinstance(event[key], str):
+            raise Rejection(INVALID_PARAMETER, f"{key} must be a string.")
+        if event["action_source"] == "website" and not _URL.fullmatch(event[key]):
             raise Rejection(INVALID_PARAMETER, f"{key} must be an absolute http(s) URL.")
     if "opt_out" in event and not isinstance(event["opt_out"], bool):
         raise Rejection(INVALID_PARAMETER, "opt_out must be a boolean.")
