@@ -64,12 +64,18 @@ class BuiltEvent:
 
 def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -> BuiltEvent:
     """Normalize, hash and validate ``draft``; raise ``EventValidationError`` listing every
-    rule it breaks."""
+    rule it breaks.
+
+    Only what Meta documents that it rejects is a problem; anything else Meta would take is
+    left out or converted, and said in ``BuiltEvent.warnings`` (meta-capi.md §10)."""
     problems = validation.check_event_name(draft.event_name)
     problems += validation.check_event_id(draft.event_id)
     problems += validation.check_action_source(draft.action_source)
+    problems += validation.check_app_data(draft.action_source)
     if not isinstance(draft.user_data, Mapping) or not isinstance(draft.browser, Mapping):
         raise EventValidationError("user_data and request_context must be dicts")
+    region_problems = validation.check_phone_region(draft.phone_region)
+    problems += region_problems
     raw_user_data: dict[str, object] = {
         key: draft.browser[key] for key in context.USER_DATA_KEYS if key in draft.browser
     }
@@ -77,13 +83,18 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     try:
         user_data = normalize_user_data(
             raw_user_data,
-            phone_region=draft.phone_region,
+            phone_region=None if region_problems else draft.phone_region,
             default_phone_region=default_phone_region,
         )
     except UnknownUserDataKey as exc:
         raise EventValidationError(exc.problems) from None
+    warnings = list(user_data.problems)
     event_source_url = draft.event_source_url or draft.browser.get("event_source_url")
     referrer_url = draft.browser.get("referrer_url")
+    event_source_url = validation.clean_event_source_url(
+        event_source_url, draft.action_source, problems, warnings
+    )
+    referrer_url = validation.clean_referrer_url(referrer_url, warnings)
     event_time = 0
     try:
         event_time = validation.event_timestamp(
@@ -92,16 +103,16 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         )
     except EventValidationError as exc:
         problems += exc.problems
-    problems += validation.check_website_fields(draft.action_source, event_source_url, user_data)
+    problems += validation.check_website_fields(draft.action_source, user_data)
     problems += validation.check_matchable(user_data)
     custom_data: dict[str, Any] = {}
     try:
-        custom_data = validation.clean_custom_data(draft.custom_data, draft.event_name)
+        custom_data = validation.clean_custom_data(draft.custom_data, draft.event_name, warnings)
     except EventValidationError as exc:
         problems += exc.problems
     problems += validation.check_limited_data_use(draft.limited_data_use)
     if problems:
-        raise EventValidationError(problems)
+        raise EventValidationError(problems, warnings=warnings)
 
     payload: dict[str, Any] = {
         "event_name": draft.event_name,
@@ -112,7 +123,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     }
     if event_source_url:
         payload["event_source_url"] = event_source_url
-    if isinstance(referrer_url, str) and referrer_url:
+    if referrer_url:
         payload["referrer_url"] = referrer_url
     if draft.limited_data_use is not None:
         payload["data_processing_options"] = ["LDU"]
@@ -123,7 +134,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     return BuiltEvent(
         payload=payload,
         event_time=datetime.fromtimestamp(event_time, tz=UTC),
-        warnings=list(user_data.problems),
+        warnings=warnings,
     )
 
 
