@@ -115,8 +115,13 @@ def test_a_forged_host_header_does_not_raise():
 def test_a_nul_in_a_cookie_drops_that_key_and_the_event_goes():
     # Django decodes the octal escape of _fbp="fb.1.1700000000000.\000" into a NUL, which
     # PostgreSQL refuses: this raised DataError (a 500 on every page recording an event).
-    request = shop_request()
-    request.COOKIES["_fbp"] = "fb.1.1700000000000.\x00"
+    request = RequestFactory().get(
+        "/product/7/",
+        HTTP_USER_AGENT=UA,
+        HTTP_HOST="shop.example.com",
+        HTTP_COOKIE='_fbp="fb.1.1700000000000.\\000"; _fbc=fb.1.1554763741205.AbC',
+    )
+    assert request.COOKIES["_fbp"] == "fb.1.1700000000000.\x00"
     row = send_event("ViewContent", user_data={"em": "a@b.co"}, request=request)
     row.refresh_from_db()
     assert row.status == OutboxEvent.Status.PENDING
