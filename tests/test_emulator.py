@@ -189,6 +189,10 @@ def test_multipart_form_data_like_metas_curl_example(graph: GraphEmulator) -> No
         pytest.param(
             {"custom_data": {"value": "142.52", "currency": "USD"}}, None, id="string-value"
         ),
+        # Meta only recommends hashing external_id [CIP].
+        pytest.param(
+            {"action_source": "email"}, {"external_id": ["customer-42"]}, id="plain-ext-id"
+        ),
         # Only website events need an http(s) page [SEP].
         pytest.param(
             {"action_source": "chat", "event_source_url": "whatsapp-chat"}, None, id="chat-url"
@@ -418,10 +422,10 @@ REJECTIONS = [
         id="one-bad-in-list",
     ),
     pytest.param(
-        _set("user_data.external_id", "42"),
+        _set("user_data.external_id", ["42", 7]),
         rules.INVALID_CUSTOMER_INFORMATION,
         "external_id",
-        id="unhashed-external-id",
+        id="external-id-not-a-string",
     ),
     pytest.param(
         _set("user_data.fn", sha("")),

@@ -102,10 +102,9 @@ EVENT_KEYS = frozenset(
     }
 )
 
-#: Contact information: SHA-256 only, a string or a list of strings. ``external_id`` is only
-#: "recommended" hashed by Meta; django-capi always hashes it, so the emulator insists.
-HASHED_KEYS = frozenset({"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country"})
-HASHED_LIST_KEYS = HASHED_KEYS | {"external_id"}
+#: Contact information: SHA-256 only, a string or a list of strings. Meta only recommends
+#: hashing ``external_id`` [CIP]: it is a string or a list of strings, hashed or not.
+HASHED_LIST_KEYS = frozenset({"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country"})
 #: The Python SDK's extra hashed scalars.
 HASHED_SCALAR_KEYS = frozenset({"f5first", "f5last", "fi", "dobd", "dobm", "doby"})
 INTEGER_KEYS = frozenset({"fb_login_id", "lead_id"})
@@ -128,7 +127,7 @@ PLAIN_KEYS = frozenset(
         "instagram_business_account_id",
     }
 )
-USER_DATA_KEYS = HASHED_LIST_KEYS | HASHED_SCALAR_KEYS | INTEGER_KEYS | PLAIN_KEYS
+USER_DATA_KEYS = HASHED_LIST_KEYS | HASHED_SCALAR_KEYS | INTEGER_KEYS | PLAIN_KEYS | {"external_id"}
 
 #: Since Graph v13.0 an event whose customer information is only (a subset of) one of these
 #: combinations is invalid.
@@ -415,6 +414,13 @@ def _check_user_data_value(key: str, value: object) -> None:
                 raise Rejection(
                     INVALID_CUSTOMER_INFORMATION, f"{where} is the SHA-256 of an empty string."
                 )
+        return
+    if key == "external_id":
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) and item.strip() for item in items):
+            raise Rejection(
+                INVALID_CUSTOMER_INFORMATION, f"{where} must be a string or a list of strings."
+            )
         return
     if key in INTEGER_KEYS:
         if isinstance(value, bool) or not (
