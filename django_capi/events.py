@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import IntegrityError, connections, models, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -31,8 +31,11 @@ from .middleware import browser_context
 from .models import OutboxEvent
 from .normalize import normalize_user_data
 from .signals import outbox_committed, send_on_commit
+from .text import is_storable, storable, storable_json
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,18 @@ class BuiltEvent:
 
 def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -> BuiltEvent:
     """Normalize, hash and validate ``draft``; raise ``EventValidationError`` listing every
-    rule it breaks."""
+    rule it breaks.
+
+    Only what Meta documents that it rejects is a problem; anything else Meta would take is
+    left out or converted, and said in ``BuiltEvent.warnings`` (meta-capi.md §10)."""
     problems = validation.check_event_name(draft.event_name)
     problems += validation.check_event_id(draft.event_id)
     problems += validation.check_action_source(draft.action_source)
+    problems += validation.check_app_data(draft.action_source)
     if not isinstance(draft.user_data, Mapping) or not isinstance(draft.browser, Mapping):
         raise EventValidationError("user_data and request_context must be dicts")
+    region_problems = validation.check_phone_region(draft.phone_region)
+    problems += region_problems
     raw_user_data: dict[str, object] = {
         key: draft.browser[key] for key in context.USER_DATA_KEYS if key in draft.browser
     }
@@ -77,13 +86,18 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     try:
         user_data = normalize_user_data(
             raw_user_data,
-            phone_region=draft.phone_region,
+            phone_region=None if region_problems else draft.phone_region,
             default_phone_region=default_phone_region,
         )
     except UnknownUserDataKey as exc:
         raise EventValidationError(exc.problems) from None
+    warnings = list(user_data.problems)
     event_source_url = draft.event_source_url or draft.browser.get("event_source_url")
     referrer_url = draft.browser.get("referrer_url")
+    event_source_url = validation.clean_event_source_url(
+        event_source_url, draft.action_source, problems, warnings
+    )
+    referrer_url = validation.clean_referrer_url(referrer_url, warnings)
     event_time = 0
     try:
         event_time = validation.event_timestamp(
@@ -92,16 +106,16 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         )
     except EventValidationError as exc:
         problems += exc.problems
-    problems += validation.check_website_fields(draft.action_source, event_source_url, user_data)
+    problems += validation.check_website_fields(draft.action_source, user_data)
     problems += validation.check_matchable(user_data)
     custom_data: dict[str, Any] = {}
     try:
-        custom_data = validation.clean_custom_data(draft.custom_data, draft.event_name)
+        custom_data = validation.clean_custom_data(draft.custom_data, draft.event_name, warnings)
     except EventValidationError as exc:
         problems += exc.problems
     problems += validation.check_limited_data_use(draft.limited_data_use)
     if problems:
-        raise EventValidationError(problems)
+        raise EventValidationError(problems, warnings=warnings)
 
     payload: dict[str, Any] = {
         "event_name": draft.event_name,
@@ -112,7 +126,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     }
     if event_source_url:
         payload["event_source_url"] = event_source_url
-    if isinstance(referrer_url, str) and referrer_url:
+    if referrer_url:
         payload["referrer_url"] = referrer_url
     if draft.limited_data_use is not None:
         payload["data_processing_options"] = ["LDU"]
@@ -123,7 +137,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     return BuiltEvent(
         payload=payload,
         event_time=datetime.fromtimestamp(event_time, tz=UTC),
-        warnings=[*user_data.problems, *_browser_warnings(draft, user_data)],
+        warnings=[*warnings, *_browser_warnings(draft, user_data)],
     )
 
 
@@ -162,8 +176,10 @@ def record_event(
     the next save. ``build`` may raise anything, and ``error`` records a failure found before
     building; either way the row is ``failed`` and says why.
 
-    Every statement runs in its own savepoint: whatever fails here, even in the integrator's
-    hooks, the caller's transaction stays usable.
+    Every string of the row is made storable on every supported database (``text``); a row
+    the database still refuses is recorded as ``failed`` instead. Every statement runs in its
+    own savepoint: whatever fails here, even in the integrator's hooks, the caller's
+    transaction stays usable.
     """
     try:
         pixel_id = capi_settings().pixel_id or ""
@@ -171,42 +187,49 @@ def record_event(
         pixel_id, error = "", str(exc)
     if not pixel_id and error is None:
         error = "DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set"
-    with transaction.atomic(using=using):
-        existing = _find(using, pixel_id, event_name, event_id)
+    warnings: list[str] = []
+    if not (is_storable(event_name) and is_storable(event_id)):
+        warnings.append(
+            "event_name or event_id held NUL or lone surrogates, which no database stores; "
+            "they became U+FFFD, so the Pixel's event may not be deduplicated with this one"
+        )
+        event_name, event_id = storable(event_name), storable(event_id)
+    existing = in_savepoint(using, lambda: _find(using, pixel_id, event_name, event_id))
     if existing is not None and not _failed_while_built(existing):
         return existing
 
     built: BuiltEvent | None = None
     if error is None:
         try:
-            with transaction.atomic(using=using):
-                built = build()
+            built = in_savepoint(using, build)
+        except EventValidationError as exc:
+            error = str(exc)
+            warnings += exc.warnings
         except CapiError as exc:
             error = str(exc)
         except Exception as exc:
-            error = f"unexpected {type(exc).__name__} while building the event; see the log"
+            error = (
+                f"building the event raised {type(exc).__name__}, which django-capi does not "
+                "expect (a hook returned a value of an unusual type?); the traceback is in the log"
+            )
             logger.exception("building %s %s for %s raised", event_name, event_id, _label(source))
     if built is not None:
-        fields: dict[str, Any] = {
-            "event_time": built.event_time,
-            "payload": built.payload,
-            "warnings": built.warnings,
-            "status": OutboxEvent.Status.PENDING,
-            "failure_reason": "",
-            "last_error": "",
-        }
+        fields = _pending_fields(built, warnings)
     else:
-        fields = {
-            "event_time": timezone.now() if existing is None else existing.event_time,
-            "payload": {},
-            "warnings": [],
-            "status": OutboxEvent.Status.FAILED,
-            "failure_reason": OutboxEvent.FailureReason.INVALID,
-            "last_error": error,
-        }
+        fields = _failed_fields(existing, error or "", warnings)
 
     _warn_outside_transaction(using)
-    row = _save(using, existing, pixel_id, event_name, event_id, action_source, fields, source)
+    key = (pixel_id, event_name, event_id, action_source)
+    try:
+        row = _save(using, existing, *key, fields, source)
+    except DatabaseError as exc:
+        if fields["status"] == OutboxEvent.Status.FAILED:
+            raise
+        logger.exception("storing %s %s for %s failed", event_name, event_id, _label(source))
+        refused = (
+            f"the database refused the event ({type(exc).__name__}); the traceback is in the log"
+        )
+        row = _save(using, existing, *key, _failed_fields(existing, refused, warnings), source)
     if row.status == OutboxEvent.Status.PENDING:
         send_on_commit(outbox_committed, using)
     else:
@@ -216,17 +239,64 @@ def record_event(
     return row
 
 
+def _pending_fields(built: BuiltEvent, warnings: list[str]) -> dict[str, Any]:
+    return {
+        "event_time": built.event_time,
+        "payload": storable_json(built.payload),
+        "warnings": storable_json([*warnings, *built.warnings]),
+        "status": OutboxEvent.Status.PENDING,
+        "failure_reason": "",
+        "last_error": "",
+    }
+
+
+def _failed_fields(existing: OutboxEvent | None, error: str, warnings: list[str]) -> dict[str, Any]:
+    return {
+        "event_time": timezone.now() if existing is None else existing.event_time,
+        "payload": {},
+        "warnings": storable_json(warnings),
+        "status": OutboxEvent.Status.FAILED,
+        "failure_reason": OutboxEvent.FailureReason.INVALID,
+        "last_error": storable(error),
+    }
+
+
+def in_savepoint(using: str, func: Callable[[], T]) -> T:
+    """``func()`` in a savepoint, so that a failing statement never poisons the caller's
+    transaction.
+
+    Code that runs here (an integrator's hook) may catch a database error itself and return
+    normally. PostgreSQL then refuses to release the savepoint: Django rolls back to it, which
+    undoes only that code's own writes, and re-raises. Its result still stands."""
+    finished = False
+    result: T
+    try:
+        with transaction.atomic(using=using):
+            result = func()
+            finished = True
+    except DatabaseError:
+        if not finished:
+            raise
+        logger.warning(
+            "a statement failed on %r and the code that ran it caught the error; "
+            "django-capi rolled back to its savepoint and went on",
+            using,
+        )
+    return result
+
+
 def send_event(
     event_name: str,
     *,
     user_data: Mapping[str, object] | None = None,
     custom_data: Mapping[str, object] | None = None,
-    event_id: str | None = None,
+    event_id: str | int | None = None,
     event_time: datetime | float | None = None,
     action_source: str = ActionSource.WEBSITE,
     event_source_url: str | None = None,
     request: HttpRequest | None = None,
     limited_data_use: Mapping[str, int] | None = None,
+    using: str | None = None,
 ) -> OutboxEvent | None:
     """Record an event that is not a model save (AddToCart, a CRM status change, …).
 
@@ -235,14 +305,22 @@ def send_event(
     ``last_error`` says what to fix. Returns None, storing nothing, when the visitor of
     ``request`` (or of the request being handled) refused consent.
 
-    ``limited_data_use`` overrides the ``LIMITED_DATA_USE`` setting for this event.
+    ``event_id`` may be any string of up to 100 characters, or an integer such as an order
+    number. ``limited_data_use`` overrides the ``LIMITED_DATA_USE`` setting for this event.
+    ``using`` is the database alias of the row; by default the alias of the transaction the
+    call runs in when exactly one is open, else the router's choice for ``OutboxEvent``.
     """
-    event_id = str(uuid.uuid4()) if event_id is None else event_id
+    if event_id is None:
+        event_id = str(uuid.uuid4())
+    elif isinstance(event_id, int | uuid.UUID) and not isinstance(event_id, bool):
+        event_id = str(event_id)  # an order number is a fine event id
     key_problems = validation.check_event_name(event_name) + validation.check_event_id(event_id)
     if key_problems:
         # An unusable key cannot deduplicate anything; the failure gets a key of its own.
-        event_name = str(event_name)[: validation.MAX_EVENT_NAME_LENGTH] or "(invalid)"
+        usable_name = isinstance(event_name, str) and event_name.strip()
+        event_name = event_name[: validation.MAX_EVENT_NAME_LENGTH] if usable_name else "(invalid)"
         event_id = str(uuid.uuid4())
+    assert isinstance(event_id, str)  # noqa: S101 - for mypy
     if request is not None:
         browser = browser_context(request)
     elif action_source == ActionSource.WEBSITE:
@@ -267,9 +345,20 @@ def send_event(
         event_id=event_id,
         action_source=action_source,
         build=lambda: build_event(draft, default_phone_region=capi_settings().default_phone_region),
-        using=router.db_for_write(OutboxEvent),
+        using=using or _transaction_alias() or router.db_for_write(OutboxEvent),
         error="; ".join(key_problems) or None,
     )
+
+
+def _transaction_alias() -> str | None:
+    """The alias of the one transaction open in this thread on a database with an outbox;
+    None when there is none or more than one."""
+    aliases = [
+        connection.alias
+        for connection in connections.all(initialized_only=True)
+        if connection.in_atomic_block and router.allow_migrate_model(connection.alias, OutboxEvent)
+    ]
+    return aliases[0] if len(aliases) == 1 else None
 
 
 def _find(using: str, pixel_id: str, event_name: str, event_id: str) -> OutboxEvent | None:
@@ -308,14 +397,15 @@ def _save(
         pixel_id=pixel_id,
         event_name=event_name,
         event_id=event_id,
-        action_source=str(action_source)[:32],
+        # Invalid ones fail the row, which still has to be stored.
+        action_source=storable(action_source)[:32] if isinstance(action_source, str) else "",
         **fields,
     )
     try:
         with transaction.atomic(using=using):
             if source is not None and source.pk is not None:
                 row.source_type = ContentType.objects.db_manager(using).get_for_model(source)
-                row.source_id = str(source.pk)
+                row.source_id = storable(str(source.pk))[:64]
             row.save(using=using, force_insert=True)
     except IntegrityError:
         # Another transaction recorded the same event first; theirs is the one.

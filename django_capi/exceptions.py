@@ -17,12 +17,16 @@ class CapiError(Exception):
 
 
 class EventValidationError(CapiError, ValueError):
-    """An event breaks one of Meta's rules; ``problems`` says what to fix, one line each."""
+    """An event breaks one of Meta's rules; ``problems`` says what to fix, one line each.
 
-    def __init__(self, problems: str | Sequence[str]) -> None:
+    ``warnings`` are what was dropped or converted on the way, kept on the failed row: they
+    often explain a problem ("cannot be matched" because the only email was dropped)."""
+
+    def __init__(self, problems: str | Sequence[str], *, warnings: Sequence[str] = ()) -> None:
         self.problems: tuple[str, ...] = (
             (problems,) if isinstance(problems, str) else tuple(problems)
         )
+        self.warnings: tuple[str, ...] = tuple(warnings)
         super().__init__("; ".join(self.problems))
 
 

@@ -27,17 +27,32 @@ import pycountry
 from dateutil import parser as date_parser
 
 from .exceptions import UnknownUserDataKey
+from .text import is_storable, storable
 
 HASHED_KEYS: frozenset[str] = frozenset(
     {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
 )
+# The business-messaging keys are Meta's [CIP], [BMSG]: whatsapp_business_account_id and
+# instagram_business_account_id appear in its examples beside page_id.
 # fmt: off
 PLAIN_KEYS: frozenset[str] = frozenset({
     "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id", "fb_login_id",
     "lead_id", "anon_id", "madid", "page_id", "page_scoped_user_id", "ctwa_clid", "ig_account_id",
-    "ig_sid",
+    "ig_sid", "whatsapp_business_account_id", "instagram_business_account_id",
 })
 # fmt: on
+# Meta's layout fb.<subdomain index>.<creation time in ms>.<value> [FBC], optionally with the
+# Parameter Builder's appendix [PB]. They come from cookies anyone can write: a value in
+# another layout (seconds instead of milliseconds, junk, thousands of digits) would get the
+# whole event rejected, so it is dropped. The click id is kept exactly (Meta: case-sensitive).
+_FB_COOKIES = {
+    "fbc": re.compile(r"fb\.[0-9]\.[0-9]{13}\.[!-\-/-~]{1,500}(?:\.[A-Za-z0-9_-]{2,8})?"),
+    "fbp": re.compile(r"fb\.[0-9]\.[0-9]{13}\.[0-9]{1,20}(?:\.[A-Za-z0-9_-]{2,8})?"),
+}
+_FB_COOKIE_LAYOUTS = {
+    "fbc": "fb.<subdomain index>.<creation time in ms>.<click id>",
+    "fbp": "fb.<subdomain index>.<creation time in ms>.<random number>",
+}
 
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 # Meta's parameter builder maps these English words to m and f [PB]; it maps no other
@@ -68,6 +83,8 @@ _COUNTRY_ALIASES = dict.fromkeys(
     ("uk", "britain", "greatbritain", "england", "scotland", "wales", "northernireland"), "GB"
 ) | {"russia": "RU"}
 _EARLIEST_BIRTH_YEAR = 1900
+#: Meta's integer ids (fb_login_id, lead_id) are 64-bit: at most 20 digits.
+_MAX_ID_DIGITS = 20
 
 
 class NormalizedUserData(dict[str, Any]):
@@ -173,7 +190,7 @@ def _hash_one(key: str, item: object, record: _Record) -> str | None:
         return sha256_hex(_birth_date(item.date() if isinstance(item, datetime) else item))
     # Shops commonly use the primary key as external_id; str() of an int is lossless.
     if key == "external_id" and isinstance(item, int) and not isinstance(item, bool):
-        return sha256_hex(str(item))
+        return sha256_hex(_integer_text(item))
     if not isinstance(item, str):
         raise _Drop(f"has unsupported type {type(item).__name__}")
     text = item.strip()
@@ -344,10 +361,18 @@ def _plain_value(key: str, value: object, problems: list[str]) -> str | int | No
             return _ip_address(value)
         if key in {"fb_login_id", "lead_id"}:
             return _integer_id(value)
-        return _text(value)
+        text = _text(value)
+        if text is not None and key in _FB_COOKIES and not _FB_COOKIES[key].fullmatch(text):
+            raise _Drop(f"is not in Meta's {_FB_COOKIE_LAYOUTS[key]} format")
     except _Drop as drop:
         problems.append(f"{key}: value {drop}; dropped")
         return None
+    if text is not None and not is_storable(text):
+        problems.append(
+            f"{key}: NUL or lone surrogates, which no database stores, were replaced by U+FFFD"
+        )
+        text = storable(text)
+    return text
 
 
 def _ip_address(value: object) -> str | None:
@@ -371,15 +396,25 @@ def _integer_id(value: object) -> int | None:
     text = _text(value)
     if text is not None and not (text.isascii() and text.isdigit()):
         raise _Drop("is not a non-negative integer")
+    if text is not None and len(text) > _MAX_ID_DIGITS:
+        raise _Drop(f"has more than {_MAX_ID_DIGITS} digits")
     return None if text is None else int(text)
 
 
 def _text(value: object) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return _integer_text(value)
     if not isinstance(value, str):
         raise _Drop(f"has unsupported type {type(value).__name__}")
     return value.strip() or None
+
+
+def _integer_text(value: int) -> str:
+    # Python refuses to print integers of more than 4,300 digits; no id comes near.
+    try:
+        return str(value)
+    except ValueError:
+        raise _Drop("is an integer of more than 4,300 digits") from None
 
 
 def _keep_letters(text: str, *, digits: bool = False) -> str:

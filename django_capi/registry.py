@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from django.db import models, router, transaction
+from django.db import models, router
 from django.db.models.signals import post_save
 
 from . import context, validation
 from .conf import capi_settings
 from .constants import ActionSource
-from .events import BuiltEvent, EventDraft, build_event, record_event
+from .events import BuiltEvent, EventDraft, build_event, in_savepoint, record_event
 from .exceptions import CapiConfigurationError, CapiError, EventValidationError, HookError
 from .installation import event_id_namespace
 
@@ -186,18 +186,22 @@ def _on_post_save(
 def _capture(
     model_event: ModelEvent[Any], instance: models.Model, *, created: bool, using: str
 ) -> None:
+    def decide() -> tuple[str, Mapping[str, object]] | None:
+        if not _call(model_event, "should_send", instance, created, as_bool=True):
+            return None
+        event_id = _event_id(model_event, instance)
+        return event_id, _call(model_event, "request_context", instance) or {}
+
     error: str | None = None
-    browser: Mapping[str, object] = {}
     try:
         # A savepoint: a hook whose query fails must not abort the shop's transaction.
-        with transaction.atomic(using=using):
-            if not _call(model_event, "should_send", instance, created):
-                return
-            event_id = _event_id(model_event, instance)
-            browser = _call(model_event, "request_context", instance) or {}
+        decided = in_savepoint(using, decide)
     except CapiError as exc:
         error = str(exc)
-        event_id = default_event_id(instance, model_event.event_name, model=model_event.model)
+        decided = default_event_id(instance, model_event.event_name, model=model_event.model), {}
+    if decided is None:
+        return
+    event_id, browser = decided
     if isinstance(browser, Mapping) and browser.get(context.CONSENT_KEY) is False:
         return  # the shopper refused tracking: Meta hears nothing of this order
     record_event(
@@ -244,9 +248,18 @@ def _build(
     return build_event(draft, default_phone_region=capi_settings().default_phone_region)
 
 
-def _call(model_event: ModelEvent[Any], hook: str, instance: models.Model, *args: Any) -> Any:
+def _call(
+    model_event: ModelEvent[Any],
+    hook: str,
+    instance: models.Model,
+    *args: Any,
+    as_bool: bool = False,
+) -> Any:
     try:
-        return getattr(model_event, hook)(instance, *args)
+        value = getattr(model_event, hook)(instance, *args)
+        # Inside the guard: the truth of some values raises (a NumPy array, a QuerySet whose
+        # query fails).
+        return bool(value) if as_bool else value
     except Exception as exc:
         where = f"{type(model_event).__name__}.{hook}()"
         logger.exception("%s raised for %s pk=%s", where, instance._meta.label, instance.pk)

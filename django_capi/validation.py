@@ -7,27 +7,41 @@ user value, because problems are stored on the outbox row.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pycountry
+from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
+from django.utils.functional import Promise
 
 from .constants import ActionSource
 from .exceptions import EventValidationError
+from .normalize import normalize_user_data
+from .text import is_storable, storable
 
+#: Meta's limit for custom event names [PXCT], and the outbox column's.
 MAX_EVENT_NAME_LENGTH = 50
+#: The outbox column's length (``OutboxEvent.event_id``): Meta documents no limit [SEP].
 MAX_EVENT_ID_LENGTH = 100
-#: Meta refuses a whole request when one event is older than this.
+#: Meta refuses a whole request when one event is older than this [SEP].
 MAX_EVENT_AGE = timedelta(days=7)
 MAX_PHYSICAL_STORE_EVENT_AGE = timedelta(days=62)
-#: Meta documents no tolerance for future timestamps; allow clocks to disagree a little.
-MAX_FUTURE_SKEW = timedelta(seconds=60)
+#: Meta documents no tolerance for future timestamps (meta-capi.md §2); this is the one the
+#: emulator applies (``django_capi.testing.rules.FUTURE_TOLERANCE``), so a web server whose
+#: clock runs a little fast loses nothing.
+MAX_FUTURE_SKEW = timedelta(seconds=300)
 #: Above this an ``event_time`` is surely in milliseconds, the commonest timestamp bug.
 _MILLISECONDS_THRESHOLD = 10**11
+#: Deeper ``custom_data`` is a mistake (Meta's deepest standard value is ``contents``, a
+#: list of objects), and converting it would exhaust Python's recursion limit.
+MAX_CUSTOM_DATA_DEPTH = 20
+#: Characters a URL may carry as they are; everything else is percent-encoded (RFC 3986).
+_URL_SAFE = ";/?:@&=+$,-_.!~*'()#[]%"
 
 #: Since Graph v13.0 an event whose customer information is only one of these sets (or a
 #: subset of one) is rejected as unmatchable.
@@ -67,50 +81,131 @@ def check_action_source(action_source: object) -> list[str]:
     return []
 
 
+def check_app_data(action_source: object) -> list[str]:
+    if action_source == ActionSource.APP:
+        # Meta rejects app events without app_data [SEP], [APPD]; issue 12 adds it here.
+        return [
+            (
+                "action_source 'app' needs app_data (advertiser_tracking_enabled, "
+                "application_tracking_enabled and the 16 extinfo values), which Meta requires "
+                "for app events; send_event and ModelEvent cannot send app_data yet"
+            )
+        ]
+    return []
+
+
+def check_phone_region(phone_region: object) -> list[str]:
+    if phone_region is None:
+        return []
+    if isinstance(phone_region, str):
+        try:
+            normalize_user_data({}, phone_region=phone_region, default_phone_region=None)
+        except ValueError:
+            pass
+        else:
+            return []
+    return ["phone_region must be a country code such as 'US'"]
+
+
 def event_timestamp(value: object, action_source: str, *, now: datetime | None = None) -> int:
     """Return ``value`` (a datetime or Unix seconds) as Unix seconds inside Meta's window."""
-    now = now or timezone.now()
+    now_seconds = (now or timezone.now()).timestamp()
+    seconds: float | int | Decimal
     if isinstance(value, datetime):
-        if timezone.is_naive(value):
-            value = timezone.make_aware(value)
-        seconds = int(value.timestamp())
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            seconds = (
+                timezone.make_aware(value) if timezone.is_naive(value) else value
+            ).timestamp()
+        except (ValueError, OverflowError):
+            raise EventValidationError(
+                "event_time is a datetime outside any usable range"
+            ) from None
+    elif _is_number(value):
+        assert isinstance(value, int | float | Decimal)  # noqa: S101 - for mypy
+        # Compared as they are: a huge int would overflow a float.
+        if value > _MILLISECONDS_THRESHOLD * 1000:
+            raise EventValidationError("event_time is not a Unix time; Meta wants seconds")
         if value > _MILLISECONDS_THRESHOLD:
             raise EventValidationError("event_time looks like milliseconds; Meta wants seconds")
-        seconds = int(value)
+        seconds = value
     else:
         raise EventValidationError("event_time must be a datetime or Unix seconds")
-    moment = datetime.fromtimestamp(seconds, tz=now.tzinfo)
-    if moment > now + MAX_FUTURE_SKEW:
-        raise EventValidationError("event_time is in the future")
+    if seconds > now_seconds + MAX_FUTURE_SKEW.total_seconds():
+        raise EventValidationError(
+            f"event_time is more than {int(MAX_FUTURE_SKEW.total_seconds())} seconds in the future"
+        )
     limit = max_event_age(action_source)
-    if moment < now - limit:
+    if seconds < now_seconds - limit.total_seconds():
         raise EventValidationError(
             f"event_time is more than {limit.days} days old; Meta rejects it"
         )
-    return seconds
+    return int(seconds)
 
 
-def check_website_fields(
-    action_source: str, event_source_url: object, user_data: Mapping[str, Any]
-) -> list[str]:
-    problems = []
-    if event_source_url is not None:
-        parts = urlsplit(event_source_url) if isinstance(event_source_url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+def clean_event_source_url(
+    url: object, action_source: str, problems: list[str], warnings: list[str]
+) -> str | None:
+    """The page of the event, percent-encoded where a browser would encode it.
+
+    Meta requires an absolute http(s) URL for website events only [SEP], [BP]; for other
+    events it is optional, and one that is not a string is dropped with a warning."""
+    website = action_source == ActionSource.WEBSITE
+    if url is None or url == "":
+        if website:
+            problems.append(
+                "website event without event_source_url (Meta requires it for website "
+                "events): provide event_source_url or another action_source"
+            )
+        return None
+    if not isinstance(url, str):
+        if website:
             problems.append("event_source_url must be an absolute http(s) URL")
-    if action_source == ActionSource.WEBSITE:
-        if event_source_url is None:
-            problems.append(
-                "website event without event_source_url: "
-                "provide event_source_url or another action_source"
+        else:
+            warnings.append("event_source_url: not a string; dropped")
+        return None
+    url = _encode_url(url)
+    if website and not _is_web_url(url):
+        problems.append(
+            "event_source_url must be an absolute http(s) URL (Meta requires the page's "
+            "address for website events)"
+        )
+    return url
+
+
+def clean_referrer_url(url: object, warnings: list[str]) -> str | None:
+    """The referrer, optional for Meta: one that is not an http(s) URL is dropped."""
+    if url is None or url == "":
+        return None
+    encoded = _encode_url(url) if isinstance(url, str) else None
+    if encoded is None or not _is_web_url(encoded):
+        warnings.append("referrer_url: not an absolute http(s) URL; dropped")
+        return None
+    return encoded
+
+
+def _encode_url(url: str) -> str:
+    # Spaces, quotes, non-ASCII and control characters are percent-encoded as browsers do;
+    # NUL and lone surrogates first become U+FFFD, which UTF-8 can encode.
+    return quote(storable(url.strip()), safe=_URL_SAFE)
+
+
+def _is_web_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[": an unterminated IPv6 host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def check_website_fields(action_source: str, user_data: Mapping[str, Any]) -> list[str]:
+    if action_source == ActionSource.WEBSITE and "client_user_agent" not in user_data:
+        return [
+            (
+                "website event without client_user_agent (Meta requires it for website "
+                "events): provide request_context or another action_source"
             )
-        if "client_user_agent" not in user_data:
-            problems.append(
-                "website event without client_user_agent: "
-                "provide request_context or another action_source"
-            )
-    return problems
+        ]
+    return []
 
 
 def check_matchable(user_data: Mapping[str, Any]) -> list[str]:
@@ -126,33 +221,56 @@ def check_matchable(user_data: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def clean_custom_data(custom_data: object, event_name: str) -> dict[str, Any]:
-    """Return ``custom_data`` as plain JSON values; raise listing every value that is not."""
+def clean_custom_data(
+    custom_data: object, event_name: str, warnings: list[str] | None = None
+) -> dict[str, Any]:
+    """Return ``custom_data`` as plain JSON values; raise listing every value that is not.
+
+    Values are converted the way ``DjangoJSONEncoder`` converts them (dates, times, UUIDs,
+    decimals, lazy strings); strings lose NUL and lone surrogates, which no database stores.
+    What Meta would still take becomes a line in ``warnings`` instead of a failure."""
+    warnings = [] if warnings is None else warnings
     if custom_data is None:
         custom_data = {}
     if not isinstance(custom_data, Mapping):
         raise EventValidationError("custom_data must be a dict")
     problems: list[str] = []
-    cleaned = _to_json(custom_data, "custom_data", problems)
+    converter = _JsonConverter(problems, warnings)
+    cleaned = converter.convert(custom_data, "custom_data", depth=0)
     assert isinstance(cleaned, dict)  # noqa: S101 - a Mapping always converts to a dict
-    problems += _check_money(cleaned, event_name)
+    required = {"value", "currency"} if event_name == "Purchase" else set()
+    for key in [key for key, value in cleaned.items() if value is None and key not in required]:
+        del cleaned[key]
+        warnings.append(f"custom_data[{key!r}] is None; dropped")
+    problems += _check_money(cleaned, event_name, warnings)
     if problems:
         raise EventValidationError(problems)
     return cleaned
 
 
-def _check_money(custom_data: dict[str, Any], event_name: str) -> list[str]:
+def _check_money(custom_data: dict[str, Any], event_name: str, warnings: list[str]) -> list[str]:
     problems = []
     value, currency = custom_data.get("value"), custom_data.get("currency")
     if event_name == "Purchase":
+        # Meta: value and currency are "Required for purchase events" [STD], [PXREF]; a
+        # Purchase without currency is rejected (2804010).
         if value is None:
-            problems.append("Purchase needs custom_data value")
+            problems.append("Purchase needs custom_data value (Meta requires it for purchases)")
         if currency is None:
-            problems.append("Purchase needs custom_data currency")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        problems.append("custom_data value must be a number")
-    elif value is not None and value < 0:
-        problems.append("custom_data value must not be negative")
+            problems.append("Purchase needs custom_data currency (Meta rejects it without)")
+    if isinstance(value, str):
+        # Meta's own fbc example sends "142.52" [FBC]; a number is what its docs describe.
+        try:
+            number: Decimal | None = Decimal(value.strip())
+        except InvalidOperation:
+            number = None
+        if number is not None and number.is_finite() and number.adjusted() < _MAX_INT_DIGITS:
+            value = custom_data["value"] = _json_number(number)
+    if value is not None and not _is_number(value):
+        problems.append("custom_data value must be a number (or a numeric string)")
+    elif isinstance(value, int | float) and value < 0:
+        # Meta documents no sign rule (meta-capi.md §10): a refund may well be negative.
+        warnings.append("custom_data value is negative; sent as it is")
     if currency is not None:
         code = currency.strip().upper() if isinstance(currency, str) else None
         if code is None or len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
@@ -162,31 +280,97 @@ def _check_money(custom_data: dict[str, Any], event_name: str) -> list[str]:
     return problems
 
 
-def _to_json(value: object, path: str, problems: list[str]) -> Any:
-    if value is None or isinstance(value, str | bool | int):
+def _is_number(value: object) -> bool:
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Python refuses to print integers of more than 4,300 digits (``sys.int_info``), so JSON
+#: cannot carry them; no amount or id Meta knows comes near.
+_MAX_INT_DIGITS = 4000
+_TOO_LARGE = 10**_MAX_INT_DIGITS
+
+
+def _json_number(value: Decimal) -> int | float | Decimal:
+    """``value`` as a JSON number: whole amounts stay integers, so "10" never becomes "10.0".
+    A value that is not finite or too large is returned as it is, for the caller to reject."""
+    if not value.is_finite() or value.adjusted() >= _MAX_INT_DIGITS:
         return value
-    if isinstance(value, float | Decimal):
-        if not math.isfinite(value):
-            problems.append(f"{path} is not a finite number")
+    if value == value.to_integral():
+        return int(value)
+    return float(value)
+
+
+class _JsonConverter:
+    """Turns one ``custom_data`` into JSON values, noting problems and warnings by path."""
+
+    def __init__(self, problems: list[str], warnings: list[str]) -> None:
+        self.problems = problems
+        self.warnings = warnings
+        self.path_ids: set[int] = set()
+
+    def convert(self, value: object, path: str, depth: int) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return self._text(value, path)
+        if isinstance(value, int | float | Decimal):
+            return self._number(value, path)
+        if isinstance(value, datetime | date | time | timedelta | uuid.UUID | Promise):
+            # DjangoJSONEncoder's conversions, so the Pixel and the server see one value.
+            return self._text(str(DjangoJSONEncoder().default(value)), path)
+        if isinstance(value, Mapping | list | tuple):
+            return self._container(value, path, depth)
+        self.problems.append(f"{path} is a {type(value).__name__}, which JSON cannot carry")
+        return None
+
+    def _text(self, text: str, path: str) -> str:
+        if not is_storable(text):
+            self.warnings.append(
+                f"{path}: NUL or lone surrogates, which no database stores, became U+FFFD"
+            )
+        return storable(text)
+
+    def _number(self, value: float | Decimal, path: str) -> int | float | None:
+        if isinstance(value, Decimal):
+            value = _json_number(value)
+        if isinstance(value, Decimal | float) and not _is_number(value):
+            self.problems.append(f"{path} is not a finite number")
             return None
-        # JSON has no decimals; whole amounts stay integers so "10" never becomes "10.0".
-        return (
-            int(value)
-            if isinstance(value, Decimal) and value == value.to_integral()
-            else float(value)
-        )
-    if isinstance(value, Mapping):
-        result = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                problems.append(f"{path} has a key that is not a string")
-                continue
-            result[key] = _to_json(item, f"{path}[{key!r}]", problems)
-        return result
-    if isinstance(value, list | tuple):
-        return [_to_json(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
-    problems.append(f"{path} is a {type(value).__name__}, which JSON cannot carry")
-    return None
+        if isinstance(value, Decimal) or (isinstance(value, int) and abs(value) >= _TOO_LARGE):
+            self.problems.append(f"{path} is a number too large to send")
+            return None
+        return value
+
+    def _container(
+        self, value: Mapping[Any, Any] | list[Any] | tuple[Any, ...], path: str, depth: int
+    ) -> Any:
+        if id(value) in self.path_ids:
+            self.problems.append(f"{path} contains itself")
+            return None
+        if depth >= MAX_CUSTOM_DATA_DEPTH:
+            self.problems.append(f"{path} is nested more than {MAX_CUSTOM_DATA_DEPTH} levels deep")
+            return None
+        self.path_ids.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                result = {}
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        self.problems.append(f"{path} has a key that is not a string")
+                        continue
+                    key = self._text(key, f"{path} key")
+                    result[key] = self.convert(item, f"{path}[{key!r}]", depth + 1)
+                return result
+            return [
+                self.convert(item, f"{path}[{index}]", depth + 1)
+                for index, item in enumerate(value)
+            ]
+        finally:
+            self.path_ids.discard(id(value))
 
 
 def check_limited_data_use(value: object) -> list[str]:
@@ -197,7 +381,10 @@ def check_limited_data_use(value: object) -> list[str]:
     if (
         not isinstance(value, Mapping)
         or set(value) != {"country", "state"}
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+            for v in value.values()
+        )
     ):
         return ["limited_data_use must be None or {'country': <int>, 'state': <int>}"]
     return []

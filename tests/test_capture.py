@@ -4,7 +4,7 @@ import logging
 from decimal import Decimal
 
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test import override_settings
 
 from django_capi import ModelEvent, OutboxEvent, event_id_for, register
@@ -339,3 +339,125 @@ def test_recording_outside_a_transaction_warns_once(monkeypatch, caplog):
         pay(OrderFactory())
     assert caplog.text.count("outside a transaction") == 1
     assert OutboxEvent.objects.count() == 2
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_nul_in_custom_data_is_stored_as_a_replacement_character_not_lost():
+    # On PostgreSQL the insert failed after the save: no row, the event lost with a log line.
+    @register(Lead)
+    class Named(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+        def custom_data(self, instance):
+            return {"content_name": "x\x00"}
+
+    with transaction.atomic():
+        LeadFactory()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert row.status == OutboxEvent.Status.PENDING
+    assert row.payload["custom_data"] == {"content_name": "x\ufffd"}
+    assert row.warnings == [
+        (
+            "custom_data['content_name']: NUL or lone surrogates, which no database stores, "
+            "became U+FFFD"
+        )
+    ]
+
+
+def swallowing_query(*args, **kwargs):
+    """A hook that runs a query, which fails, and catches the error itself."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM table_that_does_not_exist")
+    except DatabaseError:
+        pass
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize("hook", ["should_send", "event_id", "request_context", "custom_data"])
+def test_a_hook_that_swallows_its_own_database_error_still_records_the_event(hook):
+    # On PostgreSQL the savepoint around the hook could not be released any more, and the
+    # event was lost with a log line.
+    @register(Lead)
+    class Swallowing(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    def hook_body(self, instance, *args):
+        swallowing_query()
+        return {
+            "should_send": True,
+            "event_id": f"contact-{instance.pk}",
+            "request_context": {},
+            "custom_data": {"content_name": "x"},
+        }[hook]
+
+    setattr(Swallowing, hook, hook_body)
+    with transaction.atomic():
+        lead = Lead.objects.create(email="s@example.com")
+        Order.objects.create(email="still-usable@example.com")  # would raise on PostgreSQL
+    assert Lead.objects.filter(pk=lead.pk).exists()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert row.status == OutboxEvent.Status.PENDING, row.last_error
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_should_send_whose_truth_raises_is_a_failed_row():
+    class Ambiguous:
+        def __bool__(self):
+            raise ValueError("the truth value of an array is ambiguous")
+
+    @register(Lead)
+    class Arrayish(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def should_send(self, instance, created):
+            return Ambiguous()
+
+    lead = LeadFactory()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert row.status == OutboxEvent.Status.FAILED
+    assert row.last_error == "Arrayish.should_send() raised ValueError; the traceback is in the log"
+    assert row.source == lead
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize(
+    ("hook", "value", "reason"),
+    [
+        ("event_time", 10**5000, "event_time is not a Unix time"),
+        ("custom_data", {"value": 10**5000}, "custom_data['value'] is a number too large"),
+        ("user_data", {"em": "a@b.co", "external_id": 10**5000}, None),
+        ("limited_data_use", {"country": "1", "state": 1000}, "limited_data_use must be"),
+    ],
+    ids=["event_time", "custom_data", "user_data", "limited_data_use"],
+)
+def test_hostile_hook_values_give_a_reason_never_an_unexpected_error(hook, value, reason):
+    @register(Lead)
+    class Hostile(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+    setattr(Hostile, hook, lambda self, instance: value)
+    LeadFactory()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    if reason is None:
+        assert row.status == OutboxEvent.Status.PENDING
+        assert row.warnings == [
+            "external_id: value is an integer of more than 4,300 digits; dropped"
+        ]
+    else:
+        assert row.status == OutboxEvent.Status.FAILED
+        assert reason in row.last_error
+        assert "unexpected" not in row.last_error

@@ -15,7 +15,6 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_capi import checks
-from django_capi.client import ErrorKind, GraphFailure
 from django_capi.conf import API_VERSIONS, capi_settings
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.middleware import CapiMiddleware
@@ -281,11 +280,6 @@ def test_a_version_older_than_the_table_has_ended_and_a_newer_one_is_fine():
     assert "has not been served since" in message.msg
     assert 'API_VERSION"] to v26.0' in message.hint
     assert capi_ids(MIDDLEWARE=GOOD_MIDDLEWARE, DJANGO_CAPI={**VALID, "API_VERSION": "v27.0"}) == []
-
-
-def test_the_fix_for_a_deprecated_api_version_names_the_setting():
-    failure = GraphFailure(ErrorKind.SETUP, "deprecated", code=2635)
-    assert "API_VERSION'] to v26.0" in checks.graph_failure_fix(failure, 400, "1")
 
 
 # --- a broker without its Celery app -----------------------------------------------------------

@@ -8,7 +8,14 @@ import pytest
 import requests
 from django.test import override_settings
 
-from django_capi.client import ErrorKind, GraphClient, classify, parse_response
+from django_capi.client import (
+    ErrorKind,
+    GraphClient,
+    GraphFailure,
+    classify,
+    graph_failure_fix,
+    parse_response,
+)
 from django_capi.conf import capi_settings
 from django_capi.testing import GraphEmulator
 
@@ -118,3 +125,8 @@ def test_a_2xx_that_is_not_the_graph_api_is_not_a_delivery():
     assert result.error.message == "without events_received: not the Graph API"
     response._content = b'{"events_received": 2, "fbtrace_id": "x"}'
     assert parse_response(response, 3).ok
+
+
+def test_the_fix_for_a_deprecated_api_version_names_the_setting():
+    failure = GraphFailure(ErrorKind.SETUP, "deprecated", code=2635)
+    assert "API_VERSION'] to v26.0" in graph_failure_fix(failure, 400, "1")

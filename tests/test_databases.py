@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from django_capi import OutboxEvent
+from django_capi import OutboxEvent, send_event
 from tests.delivery_helpers import make_rows
 from tests.shop.models import Order
 
@@ -56,3 +56,25 @@ def test_due_rows_are_found_through_the_partial_index_at_scale():
     assert "capi_outbox_due" in plan or "capi_outbox_status_created" in plan, plan
     assert "Seq Scan" not in plan, plan
     assert due.count() == 20
+
+
+@pytest.mark.django_db(databases=BOTH, transaction=True)
+def test_send_event_follows_the_one_open_transaction_and_its_rollback():
+    with pytest.raises(RuntimeError), transaction.atomic(using="other"):
+        row = send_event("Lead", user_data={"em": "a@b.co"}, action_source="chat")
+        assert OutboxEvent.objects.using("other").filter(pk=row.pk).exists()
+        raise RuntimeError
+    # Written on "default", it would have survived the rollback of "other".
+    assert not OutboxEvent.objects.using("default").exists()
+    assert not OutboxEvent.objects.using("other").exists()
+
+
+@pytest.mark.django_db(databases=BOTH, transaction=True)
+def test_send_event_takes_an_explicit_alias():
+    row = send_event("Lead", user_data={"em": "a@b.co"}, action_source="chat", using="other")
+    assert OutboxEvent.objects.using("other").get().pk == row.pk
+    assert not OutboxEvent.objects.using("default").exists()
+    with transaction.atomic(using="default"), transaction.atomic(using="other"):
+        # Two open transactions: ambiguous, so the router decides.
+        send_event("Lead", user_data={"em": "b@b.co"}, action_source="chat")
+    assert OutboxEvent.objects.using("default").count() == 1

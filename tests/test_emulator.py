@@ -183,6 +183,31 @@ def test_multipart_form_data_like_metas_curl_example(graph: GraphEmulator) -> No
         pytest.param({"action_source": "system_generated"}, {"em": sha("jane@example.com")}),
         pytest.param({"action_source": "chat"}, {"fn": sha("j"), "ln": sha("d"), "ge": sha("f")}),
         pytest.param({"custom_data": {"value": 0, "currency": "jpy"}}, None, id="lowercase-cur"),
+        # Meta documents no sign rule and sends "142.52" as a string in its own fbc example
+        # [FBC], [STD] (meta-capi.md §10).
+        pytest.param({"custom_data": {"value": -5, "currency": "EUR"}}, None, id="negative"),
+        pytest.param(
+            {"custom_data": {"value": "142.52", "currency": "USD"}}, None, id="string-value"
+        ),
+        # Meta only recommends hashing external_id [CIP].
+        pytest.param(
+            {"action_source": "email"}, {"external_id": ["customer-42"]}, id="plain-ext-id"
+        ),
+        # Only website events need an http(s) page [SEP].
+        pytest.param(
+            {"action_source": "chat", "event_source_url": "whatsapp-chat"}, None, id="chat-url"
+        ),
+        # Business-messaging keys of Meta's examples [BMSG].
+        pytest.param(
+            {"action_source": "business_messaging", "messaging_channel": "whatsapp"},
+            {
+                "whatsapp_business_account_id": "1029384756",
+                "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ",
+                "page_id": "1234",
+                "instagram_business_account_id": "5678",
+            },
+            id="business-messaging",
+        ),
     ],
 )
 def test_valid_variations_are_accepted(
@@ -397,10 +422,10 @@ REJECTIONS = [
         id="one-bad-in-list",
     ),
     pytest.param(
-        _set("user_data.external_id", "42"),
+        _set("user_data.external_id", ["42", 7]),
         rules.INVALID_CUSTOMER_INFORMATION,
         "external_id",
-        id="unhashed-external-id",
+        id="external-id-not-a-string",
     ),
     pytest.param(
         _set("user_data.fn", sha("")),
@@ -481,7 +506,7 @@ REJECTIONS = [
         _drop("custom_data.value"), rules.INVALID_CUSTOM_DATA, "value", id="purchase-no-value"
     ),
     pytest.param(
-        _set("custom_data.value", "49.90"), rules.INVALID_CUSTOM_DATA, "value", id="string-value"
+        _set("custom_data.value", "forty"), rules.INVALID_CUSTOM_DATA, "value", id="word-value"
     ),
     pytest.param(
         _drop("custom_data.currency"), rules.INVALID_CUSTOM_DATA, "currency", id="no-currency"

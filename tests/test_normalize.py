@@ -111,6 +111,8 @@ def test_key_sets_are_exactly_metas_keys() -> None:
         "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id", "fb_login_id",
         "lead_id", "anon_id", "madid", "page_id", "page_scoped_user_id", "ctwa_clid",
         "ig_account_id", "ig_sid",
+        # In Meta's business-messaging examples beside page_id [BMSG] (meta-capi.md §10).
+        "whatsapp_business_account_id", "instagram_business_account_id",
     } == PLAIN_KEYS  # fmt: skip
     assert not HASHED_KEYS & PLAIN_KEYS
 
@@ -847,13 +849,83 @@ def test_invalid_integer_ids_are_dropped(key: str, raw: object, reason: str) -> 
 
 
 OTHER_PLAIN_KEYS = sorted(PLAIN_KEYS - {"client_ip_address", "fb_login_id", "lead_id"})
+FREE_TEXT_KEYS = sorted(set(OTHER_PLAIN_KEYS) - {"fbc", "fbp"})
 
 
-@pytest.mark.parametrize("key", OTHER_PLAIN_KEYS)
+@pytest.mark.parametrize("key", FREE_TEXT_KEYS)
 def test_other_plain_keys_are_trimmed_strings_never_hashed(key: str) -> None:
     value = "  fb.1.1554763741205.AbCdEfGhIjKlMnOpQrStUvWxYz1234567890 "
     assert one(key, value) == value.strip()
     assert one(key, 123) == "123"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("fbc", "fb.1.1554763741205.AbCdEfGhIjKlMnOpQrStUvWxYz1234567890"),  # Meta's [CIP]
+        ("fbc", "fb.1.1709136167115.IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk"),
+        ("fbc", "fb.2.1709136167115.testtest.AQICAQAB"),  # the Parameter Builder's appendix [PB]
+        ("fbp", "fb.1.1596403881668.1116446470"),  # Meta's [CIP]
+        ("fbp", "fb.0.1596403881668.1116446470.AQIAAQAB"),
+        ("fbp", "fb.1.1596403881668.1116446470.Ag"),
+    ],
+)
+def test_fbc_and_fbp_in_metas_layout_are_kept_exactly(key: str, value: str) -> None:
+    result = normalize_user_data({key: f" {value} "})
+    assert result == {key: value}
+    assert result.problems == []
+
+
+@pytest.mark.parametrize("key", ["fbc", "fbp"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "junk",
+        "fb.1.1700000000.1116446470",  # creation time in seconds, not milliseconds
+        "fb.1." + "9" * 5000 + ".1",
+        "fb.1.1700000000000." + "9" * 5000,
+        "fb.1.1700000000000.\x00",  # a cookie of "fb.1.1700000000000.\000" (Django decodes it)
+        "fb.1.1700000000000.\udcff",
+        "fb.1.1700000000000.",
+        "fbx.1.1700000000000.1",
+        "fb.1.1700000000000.1 2",
+    ],
+)
+def test_a_malformed_fbc_or_fbp_is_dropped_with_a_problem(key: str, value: str) -> None:
+    # A browser writes these cookies; Meta rejects the whole event for a malformed one [FBC],
+    # so the key goes and the rest of the event is sent.
+    result = normalize_user_data({key: value, "em": "a@b.co"})
+    assert set(result) == {"em"}
+    layout = "click id" if key == "fbc" else "random number"
+    expected = f"{key}: value is not in Meta's fb.<subdomain index>.<creation time in ms>."
+    assert result.problems == [f"{expected}<{layout}> format; dropped"]
+
+
+@pytest.mark.parametrize("key", FREE_TEXT_KEYS)
+def test_unstorable_characters_in_plain_values_become_replacement_characters(key: str) -> None:
+    result = normalize_user_data({key: "Mozilla/5.0 \x00 \udcff"})
+    assert result == {key: "Mozilla/5.0 \ufffd \ufffd"}
+    assert result.problems == [
+        f"{key}: NUL or lone surrogates, which no database stores, were replaced by U+FFFD"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"lead_id": 10**5000}, "lead_id: value is an integer of more than 4,300 digits; dropped"),
+        ({"lead_id": "9" * 5000}, "lead_id: value has more than 20 digits; dropped"),
+        ({"page_id": 10**5000}, "page_id: value is an integer of more than 4,300 digits; dropped"),
+        (
+            {"external_id": 10**5000},
+            "external_id: value is an integer of more than 4,300 digits; dropped",
+        ),
+    ],
+)
+def test_integers_too_long_to_print_are_dropped_not_raised(data: dict, problem: str) -> None:
+    result = normalize_user_data(data)
+    assert result == {}
+    assert result.problems == [problem]
 
 
 @pytest.mark.parametrize("key", OTHER_PLAIN_KEYS)

@@ -110,3 +110,77 @@ def test_a_forged_host_header_does_not_raise():
     row = send_event("Lead", user_data={"em": "a@b.co"}, request=request)
     assert row.status == OutboxEvent.Status.FAILED
     assert "website event without event_source_url" in row.last_error
+
+
+def test_a_nul_in_a_cookie_drops_that_key_and_the_event_goes():
+    # Django decodes the octal escape of _fbp="fb.1.1700000000000.\000" into a NUL, which
+    # PostgreSQL refuses: this raised DataError (a 500 on every page recording an event).
+    request = RequestFactory().get(
+        "/product/7/",
+        HTTP_USER_AGENT=UA,
+        HTTP_HOST="shop.example.com",
+        HTTP_COOKIE='_fbp="fb.1.1700000000000.\\000"; _fbc=fb.1.1554763741205.AbC',
+    )
+    assert request.COOKIES["_fbp"] == "fb.1.1700000000000.\x00"
+    row = send_event("ViewContent", user_data={"em": "a@b.co"}, request=request)
+    row.refresh_from_db()
+    assert row.status == OutboxEvent.Status.PENDING
+    assert "fbp" not in row.payload["user_data"]
+    assert row.payload["user_data"]["fbc"] == "fb.1.1554763741205.AbC"
+    assert [warning.split(":")[0] for warning in row.warnings] == ["fbp"]
+
+
+def test_unstorable_characters_anywhere_in_a_row_are_replaced_and_said():
+    request = shop_request()
+    request.META["HTTP_USER_AGENT"] = "Mozilla/5.0 \udcff\x00"
+    row = send_event(
+        "Lead",
+        event_id="lead-\x00-1",
+        user_data={"em": "a@b.co"},
+        custom_data={"content_name": "x\x00", "k\udcff": "v"},
+        request=request,
+    )
+    row.refresh_from_db()
+    assert row.status == OutboxEvent.Status.PENDING
+    assert row.event_id == row.payload["event_id"] == "lead-\ufffd-1"
+    assert row.payload["user_data"]["client_user_agent"] == "Mozilla/5.0 \ufffd\ufffd"
+    assert row.payload["custom_data"] == {"content_name": "x\ufffd", "k\ufffd": "v"}
+    assert len(row.warnings) == 4
+    assert "the Pixel's event may not be deduplicated" in row.warnings[0]
+
+
+def test_an_integer_event_id_such_as_an_order_number_is_accepted():
+    row = send_event("Lead", event_id=1042, user_data={"em": "a@b.co"}, action_source="chat")
+    assert (row.event_id, row.status) == ("1042", OutboxEvent.Status.PENDING)
+    assert row.payload["event_id"] == "1042"
+
+
+def test_an_unprintable_event_name_is_a_failed_row_not_an_exception():
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError
+
+    row = send_event(Unprintable(), user_data={"em": "a@b.co"}, action_source=Unprintable())
+    assert row.status == OutboxEvent.Status.FAILED
+    assert row.event_name == "(invalid)"
+    assert "event_name must be a non-empty string" in row.last_error
+
+
+def test_a_row_the_database_refuses_becomes_a_failed_row(monkeypatch):
+    from django.db import DataError
+
+    original = OutboxEvent.save
+
+    def refuse_pending(self, *args, **kwargs):
+        if self.status == OutboxEvent.Status.PENDING:
+            raise DataError("value too long")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OutboxEvent, "save", refuse_pending)
+    with transaction.atomic():
+        row = send_event("Lead", user_data={"em": "a@b.co"}, action_source="chat")
+    row.refresh_from_db()
+    assert row.status == OutboxEvent.Status.FAILED
+    assert row.last_error == (
+        "the database refused the event (DataError); the traceback is in the log"
+    )

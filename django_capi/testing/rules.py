@@ -102,10 +102,9 @@ EVENT_KEYS = frozenset(
     }
 )
 
-#: Contact information: SHA-256 only, a string or a list of strings. ``external_id`` is only
-#: "recommended" hashed by Meta; django-capi always hashes it, so the emulator insists.
-HASHED_KEYS = frozenset({"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country"})
-HASHED_LIST_KEYS = HASHED_KEYS | {"external_id"}
+#: Contact information: SHA-256 only, a string or a list of strings. Meta only recommends
+#: hashing ``external_id`` [CIP]: it is a string or a list of strings, hashed or not.
+HASHED_LIST_KEYS = frozenset({"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country"})
 #: The Python SDK's extra hashed scalars.
 HASHED_SCALAR_KEYS = frozenset({"f5first", "f5last", "fi", "dobd", "dobm", "doby"})
 INTEGER_KEYS = frozenset({"fb_login_id", "lead_id"})
@@ -123,9 +122,12 @@ PLAIN_KEYS = frozenset(
         "ctwa_clid",
         "ig_account_id",
         "ig_sid",
+        # In Meta's business-messaging examples beside page_id [BMSG].
+        "whatsapp_business_account_id",
+        "instagram_business_account_id",
     }
 )
-USER_DATA_KEYS = HASHED_LIST_KEYS | HASHED_SCALAR_KEYS | INTEGER_KEYS | PLAIN_KEYS
+USER_DATA_KEYS = HASHED_LIST_KEYS | HASHED_SCALAR_KEYS | INTEGER_KEYS | PLAIN_KEYS | {"external_id"}
 
 #: Since Graph v13.0 an event whose customer information is only (a subset of) one of these
 #: combinations is invalid.
@@ -413,6 +415,13 @@ def _check_user_data_value(key: str, value: object) -> None:
                     INVALID_CUSTOMER_INFORMATION, f"{where} is the SHA-256 of an empty string."
                 )
         return
+    if key == "external_id":
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) and item.strip() for item in items):
+            raise Rejection(
+                INVALID_CUSTOMER_INFORMATION, f"{where} must be a string or a list of strings."
+            )
+        return
     if key in INTEGER_KEYS:
         if isinstance(value, bool) or not (
             isinstance(value, int) or (isinstance(value, str) and value.isdigit())
@@ -459,6 +468,16 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_amount(value: object) -> bool:
+    """A number, or a numeric string: Meta's own fbc example sends ``"value": "142.52"``."""
+    if isinstance(value, str):
+        try:
+            return math.isfinite(float(value))
+        except ValueError:
+            return False
+    return _is_number(value)
+
+
 def _check_custom_data(event: Mapping[str, Any]) -> None:
     custom_data = event.get("custom_data")
     if custom_data is None:
@@ -470,7 +489,7 @@ def _check_custom_data(event: Mapping[str, Any]) -> None:
     if not isinstance(custom_data, dict):
         raise Rejection(INVALID_CUSTOM_DATA, "custom_data must be an object.")
     purchase = event["event_name"] == "Purchase"
-    if ("value" in custom_data or purchase) and not _is_number(custom_data.get("value")):
+    if ("value" in custom_data or purchase) and not _is_amount(custom_data.get("value")):
         raise Rejection(INVALID_CUSTOM_DATA, "custom_data.value must be a number.")
     if "currency" in custom_data or purchase:
         currency = custom_data.get("currency")
@@ -482,8 +501,14 @@ def _check_custom_data(event: Mapping[str, Any]) -> None:
 
 
 def _check_other_fields(event: Mapping[str, Any]) -> None:
+    # Meta asks for the browser's http(s) address of website events [SEP]; other events may
+    # name their source in any string.
     for key in ("event_source_url", "referrer_url"):
-        if key in event and not (isinstance(event[key], str) and _URL.fullmatch(event[key])):
+        if key not in event:
+            continue
+        if not isinstance(event[key], str):
+            raise Rejection(INVALID_PARAMETER, f"{key} must be a string.")
+        if event["action_source"] == "website" and not _URL.fullmatch(event[key]):
             raise Rejection(INVALID_PARAMETER, f"{key} must be an absolute http(s) URL.")
     if "opt_out" in event and not isinstance(event["opt_out"], bool):
         raise Rejection(INVALID_PARAMETER, "opt_out must be a boolean.")
