@@ -27,13 +27,15 @@ def main() -> None:
     from tests.delivery_helpers import PIXEL
 
     answer = GraphResult(http_status=503, duration_ms=1)
-    chance = random.Random(os.getpid())  # noqa: S311
+    chance = random.Random(os.getpid())
     deadlocks = ops = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             if role == "keeper":
-                lease = outbox.claim(limit=chance.randint(50, 400), lease_seconds=1, using="default")
+                lease = outbox.claim(
+                    limit=chance.randint(50, 400), lease_seconds=1, using="default"
+                )
                 rows = lease.rows
                 for _ in range(3):
                     if chance.random() < 0.05:
