@@ -114,9 +114,10 @@ def drain_batch(
         for pixel_id, rows in groupby(lease.rows, key=lambda row: row.pixel_id):
             delivery = _PixelDelivery(lease, pixel_id, list(rows), client, notices)
             report += delivery.run(probe=pixel_id in gate.probing)
+    except BaseException:
+        _give_back(lease, conf.retry_base_seconds)
+        raise
     finally:
-        if lease.rows:
-            _give_back(lease, conf.retry_base_seconds)
         # Receivers and mail servers are slow or broken at times; they run once every row
         # of the lease is written, so they can never make a lease lapse, and they run even
         # when a write-back failed, so an alert decided on is never lost.
@@ -129,8 +130,8 @@ def drain_batch(
 
 
 def _give_back(lease: outbox.Lease, delay_seconds: float) -> None:
-    """Rows still leased after the drain of a lease ended were left by an error: give them
-    back now rather than when the lease lapses (where the database still answers)."""
+    """The drain of a lease stopped on an error: give back the rows it still holds now
+    rather than when the lease lapses (where the database still answers)."""
     try:
         left = outbox.abandon(lease, delay=timedelta(seconds=delay_seconds))
     except Exception:
@@ -158,17 +159,23 @@ class _PixelDelivery:
         self.renewed_at = time.monotonic()
 
     def run(self, *, probe: bool) -> DrainReport:
-        # A pixel whose setup was broken is probed with one event before the rest are risked.
         # Rows of an interrupted bisection go in their own groups, so it resumes where it was.
         fresh = [row for row in self.rows if row.bisect_group is None]
-        pending = [_Group(fresh[1:]), _Group(fresh[:1])] if probe else [_Group(fresh)]
-        resumed = sorted(
-            {row.bisect_group for row in self.rows if row.bisect_group is not None}, key=str
-        )
-        pending += [
+        keys = sorted({row.bisect_group for row in self.rows if row.bisect_group}, key=str)
+        groups = [_Group(fresh)] + [
             _Group([row for row in self.rows if row.bisect_group == key], suspect=True)
-            for key in resumed
+            for key in keys
         ]
+        groups = [group for group in groups if group.rows]
+        if probe and groups:
+            # A pixel whose setup was broken is probed with one event before the rest are
+            # risked.
+            head = groups[0]
+            groups[:1] = [
+                _Group(head.rows[:1], suspect=head.suspect),
+                _Group(head.rows[1:], suspect=head.suspect),
+            ]
+        pending = groups[::-1]  # popped from the end: first group first
         while pending:
             current = pending.pop()
             group = self._sendable(current.rows)

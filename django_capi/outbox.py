@@ -138,6 +138,7 @@ def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: GraphResul
         status=OutboxEvent.Status.DELIVERED,
         delivered_at=Now(),
         last_error="",
+        bisect_group=None,
         **_answer(result),
     )
 
@@ -157,6 +158,7 @@ def mark_failed(
         status=OutboxEvent.Status.FAILED,
         failure_reason=reason,
         last_error=error,
+        bisect_group=None,  # a replay starts afresh
         **answer,
     )
 
