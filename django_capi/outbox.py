@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from django.db import connections, router, transaction
 from django.db.models import F, QuerySet
@@ -30,11 +30,45 @@ from django.db.models.functions import Now
 from django.db.models.sql import Query
 from django.utils import timezone
 
-from .client import MAX_COUNT, GraphResult
 from .models import DeliveryAttempt, OutboxEvent
 from .text import storable
 
 PENDING = OutboxEvent.Status.PENDING
+#: The largest value a ``PositiveIntegerField`` holds on every supported database.
+MAX_COUNT = 2**31 - 1
+
+
+class AnswerError(Protocol):
+    """Meta's error, as a write-back stores it."""
+
+    @property
+    def code(self) -> int | None: ...
+    @property
+    def subcode(self) -> int | None: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+
+class Answer(Protocol):
+    """One request's answer, as a write-back stores it (``client.GraphResult`` is one):
+    locking knows no HTTP."""
+
+    @property
+    def http_status(self) -> int | None: ...
+    @property
+    def duration_ms(self) -> int: ...
+    @property
+    def events_received(self) -> int | None: ...
+    @property
+    def fbtrace_id(self) -> str: ...
+    @property
+    def messages(self) -> Sequence[str]: ...
+    @property
+    def error(self) -> AnswerError | None: ...
 
 
 @dataclass(frozen=True)
@@ -131,7 +165,7 @@ def keep(lease: Lease, rows: Sequence[OutboxEvent], lease_seconds: int) -> list[
     return [row for row in rows if row.pk in still]
 
 
-def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: GraphResult) -> list[int]:
+def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: Answer) -> list[int]:
     return _write(
         lease,
         rows,
@@ -149,7 +183,7 @@ def mark_failed(
     *,
     reason: OutboxEvent.FailureReason,
     error: str,
-    result: GraphResult | None = None,
+    result: Answer | None = None,
 ) -> list[int]:
     answer = _answer(result) if result is not None else {}
     return _write(
@@ -169,7 +203,7 @@ def retry_later(
     *,
     delay: timedelta,
     error: str,
-    result: GraphResult,
+    result: Answer,
     bisect_group: uuid.UUID | None = None,
 ) -> list[int]:
     """Back to ``pending`` after ``delay``; the attempt counts. Rows given a ``bisect_group``
@@ -190,7 +224,7 @@ def release(
     *,
     delay: timedelta,
     error: str,
-    result: GraphResult,
+    result: Answer,
 ) -> list[int]:
     """Back to ``pending`` after ``delay`` without spending an attempt: the events were not
     at fault (the pixel is rate limited or its token is broken)."""
@@ -236,7 +270,7 @@ def record_attempts(
     lease: Lease,
     rows: Sequence[OutboxEvent],
     *,
-    result: GraphResult,
+    result: Answer,
     outcome: DeliveryAttempt.Outcome,
     batch_size: int,
 ) -> None:
@@ -300,7 +334,7 @@ def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[in
     )
 
 
-def _answer(result: GraphResult) -> dict[str, Any]:
+def _answer(result: Answer) -> dict[str, Any]:
     error = result.error
     return {
         "last_attempt_at": Now(),
