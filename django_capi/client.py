@@ -159,14 +159,15 @@ class _FormBody(bytes):
     __str__ = __repr__
 
 
-def _read_capped(response: requests.Response) -> bytes | None:
-    """The answer's body, or None when it is longer than anything Meta sends."""
+def _read_capped(response: requests.Response) -> bytes:
+    """The answer's body; empty, as if there were none, when it is longer than anything Meta
+    sends (the rest is never read)."""
     chunks, size = [], 0
     for chunk in response.iter_content(64 * 1024):
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
-            return None
+            return b""
     return b"".join(chunks)
 
 

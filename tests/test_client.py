@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from django_capi.client import ErrorKind, GraphClient, classify, parse_response
 from django_capi.conf import capi_settings
-from django_capi.testing import GraphEmulator
+from django_capi.testing import GraphEmulator, HttpStatus
 from django_capi.text import is_storable
 
 
@@ -305,3 +305,17 @@ def test_any_answer_parses_into_a_storable_result(status, body, header_values):
         assert code is None or abs(code) <= 2**31 - 1
     if error.retry_after is not None:
         assert 0 <= error.retry_after <= 7 * 24 * 3600
+
+
+def test_an_answer_longer_than_meta_ever_sends_is_not_read_as_a_delivery():
+    huge = b'{"events_received": 1, "pad": "' + b"x" * (2 << 20) + b'"}'
+    with GraphEmulator(access_tokens=("secret-token",)) as emulator:
+        emulator.script(HttpStatus(200, huge), HttpStatus(200, b'{"events_received": 1}'))
+        conf = {"PIXEL_ID": "1", "ACCESS_TOKEN": "secret-token", "GRAPH_API_URL": emulator.url}
+        with override_settings(DJANGO_CAPI=conf):
+            client = GraphClient(capi_settings())
+        first = client.post_events("1", [{"event_name": "Lead"}])
+        second = client.post_events("1", [{"event_name": "Lead"}])
+        client.close()
+    assert first.error is not None and first.error.kind is ErrorKind.TRANSIENT
+    assert second.ok and second.events_received == 1
