@@ -161,7 +161,7 @@ class _PixelDelivery:
     def run(self, *, probe: bool) -> DrainReport:
         # Rows of an interrupted bisection go in their own groups, so it resumes where it was.
         fresh = [row for row in self.rows if row.bisect_group is None]
-        keys = sorted({row.bisect_group for row in self.rows if row.bisect_group}, key=str)
+        keys = dict.fromkeys(row.bisect_group for row in self.rows if row.bisect_group)
         groups = [_Group(fresh)] + [
             _Group([row for row in self.rows if row.bisect_group == key], suspect=True)
             for key in keys
