@@ -17,7 +17,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
@@ -96,9 +96,21 @@ class DeliveryAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
         "error_message",
         "fbtrace_id",
         "events_received",
+        "meta_messages",
         "duration_ms",
     )
     readonly_fields = fields
+
+    @admin.display(description=_("Meta's messages"))
+    def meta_messages(self, attempt: DeliveryAttempt) -> SafeString:
+        """Meta's warnings about the events it accepted [APE], each escaped."""
+        items = [message for message in attempt.messages or [] if isinstance(message, str)]
+        if not items:
+            return SafeString("")
+        return format_html(
+            '<ul style="margin:0;padding-left:1em">{}</ul>',
+            format_html_join("", "<li>{}</li>", ((message,) for message in items)),
+        )
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -1,21 +1,29 @@
 """The Graph API's Conversions endpoint over ``requests``: one POST, one classified answer.
 
 It knows nothing of models or the outbox. The access token travels in the form body, never
-in the URL, so it cannot leak through a log line, a proxy log or an exception message.
+in the URL, so it cannot leak through a log line, a proxy log or an exception message; it is
+never re-sent to where a redirect points, and no traceback local shows it.
+
+Every answer is read defensively: whatever a proxy, a portal or a broken Graph sends (any
+status, header or body) becomes a classified ``GraphResult`` whose values can be stored.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
+from django.views.decorators.debug import sensitive_variables
 
 from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, capi_settings
+from .text import storable
 
 #: Graph error codes for throttling (Meta's "recovery tactic": wait, then retry), and 368,
 #: "temporarily blocked for policy violations… wait and retry": a pause, not the events' fault.
@@ -30,6 +38,16 @@ INVALID_PARAMETER = 100
 UNSUPPORTED_POST_SUBCODE = 33
 #: "You are calling a deprecated version of the API": every request fails until upgraded.
 DEPRECATED_API_VERSION = 2635
+
+#: Meta's answers are a few hundred bytes; anything longer than this is not read.
+MAX_ANSWER_BYTES = 1 << 20
+#: Longest error message, title, type or warning kept from an answer.
+MAX_TEXT = 2000
+#: The largest ``events_received`` a database column holds (PostgreSQL ``integer``).
+MAX_COUNT = 2**31 - 1
+#: Longest wait a ``Retry-After`` header is believed for (the caller caps it again).
+MAX_RETRY_AFTER = 7 * 24 * 3600.0
+_SECONDS = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,6})?", re.ASCII)
 
 
 class ErrorKind(enum.StrEnum):
@@ -76,6 +94,8 @@ class GraphResult:
     events_received: int | None = None
     fbtrace_id: str = ""
     error: GraphFailure | None = None
+    #: Meta's ``messages``: warnings about the events it received [APE].
+    messages: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -98,59 +118,135 @@ class GraphClient:
     def close(self) -> None:
         self.session.close()
 
+    @sensitive_variables("body")
     def post_events(self, pixel_id: str, events: Sequence[Mapping[str, Any]]) -> GraphResult:
         """Send ``events`` in one request. Never raises for network or HTTP errors: they come
         back classified in ``GraphResult.error``."""
-        body = {
-            "data": json.dumps(list(events), separators=(",", ":")),
-            "access_token": self.conf.access_token or "",
-        }
+        fields = {"data": json.dumps(list(events), separators=(",", ":"))}
         if self.conf.test_event_code:
-            body["test_event_code"] = self.conf.test_event_code
+            fields["test_event_code"] = self.conf.test_event_code
+        body = _FormBody(
+            urlencode({**fields, "access_token": self.conf.access_token or ""}).encode()
+        )
         started = time.monotonic()
         try:
+            # Never follow a redirect: requests would post the body, token included, to
+            # whatever host the Location names.
             response = self.session.post(
                 self.conf.events_url(pixel_id),
                 data=body,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
                 timeout=(self.conf.connect_timeout, self.conf.read_timeout),
+                allow_redirects=False,
+                stream=True,
             )
+            with response:
+                answer = _read_capped(response)
         except requests.RequestException as exc:
             return GraphResult(
                 http_status=None,
                 duration_ms=_elapsed_ms(started),
                 error=GraphFailure(ErrorKind.TRANSIENT, _describe_network_error(exc)),
             )
-        return parse_response(response, _elapsed_ms(started))
+        return parse_response(response, _elapsed_ms(started), body=answer)
 
 
-def parse_response(response: requests.Response, duration_ms: int) -> GraphResult:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {}
-    error_body = body.get("error")
-    fbtrace_id = str(body.get("fbtrace_id") or (error_body or {}).get("fbtrace_id") or "")
-    received = body.get("events_received")
-    if 200 <= response.status_code < 300 and not error_body:
+class _FormBody(bytes):
+    """The encoded form, token included: ``requests`` and ``urllib3`` keep it in locals that
+    a debug page or an error tracker shows by ``repr``, so its ``repr`` hides it."""
+
+    def __repr__(self) -> str:
+        return "<form body with the access token, hidden>"
+
+    __str__ = __repr__
+
+
+def _read_capped(response: requests.Response) -> bytes:
+    """The answer's body; empty, as if there were none, when it is longer than anything Meta
+    sends (the rest is never read)."""
+    chunks, size = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return b""
+    return b"".join(chunks)
+
+
+def parse_response(
+    response: requests.Response, duration_ms: int, *, body: bytes | None = None
+) -> GraphResult:
+    """Classify an answer; ``body`` is its content when already read (else the response's).
+    Never raises, whatever the status, headers or body."""
+    status = response.status_code
+    content = response.content if body is None else body
+    answer = _json_object(content)
+    error_body = answer.get("error")
+    fbtrace_id = _text(answer.get("fbtrace_id")) or (
+        _text(error_body.get("fbtrace_id")) if isinstance(error_body, dict) else ""
+    )
+    fbtrace_id = fbtrace_id[:64]
+    if 300 <= status < 400:
+        # A GRAPH_API_URL that redirects (http:// to https://, a moved host) is a setup
+        # error: the body was not re-sent, and the Location (maybe with a query) is not shown.
+        failure = GraphFailure(
+            ErrorKind.SETUP,
+            f"a redirect (HTTP {status}) instead of an answer: redirects are never followed, "
+            f"so the access token stays here; set GRAPH_API_URL to the final address",
+        )
+        return GraphResult(status, duration_ms, None, fbtrace_id, failure)
+    received = answer.get("events_received")
+    if 200 <= status < 300 and not error_body:
         if isinstance(received, int) and not isinstance(received, bool):
             return GraphResult(
-                http_status=response.status_code,
+                http_status=status,
                 duration_ms=duration_ms,
-                events_received=received,
+                events_received=min(max(received, 0), MAX_COUNT),
                 fbtrace_id=fbtrace_id,
+                messages=_messages(answer.get("messages")),
             )
         # A captive portal, a proxy's page or a wrong GRAPH_API_URL: nothing says Meta has
         # the events, so they must not count as delivered.
         failure = GraphFailure(ErrorKind.TRANSIENT, "without events_received: not the Graph API")
-        return GraphResult(response.status_code, duration_ms, None, fbtrace_id, failure)
+        return GraphResult(status, duration_ms, None, fbtrace_id, failure)
     return GraphResult(
-        http_status=response.status_code,
+        http_status=status,
         duration_ms=duration_ms,
         fbtrace_id=fbtrace_id,
-        error=classify(response.status_code, error_body, response.headers),
+        error=classify(status, error_body, response.headers),
     )
+
+
+def _json_object(content: bytes | None) -> dict[str, Any]:
+    if not content:
+        return {}
+    try:
+        value = json.loads(content)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly nested
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: object, limit: int = MAX_TEXT) -> str:
+    """A string field of Meta's answer, storable and bounded; anything else counts as empty."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return storable(str(value))[:limit]
+
+
+def _messages(value: object) -> tuple[str, ...]:
+    """Meta's ``messages`` are strings [APE]; anything else in there is kept as its JSON."""
+    if not isinstance(value, list):
+        return ()
+    kept = []
+    for item in value[:100]:
+        if not isinstance(item, str):
+            try:
+                item = json.dumps(item, ensure_ascii=False, allow_nan=False)[:MAX_TEXT]
+            except (TypeError, ValueError, RecursionError):
+                continue
+        kept.append(storable(item)[:MAX_TEXT])
+    return tuple(kept)
 
 
 def classify(
@@ -184,7 +280,7 @@ def classify(
         # Any other code is about the request, not an event (a retired API version, say):
         # bisecting would fail every event of the backlog for nothing.
         kind = ErrorKind.SETUP
-    message = str(error_body.get("error_user_msg") or error_body.get("message") or "")
+    message = _text(error_body.get("error_user_msg")) or _text(error_body.get("message"))
     if code == DEPRECATED_API_VERSION:
         message += " (upgrade DJANGO_CAPI['API_VERSION'] to a version Meta serves)"
     return GraphFailure(
@@ -192,8 +288,8 @@ def classify(
         message=message,
         code=code,
         subcode=subcode,
-        type=str(error_body.get("type") or ""),
-        title=str(error_body.get("error_user_title") or ""),
+        type=_text(error_body.get("type"), 100),
+        title=_text(error_body.get("error_user_title"), 200),
         is_transient=is_transient if isinstance(is_transient, bool) else None,
         retry_after=_retry_after(headers or {}) if kind is ErrorKind.RATE_LIMIT else None,
     )
@@ -201,21 +297,24 @@ def classify(
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds until Meta restores access, from ``X-Business-Use-Case-Usage`` (minutes there)
-    or a plain ``Retry-After``."""
+    or a plain ``Retry-After`` (seconds; its HTTP-date form is not used by Graph). Headers
+    that say nothing sensible say nothing."""
     minutes: list[float] = []
     try:
         usage = json.loads(headers.get("X-Business-Use-Case-Usage") or "{}")
-        for entries in usage.values() if isinstance(usage, dict) else ():
-            for entry in entries if isinstance(entries, list) else ():
-                value = entry.get("estimated_time_to_regain_access")
-                if isinstance(value, int | float) and value > 0:
-                    minutes.append(float(value))
-    except (ValueError, AttributeError):
-        pass
-    if minutes:
-        return max(minutes) * 60
-    retry_after = headers.get("Retry-After", "")
-    return float(retry_after) if retry_after.isdigit() else None
+    except (ValueError, RecursionError):
+        usage = None
+    for entries in usage.values() if isinstance(usage, dict) else ():
+        for entry in entries if isinstance(entries, list) else ():
+            value = entry.get("estimated_time_to_regain_access") if isinstance(entry, dict) else 0
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                minutes.append(float(value))
+    seconds = max(minutes) * 60 if minutes else None
+    if seconds is None:
+        # ASCII digits only: "²".isdigit() is True, and float() refuses it.
+        retry_after = (headers.get("Retry-After") or "").strip()
+        seconds = float(retry_after) if _SECONDS.fullmatch(retry_after) else None
+    return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
 
 
 def _describe_network_error(exc: requests.RequestException) -> str:
@@ -226,7 +325,10 @@ def _describe_network_error(exc: requests.RequestException) -> str:
 
 
 def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer a database ``integer`` column holds, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_COUNT:
+        return value
+    return None
 
 
 def _elapsed_ms(started: float) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -31,6 +32,10 @@ Reason = OutboxEvent.FailureReason
 #: Events this close to Meta's age limit are not sent: one stale event makes Meta reject the
 #: whole request, and the request itself takes time.
 SEND_MARGIN = timedelta(minutes=1)
+#: A retry that would land past an event's age limit is moved forward to this long before it.
+LAST_RETRY_LEAD = timedelta(minutes=1)
+#: The shortest wait before a retry, so it never comes back within the same drain.
+MIN_RETRY_DELAY = timedelta(seconds=1)
 
 
 @dataclass
@@ -105,14 +110,35 @@ def drain_batch(
     )
     report = DrainReport(claimed=len(lease.rows))
     notices: list[Callable[[], None]] = []
-    for pixel_id, rows in groupby(lease.rows, key=lambda row: row.pixel_id):
-        delivery = _PixelDelivery(lease, pixel_id, list(rows), client, notices)
-        report += delivery.run(probe=pixel_id in gate.probing)
-    # Receivers and mail servers are slow or broken at times; they run once every row of
-    # the lease is written, so they can never make a lease lapse.
-    for notice in notices:
-        notice()
+    try:
+        for pixel_id, rows in groupby(lease.rows, key=lambda row: row.pixel_id):
+            delivery = _PixelDelivery(lease, pixel_id, list(rows), client, notices)
+            report += delivery.run(probe=pixel_id in gate.probing)
+    except BaseException:
+        _give_back(lease, conf.retry_base_seconds)
+        raise
+    finally:
+        # Receivers and mail servers are slow or broken at times; they run once every row
+        # of the lease is written, so they can never make a lease lapse, and they run even
+        # when a write-back failed, so an alert decided on is never lost.
+        for notice in notices:
+            try:
+                notice()
+            except Exception:
+                logger.exception("django-capi: a delivery notice failed")
     return report
+
+
+def _give_back(lease: outbox.Lease, delay_seconds: float) -> None:
+    """The drain of a lease stopped on an error: give back the rows it still holds now
+    rather than when the lease lapses (where the database still answers)."""
+    try:
+        left = outbox.abandon(lease, delay=timedelta(seconds=delay_seconds))
+    except Exception:
+        logger.exception("django-capi: could not give back the rows of a failed drain")
+        return
+    if left:
+        logger.error("django-capi: a drain stopped on an error; %d row(s) given back", left)
 
 
 class _PixelDelivery:
@@ -130,12 +156,29 @@ class _PixelDelivery:
         self.conf = client.conf
         self.notices = notices
         self.report = DrainReport()
+        self.renewed_at = time.monotonic()
 
     def run(self, *, probe: bool) -> DrainReport:
-        # A pixel whose setup was broken is probed with one event before the rest are risked.
-        pending = [self.rows[1:], self.rows[:1]] if probe else [self.rows]
+        # Rows of an interrupted bisection go in their own groups, so it resumes where it was.
+        fresh = [row for row in self.rows if row.bisect_group is None]
+        keys = dict.fromkeys(row.bisect_group for row in self.rows if row.bisect_group)
+        groups = [_Group(fresh)] + [
+            _Group([row for row in self.rows if row.bisect_group == key], suspect=True)
+            for key in keys
+        ]
+        groups = [group for group in groups if group.rows]
+        if probe and groups:
+            # A pixel whose setup was broken is probed with one event before the rest are
+            # risked.
+            head = groups[0]
+            groups[:1] = [
+                _Group(head.rows[:1], suspect=head.suspect),
+                _Group(head.rows[1:], suspect=head.suspect),
+            ]
+        pending = groups[::-1]  # popped from the end: first group first
         while pending:
-            group = self._sendable(pending.pop())
+            current = pending.pop()
+            group = self._sendable(current.rows)
             if not group:
                 continue
             result = self.client.post_events(self.pixel_id, [row.payload for row in group])
@@ -148,15 +191,15 @@ class _PixelDelivery:
                 # k bad events among n cost O(k log n) extra requests.
                 self._log(group, result, Outcome.BISECTED)
                 half = len(group) // 2
-                pending += [group[half:], group[:half]]
+                pending += [_Group(group[half:], suspect=True), _Group(group[:half], suspect=True)]
             elif failure.kind is ErrorKind.INVALID:
                 self._log(group, result, Outcome.REJECTED)
                 self._fail(group, Reason.REJECTED, failure.describe(result.http_status), result)
             elif failure.kind is ErrorKind.TRANSIENT:
-                self._retry_or_give_up(group, result, failure)
+                self._retry_or_give_up(group, result, failure, suspect=current.suspect)
             else:
                 # Rate limits and a broken setup stop this pixel, for every group still here.
-                waiting = group + [row for rest in pending for row in rest]
+                waiting = group + [row for rest in pending for row in rest.rows]
                 pending = []
                 if failure.kind is ErrorKind.RATE_LIMIT:
                     self._pause(waiting, result, failure)
@@ -166,14 +209,42 @@ class _PixelDelivery:
 
     def _sendable(self, group: list[OutboxEvent]) -> list[OutboxEvent]:
         """The rows of ``group`` still ours, with a fresh lease, and young enough for Meta."""
-        group = outbox.keep(self.lease, group, self.conf.lease_seconds)
+        if not group:
+            return []
+        exhausted = [row for row in group if row.attempts > self.conf.max_attempts]
+        if exhausted:
+            # Claimed past the limit: earlier drains of these rows never finished (a killed
+            # worker, an error in a write-back). Stop before they break another one.
+            self._fail(
+                exhausted,
+                Reason.EXHAUSTED,
+                f"claimed {self.conf.max_attempts} times without an answer written back",
+            )
+            group = [row for row in group if row.attempts <= self.conf.max_attempts]
+        group = self._renew(group)
         now = self.lease.now()
         stale = [row for row in group if row.event_time < now - self._age_limit(row)]
         if stale:
             # Never sent: one stale event would make Meta reject every event beside it.
             self._fail(stale, Reason.EXPIRED, "event_time is too old for Meta by now; not sent")
         gone = {row.pk for row in stale}
-        return [row for row in group if row.pk not in gone]
+        group = [row for row in group if row.pk not in gone]
+        if group and not self._lease_holds():
+            # Stalled since the renewal (a pause, a swapped-out process): the lease may have
+            # lapsed and another worker taken the rows. Renew again rather than send twice.
+            group = self._renew(group)
+        return group
+
+    def _renew(self, group: list[OutboxEvent]) -> list[OutboxEvent]:
+        self.renewed_at = time.monotonic()
+        return outbox.keep(self.lease, group, self.conf.lease_seconds)
+
+    def _lease_holds(self) -> bool:
+        """Whether the last renewal leaves time for a whole request. The renewal began at
+        ``renewed_at``, so the lease runs at least ``lease_seconds`` from then."""
+        request_time = self.conf.connect_timeout + self.conf.read_timeout
+        left = self.conf.lease_seconds - (time.monotonic() - self.renewed_at)
+        return left > request_time
 
     @staticmethod
     def _age_limit(row: OutboxEvent) -> timedelta:
@@ -215,33 +286,62 @@ class _PixelDelivery:
         )
 
     def _retry_or_give_up(
-        self, group: list[OutboxEvent], result: GraphResult, failure: GraphFailure
+        self,
+        group: list[OutboxEvent],
+        result: GraphResult,
+        failure: GraphFailure,
+        *,
+        suspect: bool,
     ) -> None:
+        """A transient failure: the claim counted the attempt. A group cut from a refused
+        batch keeps together (``bisect_group``) so the next drain resumes the bisection
+        instead of sending its rows beside the bad event again."""
         error = failure.describe(result.http_status)
         delay = backoff_delay(
             max(row.attempts for row in group),
             base=self.conf.retry_base_seconds,
             cap=self.conf.retry_max_seconds,
         )
-        next_try = self.lease.now() + delay
-        exhausted, expiring, retry = [], [], []
+        now = self.lease.now()
+        exhausted, expiring, last_chance, retry = [], [], [], []
         for row in group:
+            deadline = row.event_time + self._age_limit(row)
             if row.attempts >= self.conf.max_attempts:
                 exhausted.append(row)
-            elif row.event_time + self._age_limit(row) <= next_try:
-                expiring.append(row)
-            else:
+            elif deadline > now + delay:
                 retry.append(row)
+            elif deadline - now >= MIN_RETRY_DELAY:
+                last_chance.append(row)
+            else:
+                expiring.append(row)
         if exhausted:
             self._log(exhausted, result, Outcome.FAILED)
             self._fail(exhausted, Reason.EXHAUSTED, error, result)
         if expiring:
             self._log(expiring, result, Outcome.FAILED)
             self._fail(expiring, Reason.EXPIRED, f"{error} (too old to retry)", result)
+        key = uuid.uuid4() if suspect else None
+        if last_chance:
+            # The backoff would land past Meta's age limit: one last try inside it.
+            deadline = min(row.event_time + self._age_limit(row) for row in last_chance)
+            delay_left = max(MIN_RETRY_DELAY, deadline - now - LAST_RETRY_LEAD)
+            self._retry(last_chance, result, delay_left, error, key)
         if retry:
-            self._log(retry, result, Outcome.RETRY)
-            written = outbox.retry_later(self.lease, retry, delay=delay, error=error, result=result)
-            self.report.retrying += len(written)
+            self._retry(retry, result, delay, error, key)
+
+    def _retry(
+        self,
+        group: list[OutboxEvent],
+        result: GraphResult,
+        delay: timedelta,
+        error: str,
+        bisect_group: uuid.UUID | None,
+    ) -> None:
+        self._log(group, result, Outcome.RETRY)
+        written = outbox.retry_later(
+            self.lease, group, delay=delay, error=error, result=result, bisect_group=bisect_group
+        )
+        self.report.retrying += len(written)
 
     def _pause(self, group: list[OutboxEvent], result: GraphResult, failure: GraphFailure) -> None:
         error = failure.describe(result.http_status)
@@ -263,11 +363,8 @@ class _PixelDelivery:
     ) -> None:
         error = failure.describe(result.http_status)
         probe = self.conf.token_probe_seconds
-        self._log(group, result, Outcome.TOKEN_INVALID)
-        written = outbox.release(
-            self.lease, group, delay=timedelta(seconds=probe), error=error, result=result
-        )
-        self.report.postponed += len(written)
+        # The circuit first: the one worker that opens it owes the alert, whatever fails
+        # after (the notice runs even when a write-back below raises).
         opened = pixels.open_circuit(
             self.lease.using,
             self.pixel_id,
@@ -277,6 +374,11 @@ class _PixelDelivery:
         )
         if opened:
             self.notices.append(lambda: _alert_setup_broken(self.pixel_id, error))
+        self._log(group, result, Outcome.TOKEN_INVALID)
+        written = outbox.release(
+            self.lease, group, delay=timedelta(seconds=probe), error=error, result=result
+        )
+        self.report.postponed += len(written)
 
     def _log(self, group: list[OutboxEvent], result: GraphResult, outcome: Outcome) -> None:
         outbox.record_attempts(
@@ -304,6 +406,14 @@ class _PixelDelivery:
             row.status = status
         if events:
             self.notices.append(lambda: signals.send_safely(signal, events=events, **kwargs))
+
+
+@dataclass
+class _Group:
+    """Rows to send in one request; ``suspect`` when cut from a batch Meta refused."""
+
+    rows: list[OutboxEvent]
+    suspect: bool = False
 
 
 def _alert_setup_broken(pixel_id: str, error: str) -> None:

@@ -9,6 +9,10 @@ cannot overwrite the result of the worker that took the rows over.
 A row is leased while ``leased_until`` is set. ``lease_token`` stays on the row after a
 write-back as the stamp of its last owner, which is how a write-back learns exactly which
 rows it wrote.
+
+Deadlocks: every multi-row UPDATE that may wait for another locks its rows in primary-key
+order first (``_update``), and the per-pixel sweeps (postpone, resume) skip rows another
+worker holds instead of waiting for them; two workers can then never wait for each other.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from django.db import connections, router, transaction
 from django.db.models import F, QuerySet
@@ -26,10 +30,45 @@ from django.db.models.functions import Now
 from django.db.models.sql import Query
 from django.utils import timezone
 
-from .client import GraphResult
 from .models import DeliveryAttempt, OutboxEvent
+from .text import storable
 
 PENDING = OutboxEvent.Status.PENDING
+#: The largest value a ``PositiveIntegerField`` holds on every supported database.
+MAX_COUNT = 2**31 - 1
+
+
+class AnswerError(Protocol):
+    """Meta's error, as a write-back stores it."""
+
+    @property
+    def code(self) -> int | None: ...
+    @property
+    def subcode(self) -> int | None: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+
+class Answer(Protocol):
+    """One request's answer, as a write-back stores it (``client.GraphResult`` is one):
+    locking knows no HTTP."""
+
+    @property
+    def http_status(self) -> int | None: ...
+    @property
+    def duration_ms(self) -> int: ...
+    @property
+    def events_received(self) -> int | None: ...
+    @property
+    def fbtrace_id(self) -> str: ...
+    @property
+    def messages(self) -> Sequence[str]: ...
+    @property
+    def error(self) -> AnswerError | None: ...
 
 
 @dataclass(frozen=True)
@@ -120,20 +159,20 @@ def keep(lease: Lease, rows: Sequence[OutboxEvent], lease_seconds: int) -> list[
     """Extend the lease of ``rows`` and return those still owned: rows taken over by another
     worker after this lease lapsed must not be sent again."""
     lease_end = Now() + timedelta(seconds=lease_seconds)
-    owned = _owned(lease, rows)
-    if owned.update(leased_until=lease_end, next_attempt_at=lease_end) == len(rows):
+    if _update(_owned(lease, rows), leased_until=lease_end, next_attempt_at=lease_end) == len(rows):
         return list(rows)
     still = set(_owned(lease, rows).values_list("pk", flat=True))
     return [row for row in rows if row.pk in still]
 
 
-def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: GraphResult) -> list[int]:
+def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: Answer) -> list[int]:
     return _write(
         lease,
         rows,
         status=OutboxEvent.Status.DELIVERED,
         delivered_at=Now(),
         last_error="",
+        bisect_group=None,
         **_answer(result),
     )
 
@@ -144,7 +183,7 @@ def mark_failed(
     *,
     reason: OutboxEvent.FailureReason,
     error: str,
-    result: GraphResult | None = None,
+    result: Answer | None = None,
 ) -> list[int]:
     answer = _answer(result) if result is not None else {}
     return _write(
@@ -153,6 +192,7 @@ def mark_failed(
         status=OutboxEvent.Status.FAILED,
         failure_reason=reason,
         last_error=error,
+        bisect_group=None,  # a replay starts afresh
         **answer,
     )
 
@@ -163,10 +203,19 @@ def retry_later(
     *,
     delay: timedelta,
     error: str,
-    result: GraphResult,
+    result: Answer,
+    bisect_group: uuid.UUID | None = None,
 ) -> list[int]:
-    """Back to ``pending`` after ``delay``; the attempt counts."""
-    return _write(lease, rows, next_attempt_at=Now() + delay, last_error=error, **_answer(result))
+    """Back to ``pending`` after ``delay``; the attempt counts. Rows given a ``bisect_group``
+    are sent together, apart from other rows, next time (see ``OutboxEvent.bisect_group``)."""
+    return _write(
+        lease,
+        rows,
+        next_attempt_at=Now() + delay,
+        last_error=error,
+        bisect_group=bisect_group,
+        **_answer(result),
+    )
 
 
 def release(
@@ -175,7 +224,7 @@ def release(
     *,
     delay: timedelta,
     error: str,
-    result: GraphResult,
+    result: Answer,
 ) -> list[int]:
     """Back to ``pending`` after ``delay`` without spending an attempt: the events were not
     at fault (the pixel is rate limited or its token is broken)."""
@@ -190,29 +239,38 @@ def release(
 
 
 def postpone_pixel(using: str, pixel_id: str, delay: timedelta) -> int:
-    """Move a paused pixel's waiting rows past the pause, so claims stop scanning them."""
+    """Move a paused pixel's waiting rows past the pause, so claims stop scanning them. Rows
+    another worker is writing are skipped: claims leave a paused pixel alone anyway."""
     until = Now() + delay
-    return (
-        OutboxEvent.objects.using(using)
-        .filter(pixel_id=pixel_id, status=PENDING, leased_until=None, next_attempt_at__lt=until)
-        .update(next_attempt_at=until)
+    waiting = OutboxEvent.objects.using(using).filter(
+        pixel_id=pixel_id, status=PENDING, leased_until=None, next_attempt_at__lt=until
     )
+    return _update(waiting, skip_locked=True, next_attempt_at=until)
 
 
 def resume_pixel(using: str, pixel_id: str) -> int:
     """Make a pixel's waiting rows due now (its token was replaced); rows in flight stay."""
-    return (
-        OutboxEvent.objects.using(using)
-        .filter(pixel_id=pixel_id, status=PENDING, leased_until=None, next_attempt_at__gt=Now())
-        .update(next_attempt_at=Now())
+    waiting = OutboxEvent.objects.using(using).filter(
+        pixel_id=pixel_id, status=PENDING, leased_until=None, next_attempt_at__gt=Now()
     )
+    return _update(waiting, skip_locked=True, next_attempt_at=Now())
+
+
+def abandon(lease: Lease, *, delay: timedelta) -> int:
+    """Give back every row this lease still holds, due after ``delay``: the drain stopped on
+    an error, and its rows must not wait out the lease. The attempt counts, so an event that
+    breaks the worker each time is failed as exhausted after ``MAX_ATTEMPTS``."""
+    held = OutboxEvent.objects.using(lease.using).filter(
+        lease_token=lease.token, leased_until__isnull=False, status=PENDING
+    )
+    return _update(held, leased_until=None, next_attempt_at=Now() + delay)
 
 
 def record_attempts(
     lease: Lease,
     rows: Sequence[OutboxEvent],
     *,
-    result: GraphResult,
+    result: Answer,
     outcome: DeliveryAttempt.Outcome,
     batch_size: int,
 ) -> None:
@@ -225,12 +283,13 @@ def record_attempts(
             http_status=result.http_status,
             error_code=error.code if error else None,
             error_subcode=error.subcode if error else None,
-            error_type=error.type[:100] if error else "",
-            error_title=error.title[:200] if error else "",
-            error_message=error.message if error else "",
-            fbtrace_id=result.fbtrace_id[:64],
-            events_received=result.events_received,
-            duration_ms=result.duration_ms,
+            error_type=storable(error.type)[:100] if error else "",
+            error_title=storable(error.title)[:200] if error else "",
+            error_message=storable(error.message) if error else "",
+            fbtrace_id=storable(result.fbtrace_id)[:64],
+            events_received=_count(result.events_received),
+            duration_ms=min(max(result.duration_ms, 0), MAX_COUNT),
+            messages=[storable(message) for message in result.messages],
         )
         for row in rows
     )
@@ -245,10 +304,26 @@ def _owned(lease: Lease, rows: Sequence[OutboxEvent]) -> QuerySet[OutboxEvent]:
     )
 
 
+def _update(rows: QuerySet[OutboxEvent], *, skip_locked: bool = False, **changes: Any) -> int:
+    """``rows.update(**changes)``, with the rows locked in primary-key order first where the
+    database locks rows (an UPDATE alone locks them in whatever order its plan visits them,
+    and two such orders deadlock). ``skip_locked`` leaves out rows another worker holds."""
+    features = connections[rows.db].features
+    if not features.has_select_for_update:
+        return rows.update(**changes)  # SQLite: one writer at a time, no row locks
+    skip_locked = skip_locked and features.has_select_for_update_skip_locked
+    with transaction.atomic(using=rows.db):
+        locked = rows.order_by("pk").select_for_update(skip_locked=skip_locked)
+        ids = list(locked.values_list("pk", flat=True))
+        if not ids:
+            return 0
+        return OutboxEvent.objects.using(rows.db).filter(pk__in=ids).update(**changes)
+
+
 def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[int]:
     """Apply ``changes`` to the rows this lease still owns; return the ids it wrote."""
     ids = [row.pk for row in rows]
-    written = _owned(lease, rows).update(leased_until=None, **changes)
+    written = _update(_owned(lease, rows), leased_until=None, **changes)
     if written == len(ids):
         return ids
     # Some rows were taken over; ours are those still stamped with this lease, now unleased.
@@ -259,15 +334,20 @@ def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[in
     )
 
 
-def _answer(result: GraphResult) -> dict[str, Any]:
+def _answer(result: Answer) -> dict[str, Any]:
     error = result.error
     return {
         "last_attempt_at": Now(),
         "last_http_status": result.http_status,
         "last_error_code": error.code if error else None,
         "last_error_subcode": error.subcode if error else None,
-        "last_error_type": error.type[:100] if error else "",
-        "last_events_received": result.events_received,
-        "last_duration_ms": result.duration_ms,
-        "fbtrace_id": result.fbtrace_id[:64],
+        "last_error_type": storable(error.type)[:100] if error else "",
+        "last_events_received": _count(result.events_received),
+        "last_duration_ms": _count(result.duration_ms),
+        "fbtrace_id": storable(result.fbtrace_id)[:64],
     }
+
+
+def _count(value: int | None) -> int | None:
+    """A count clamped into a ``PositiveIntegerField`` on every database."""
+    return None if value is None else min(max(value, 0), MAX_COUNT)

@@ -8,15 +8,19 @@ So the pixel's circuit opens: no sends, one alert, a one-event probe every
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils.crypto import salted_hmac
 
 from . import outbox
 from .models import PixelState
+
+logger = logging.getLogger(__name__)
 
 #: Longest rate-limit pause, whatever a usage header says: a bad header must not stall
 #: delivery for days.
@@ -70,7 +74,7 @@ def pause(using: str, pixel_id: str, seconds: float | None, error: str) -> float
         rate_limit_streak=F("rate_limit_streak") + 1,
         last_error=error,
     )
-    outbox.postpone_pixel(using, pixel_id, delay)
+    _postpone(using, pixel_id, delay)
     return seconds
 
 
@@ -82,14 +86,25 @@ def open_circuit(
     delay = timedelta(seconds=probe_seconds)
     state, _ = PixelState.objects.using(using).get_or_create(pixel_id=pixel_id)
     this = PixelState.objects.using(using).filter(pk=state.pk)
-    opened = bool(this.filter(circuit_opened_at=None).update(circuit_opened_at=Now()))
-    this.update(
-        next_probe_at=Now() + delay,
-        token_fingerprint=token_fingerprint(token),
-        last_error=error,
-    )
-    outbox.postpone_pixel(using, pixel_id, delay)
+    # Opened and its probe time set together: an opened circuit always has its probe.
+    with transaction.atomic(using=using):
+        opened = bool(this.filter(circuit_opened_at=None).update(circuit_opened_at=Now()))
+        this.update(
+            next_probe_at=Now() + delay,
+            token_fingerprint=token_fingerprint(token),
+            last_error=error,
+        )
+    _postpone(using, pixel_id, delay)
     return opened
+
+
+def _postpone(using: str, pixel_id: str, delay: timedelta) -> None:
+    """Postponing the waiting rows only spares claims from scanning them (the gate blocks the
+    pixel anyway), so a failure here must not undo the pause or the circuit decided above."""
+    try:
+        outbox.postpone_pixel(using, pixel_id, delay)
+    except DatabaseError:
+        logger.exception("django-capi: could not postpone the waiting rows of pixel %s", pixel_id)
 
 
 def record_success(using: str, pixel_id: str) -> bool:

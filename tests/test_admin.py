@@ -87,6 +87,23 @@ def test_the_detail_shows_the_payload_and_attempts_and_cannot_edit(viewer):
     assert OutboxEvent.objects.get().event_name == "Lead"
 
 
+def test_the_attempt_history_shows_metas_messages_escaped(viewer):
+    row = make_rows(1)[0]
+    DeliveryAttempt.objects.create(
+        event=row,
+        outcome="delivered",
+        batch_size=1,
+        http_status=200,
+        events_received=1,
+        messages=["fbc was <b>modified</b>", "low match quality"],
+        duration_ms=12,
+    )
+    url = reverse("admin:django_capi_outboxevent_change", args=[row.pk])
+    html = viewer.get(url).content.decode()
+    assert "<li>fbc was &lt;b&gt;modified&lt;/b&gt;</li><li>low match quality</li>" in html
+    assert "<b>modified</b>" not in html
+
+
 def test_actions_need_the_replay_permission(client):
     make_rows(1)
     client.force_login(staff("view_outboxevent"))

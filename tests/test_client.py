@@ -111,7 +111,7 @@ def test_the_token_travels_in_the_body_never_the_url():
     assert result.error is not None and result.error.subcode == 2804003
     (response,) = client.sent
     assert response.request.url == f"{url}/v26.0/1/events"
-    assert "access_token=secret-token" in response.request.body
+    assert b"access_token=secret-token" in response.request.body
     assert response.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
 
 

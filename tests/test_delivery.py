@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import random
+import time
 from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import DatabaseError
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from django_capi import signals
+from django_capi import delivery, outbox, signals
+from django_capi.client import ErrorKind, GraphClient, GraphFailure, GraphResult
 from django_capi.delivery import drain
 from django_capi.models import DeliveryAttempt, OutboxEvent, PixelState
 from django_capi.testing import (
@@ -390,3 +396,211 @@ def test_a_deprecated_api_version_opens_the_circuit_saying_to_upgrade(capi_graph
     assert state.circuit_opened_at is not None
     assert "upgrade DJANGO_CAPI['API_VERSION']" in state.last_error
     assert all(row.attempts == 0 for row in OutboxEvent.objects.all())
+
+
+# --- hardening (issue 8) and signal fidelity (issue 9) ------------------------------------
+
+
+class FlakyClient(GraphClient):
+    """Answers a seeded share of requests with a 503 itself; the rest reach the emulator."""
+
+    def __init__(self, share: float, seed: int) -> None:
+        super().__init__()
+        self.share, self.chance = share, random.Random(seed)
+
+    def post_events(self, pixel_id, events):
+        if self.chance.random() < self.share:
+            failure = GraphFailure(ErrorKind.TRANSIENT, "Service Unavailable")
+            return GraphResult(http_status=503, duration_ms=1, error=failure)
+        return super().post_events(pixel_id, events)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_one_bad_event_never_sinks_a_batch_under_transient_faults(capi_graph, seed):
+    rows = make_rows(1000)
+    bad = {rows[n].pk for n in random.Random(seed).sample(range(1000), 5)}
+    for row in OutboxEvent.objects.filter(pk__in=bad):
+        row.payload["user_data"] = {"em": "not-hashed@example.com"}
+        row.save()
+    client = FlakyClient(0.35, seed)
+    for _ in range(200):
+        drain(client=client)
+        if not OutboxEvent.objects.filter(status=Status.PENDING).exists():
+            break
+        make_due()
+    client.close()
+    failed = OutboxEvent.objects.filter(status=Status.FAILED)
+    assert set(failed.values_list("pk", flat=True)) == bad
+    assert {row.failure_reason for row in failed} == {Reason.REJECTED}
+    assert statuses() == {"delivered": 995, "failed": 5}
+    # The innocent events paid for the network's failures, not for their bad neighbours.
+    delivered = OutboxEvent.objects.filter(status=Status.DELIVERED)
+    assert max(delivered.values_list("attempts", flat=True)) < 15
+
+
+def test_a_retry_past_metas_age_window_is_moved_inside_it(capi_graph, monkeypatch):
+    monkeypatch.setattr(delivery, "backoff_delay", lambda *args, **kwargs: timedelta(hours=6))
+    (row,) = make_rows(1, age=timedelta(days=7) - timedelta(hours=2))
+    capi_graph.script(HttpStatus(503))
+    drain()
+    row.refresh_from_db()
+    assert (row.status, row.failure_reason) == ("pending", "")
+    limit = row.event_time + timedelta(days=7) - delivery.SEND_MARGIN
+    assert timezone.now() + timedelta(minutes=50) < row.next_attempt_at < limit
+    row.next_attempt_at = timezone.now()
+    row.save()
+    assert drain().delivered == 1
+
+
+def test_metas_messages_are_kept_on_the_attempt(capi_graph):
+    make_rows(2)
+    messages = ["The parameter <fbc> was modified", "Event 'ev-1' has a low match quality"]
+    answer = {"events_received": 2, "messages": messages, "fbtrace_id": "trace"}
+    capi_graph.script(HttpStatus(200, answer))
+    assert drain().delivered == 2
+    attempts = DeliveryAttempt.objects.all()
+    assert [attempt.messages for attempt in attempts] == [messages, messages]
+
+
+HOSTILE_ANSWERS = {
+    "retry-after-superscript": HttpStatus(
+        429, {"error": {"code": 4, "message": "slow down"}}, {"Retry-After": "²"}
+    ),
+    "retry-after-huge": HttpStatus(429, b"", {"Retry-After": "9" * 400}),
+    "received-negative": HttpStatus(200, {"events_received": -1, "fbtrace_id": "t"}),
+    "received-huge": HttpStatus(200, {"events_received": 2**40, "fbtrace_id": "t"}),
+    "nul-and-surrogate": HttpStatus(
+        400,
+        {
+            "error": {
+                "code": 100,
+                "message": "bad\x00value \ud800",
+                "type": "OAuth\x00Exception",
+                "error_user_title": "t\udfff",
+                "fbtrace_id": "A\x00B",
+            }
+        },
+    ),
+    "odd-types": HttpStatus(
+        400,
+        {
+            "error": {
+                "code": "100",
+                "error_subcode": 2**40,
+                "message": ["a", {"b": 1}],
+                "type": {"x": 1},
+                "is_transient": "yes",
+                "fbtrace_id": 12,
+            },
+            "fbtrace_id": {"nested": True},
+        },
+    ),
+    "non-dict-json": HttpStatus(200, b"[1, 2, 3]"),
+    "json-null-error": HttpStatus(500, {"error": None, "events_received": "2"}),
+    "deeply-nested": HttpStatus(200, b"[" * 100_000 + b"]" * 100_000),
+    "huge-body": HttpStatus(200, b'{"events_received": 2, "x": "' + b"x" * 3_000_000 + b'"}'),
+    "not-utf8": HttpStatus(400, b"\xff\xfe{\x00"),
+    "redirect": HttpStatus(307, b"", {"Location": "http://127.0.0.1:9/?access_token=leak"}),
+}
+
+
+@pytest.mark.parametrize("answer", HOSTILE_ANSWERS.values(), ids=HOSTILE_ANSWERS.keys())
+def test_a_worker_survives_any_answer_and_leaves_no_row_leased(capi_graph, answer):
+    make_rows(2)
+    capi_graph.script(answer)
+    drain()
+    for row in OutboxEvent.objects.all():
+        assert row.leased_until is None
+        assert row.attempts <= 1
+        assert row.status in ("pending", "delivered", "failed")
+    assert DeliveryAttempt.objects.count() >= 2  # the answer was recorded, cleaned
+    PixelState.objects.all().delete()
+    make_due()
+    drain()
+    assert OutboxEvent.objects.filter(status=Status.PENDING).count() == 0
+
+
+def test_a_failing_write_back_gives_the_rows_back_at_once(capi_graph, monkeypatch):
+    make_rows(3)
+
+    def broken(*args, **kwargs):
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(outbox, "mark_delivered", broken)
+    with pytest.raises(DatabaseError):
+        drain()
+    for row in OutboxEvent.objects.all():
+        assert (row.status, row.leased_until, row.attempts) == ("pending", None, 1)
+    monkeypatch.undo()
+    make_due()
+    assert drain().delivered == 3
+
+
+def test_rows_claimed_past_max_attempts_are_failed_not_sent_again(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "MAX_ATTEMPTS": 3}
+    make_rows(2)
+    OutboxEvent.objects.update(attempts=3)  # three drains died before writing an answer
+    drain()
+    assert capi_graph.requests == []
+    for row in OutboxEvent.objects.all():
+        assert (row.status, row.failure_reason, row.attempts) == ("failed", "exhausted", 4)
+
+
+@pytest.mark.parametrize("broken", ["release", "postpone_pixel", "record_attempts"])
+def test_the_setup_alert_goes_out_once_whatever_fails_while_the_circuit_opens(
+    capi_graph, monkeypatch, broken
+):
+    alerts = []
+    signals.token_invalid.connect(lambda **kwargs: alerts.append(kwargs), weak=False)
+
+    def fails(*args, **kwargs):
+        raise DatabaseError("deadlock detected")
+
+    try:
+        make_rows(3)
+        capi_graph.fail_always(GraphError(code=190, subcode=463))
+        monkeypatch.setattr(outbox, broken, fails)
+        with contextlib.suppress(DatabaseError):  # a write-back failed: the drain says so
+            drain()
+        assert len(alerts) == 1
+        assert len(mail.outbox) == 1
+        monkeypatch.undo()
+        make_due()
+        drain()
+        assert len(alerts) == 1
+        assert len(mail.outbox) == 1
+        assert PixelState.objects.get().circuit_opened_at is not None
+        assert OutboxEvent.objects.filter(leased_until__isnull=False).count() == 0
+    finally:
+        signals.token_invalid.receivers.clear()
+
+
+def test_a_worker_stalled_past_its_lease_before_posting_does_not_send_again(
+    capi_graph, settings, monkeypatch
+):
+    settings.DJANGO_CAPI = {
+        **settings.DJANGO_CAPI,
+        "LEASE_SECONDS": 1,
+        "CONNECT_TIMEOUT": 0.1,
+        "READ_TIMEOUT": 0.3,
+    }
+    make_rows(20)
+    keep = outbox.keep
+    stalled = []
+
+    def keep_then_stall(lease, rows, lease_seconds):
+        kept = keep(lease, rows, lease_seconds)
+        if not stalled:
+            stalled.append(lease)
+            # The process stops right after renewing (a pause, swapped out) until the lease
+            # has lapsed; meanwhile another worker takes the rows over and sends them.
+            while OutboxEvent.objects.filter(leased_until__gt=Now()).exists():
+                time.sleep(0.05)
+            assert drain().delivered == 20
+        return kept
+
+    monkeypatch.setattr(outbox, "keep", keep_then_stall)
+    drain()
+    assert len(capi_graph.event_ids()) == 20
+    assert capi_graph.duplicates == []
+    assert statuses() == {"delivered": 20}

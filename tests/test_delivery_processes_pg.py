@@ -125,3 +125,17 @@ def test_a_celery_worker_on_redis_delivers_rows_of_a_committed_transaction(
     assert "django_capi.drain_outbox" in celery_worker.read_text()  # the worker did it
     assert len(capi_graph.event_ids()) == 3
     assert len(capi_graph.requests) == 1  # one wake-up for the transaction, one batch
+
+
+def test_renewals_write_backs_and_pixel_pauses_never_deadlock():
+    """Keepers (claim, renew, give back, now and then after stalling past the lease) and
+    pausers (postpone and resume the pixel) run at once on the same rows."""
+    make_rows(3000)
+    roles = ["keeper", "keeper", "pauser", "pauser"]
+    hammers = [start(["-m", "tests.outbox_hammer", role, "20"]) for role in roles]
+    outputs = [hammer.communicate(timeout=120)[0] for hammer in hammers]
+    assert [hammer.returncode for hammer in hammers] == [0, 0, 0, 0], outputs
+    counts = [re.search(r"deadlocks (\d+) ops (\d+)", output) for output in outputs]
+    assert all(counts), outputs
+    assert all(int(count[2]) > 0 for count in counts if count), outputs  # all did work
+    assert sum(int(count[1]) for count in counts if count) == 0, outputs
