@@ -27,6 +27,8 @@ def draft(**overrides):
         "user_data": {"em": "John_Smith@gmail.com", "client_user_agent": UA},
         "custom_data": {"value": Decimal("19.99"), "currency": "eur"},
         "event_source_url": URL,
+        # What browser_context() records, so the missing-browser warning stays out of the way.
+        "browser": {"event_source_url": URL},
     }
     values.update(overrides)
     return EventDraft(**values)
@@ -119,7 +121,7 @@ def test_dropped_values_become_warnings_not_failures():
                 "events): provide request_context or another action_source"
             ),
         ),
-        ({"event_source_url": None}, "website event without event_source_url"),
+        ({"event_source_url": None, "browser": {}}, "website event without event_source_url"),
         ({"event_source_url": "/checkout/"}, "event_source_url must be an absolute http(s) URL"),
         ({"custom_data": {"currency": "EUR"}}, "Purchase needs custom_data value"),
         ({"custom_data": {"value": 10}}, "Purchase needs custom_data currency"),

@@ -12,6 +12,9 @@ from django_capi.registry import default_event_id
 from tests.factories import LeadFactory, OrderFactory
 from tests.shop.models import GiftOrder, Lead, Order
 
+#: Meta's own fbp example [FBC]: a browser id the missing-browser warning does not mind.
+FBP = "fb.1.1596403881668.1116446470"
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -195,7 +198,7 @@ def test_a_delivered_row_is_never_rebuilt():
 
 
 def test_dropped_values_are_kept_as_warnings_on_the_row():
-    pay(OrderFactory(phone="12", browser={"client_user_agent": "UA/1", "fbp": "fb.1.1.1"}))
+    pay(OrderFactory(phone="12", browser={"client_user_agent": "UA/1", "fbp": FBP}))
     row = OutboxEvent.objects.get()
     assert row.status == OutboxEvent.Status.PENDING
     assert "ph" not in row.payload["user_data"]
