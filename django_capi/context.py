@@ -105,9 +105,7 @@ def scrub_url(url: object) -> object:
         return url
     parts = _split(url)
     if parts is not None:
-        query = "&".join(
-            pair for pair in parts.query.split("&") if pair and not _personal_parameter(pair)
-        )
+        query = "&".join(pair for pair in parts.query.split("&") if not _personal_parameter(pair))
         host = parts.netloc.rpartition("@")[2]
         if (query, host) != (parts.query, parts.netloc):  # else the URL stays as it was written
             url = urlunsplit(parts._replace(netloc=host, query=query))
