@@ -4,6 +4,10 @@ to fix it. Read-only: nobody edits a payload.
 Built for millions of rows: no full ``COUNT(*)`` (the paginator counts at most
 ``CappedPaginator.cap`` rows), no ``DISTINCT`` for the filters' choices, one query for the
 rows whatever they show, and exact-match searches that use indexes.
+
+No query string makes the changelist fail: a filter value or search term no row can hold
+(a NUL, which PostgreSQL refuses even to compare with, or one longer than the column) finds
+nothing; other unusable parameters get Django's "incorrect lookup parameters" answer.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import json
 from typing import Any, cast
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ERROR_FLAG, IGNORED_PARAMS, PAGE_VAR, ChangeList
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
@@ -25,6 +31,7 @@ from . import operations, registry
 from .conf import capi_settings
 from .constants import STANDARD_EVENTS
 from .models import DeliveryAttempt, OutboxEvent, PixelState
+from .text import is_storable
 
 REPLAY_PERMISSION = "django_capi.replay_outboxevent"
 
@@ -60,7 +67,7 @@ class EventNameFilter(admin.SimpleListFilter):
         return [(name, name) for name in sorted(names | STANDARD_EVENTS)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(event_name=self.value()) if self.value() else queryset
+        return _exact(queryset, "event_name", self.value())
 
 
 class PixelFilter(admin.SimpleListFilter):
@@ -77,7 +84,20 @@ class PixelFilter(admin.SimpleListFilter):
         return [(pixel_id, pixel_id) for pixel_id in sorted(pixel_ids)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(pixel_id=self.value()) if self.value() else queryset
+        return _exact(queryset, "pixel_id", self.value())
+
+
+def _exact(queryset: QuerySet[Any], field: str, value: str | None) -> QuerySet[Any]:
+    if not value:
+        return queryset
+    return queryset.filter(**{field: value}) if _can_hold(field, value) else queryset.none()
+
+
+def _can_hold(field: str, value: str) -> bool:
+    """Whether a row's ``field`` could be ``value``; if not, nothing is asked of the
+    database (PostgreSQL refuses even to compare with a NUL)."""
+    max_length = getattr(OutboxEvent._meta.get_field(field), "max_length", None)
+    return is_storable(value) and (max_length is None or len(value) <= max_length)
 
 
 class DeliveryAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -209,7 +229,13 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         term = search_term.strip()
         if not term:
             return queryset, False
+        if not _can_hold("event_id", term):  # the longer of the two
+            return queryset.none(), False
         return queryset.filter(Q(event_id=term) | Q(source_id=term)), False
+
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        _check_parameters(request, self.date_hierarchy)
+        return super().get_changelist_instance(request)
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(REPLAY_PERMISSION)
@@ -306,3 +332,37 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             return
         count = operations.cancel(queryset)
         self.message_user(request, f"{count} event(s) cancelled.", messages.SUCCESS)
+
+
+# Parameters that the filters and the search above check, or that Django never queries with.
+_CHECKED_PARAMETERS = frozenset(
+    {
+        EventNameFilter.parameter_name,
+        PixelFilter.parameter_name,
+        PAGE_VAR,
+        ERROR_FLAG,
+        *IGNORED_PARAMS,
+    }
+)
+
+
+def _check_parameters(request: HttpRequest, date_hierarchy: str | None) -> None:
+    """Raise ``IncorrectLookupParameters`` (the admin then shows its "?e=1" page) for what
+    would fail the changelist's queries instead: a NUL or lone surrogate in any other
+    lookup (PostgreSQL refuses it), a regular expression (a malformed one fails on every
+    database), a date-hierarchy year with no next year (Django computes 10000)."""
+    for key, values in request.GET.lists():
+        if key in _CHECKED_PARAMETERS:
+            continue
+        if not is_storable(key) or not all(is_storable(value) for value in values):
+            raise IncorrectLookupParameters(f"{key}: a value no database can compare")
+        if key.endswith(("__regex", "__iregex")):
+            raise IncorrectLookupParameters(f"{key}: regular expressions are not offered")
+    if date_hierarchy:
+        for value in request.GET.getlist(f"{date_hierarchy}__year"):
+            try:
+                year = int(value)
+            except ValueError:
+                continue  # Django says so itself
+            if not 1 <= year < 9999:
+                raise IncorrectLookupParameters(f"{date_hierarchy}__year: {year} out of range")

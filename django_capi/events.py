@@ -92,8 +92,11 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     except UnknownUserDataKey as exc:
         raise EventValidationError(exc.problems) from None
     warnings = list(user_data.problems)
-    event_source_url = draft.event_source_url or draft.browser.get("event_source_url")
-    referrer_url = draft.browser.get("referrer_url")
+    # Explicit URLs and contexts stored before scrubbing existed: no raw email reaches the row.
+    event_source_url = context.scrub_url(
+        draft.event_source_url or draft.browser.get("event_source_url")
+    )
+    referrer_url = context.scrub_url(draft.browser.get("referrer_url"))
     event_source_url = validation.clean_event_source_url(
         event_source_url, draft.action_source, problems, warnings
     )

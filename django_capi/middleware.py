@@ -19,6 +19,7 @@ from django.utils.cache import patch_vary_headers
 
 from . import context
 from .conf import CapiSettings, capi_settings
+from .text import storable
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ SESSION_KEY = "django_capi_browser"
 _STABLE_KEYS = ("fbc", "fbp")
 _REQUEST_ATTRIBUTE = "_django_capi_browser"
 _COOKIES_ATTRIBUTE = "_django_capi_cookies"
+_failures_logged: set[type[Exception]] = set()
 
 
 def browser_context(request: HttpRequest) -> dict[str, object]:
@@ -113,6 +115,21 @@ def _collect(request: HttpRequest, conf: CapiSettings) -> dict[str, object]:
         if session is not None and SESSION_KEY in session:
             del session[SESSION_KEY]
         return {context.CONSENT_KEY: False}
+    try:
+        return _read(request, conf)
+    except Exception as exc:
+        # The last resort: whatever a client sent, or a session store that fails, the page
+        # is served, its events carrying what can still be read. Logged once per kind of
+        # failure, not once per request.
+        if type(exc) not in _failures_logged:
+            _failures_logged.add(type(exc))
+            logger.exception("django-capi: collecting the browser context failed")
+        return dict(
+            context.context_from_request(request, trusted_proxy_count=conf.trusted_proxy_count)
+        )
+
+
+def _read(request: HttpRequest, conf: CapiSettings) -> dict[str, object]:
     cookies: dict[str, str] = {}
     index = context.subdomain_index(conf.cookie_domain)
     fbc = context.fbc_for_click(request.COOKIES.get("_fbc"), context.click_id(request), index=index)
@@ -147,10 +164,12 @@ def _remember(request: HttpRequest, values: dict[str, object]) -> None:
     session = getattr(request, "session", None)
     if session is None:
         return
-    saved = session.get(SESSION_KEY) or {}
+    saved = session.get(SESSION_KEY)
+    saved = saved if isinstance(saved, dict) else {}
     for key in _STABLE_KEYS:
-        if key not in values and saved.get(key):
-            values[key] = saved[key]
+        if key not in values and isinstance(saved.get(key), str) and saved[key]:
+            # Saved by a version that stored the cookies as they came.
+            values[key] = storable(saved[key])
     stable = {key: values[key] for key in _STABLE_KEYS if key in values}
     # Written only when the ids change, and never into a session that does not exist yet:
     # a visitor must not get a session row (and an uncacheable page) just for this.

@@ -251,3 +251,59 @@ def test_the_date_hierarchy_needs_no_distinct_over_the_table(viewer):
     february = viewer.get(reverse(CHANGELIST), pages[2]).content.decode()
     assert "created_at__day=29" in february or "created_at__day=28" in february
     assert f"?created_at__year={year}" in viewer.get(reverse(CHANGELIST)).content.decode()
+
+
+# --- No query string makes the changelist fail ---------------------------------------------
+
+#: Found on the filter and search row: these find nothing, on a normal page.
+NOTHING_MATCHES = [
+    {"pixel_id": "\x00"},
+    {"event_name": "\x00"},
+    {"event_name": "Purchase\x00"},
+    {"pixel_id": "1" * 100_000},
+    {"event_name": "x" * 100_000},
+    {"q": "e" * 100_000},
+]
+#: Anything else a URL can carry: Django's "incorrect lookup parameters" page (?e=1).
+REFUSED = [
+    {"status__exact": "\x00"},
+    {"action_source__exact": "\x00"},
+    {"failure_reason__exact": "\x00"},
+    {"status": "\x00"},
+    {"event_id": "\x00"},
+    {"payload__has_key": "\x00"},
+    {"created_at__gte": "\x00"},
+    {"event_id__regex": "("},
+    {"created_at__year": "9999"},
+    {"created_at__year": "9999", "created_at__month": "12"},
+    {"created_at__year": "2026", "created_at__month": "13"},
+    {"created_at__year": "9" * 5000},
+    {"created_at__year": "x"},
+    {"attempts": "abc"},
+]
+
+
+@pytest.mark.parametrize("params", NOTHING_MATCHES)
+def test_a_value_no_row_can_hold_finds_nothing(viewer, params):
+    make_rows(2)
+    response = viewer.get(reverse(CHANGELIST), params)
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == []
+
+
+@pytest.mark.parametrize("params", REFUSED)
+def test_other_unusable_parameters_get_the_admins_error_page(viewer, params):
+    make_rows(2)
+    response = viewer.get(reverse(CHANGELIST), params)
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")
+    assert viewer.get(response["Location"]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"p": "\x00"}, {"o": "\x00"}, {"e": "\x00"}, {"q": "ev-0\x00"}, {"attempts": "9" * 40}],
+)
+def test_parameters_django_checks_itself_still_show_the_page(viewer, params):
+    make_rows(2)
+    assert viewer.get(reverse(CHANGELIST), params).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from ipaddress import ip_address
 
 import pytest
 from django.contrib.sessions.middleware import SessionMiddleware
@@ -325,3 +326,230 @@ def test_a_host_only_cookie_uses_metas_server_index():
     response = run(lead_view, get("/?fbclid=HostOnly"))
     assert response.cookies["_fbc"]["domain"] == ""
     assert response.cookies["_fbc"].value.startswith("fb.1.")
+
+
+# --- Whatever a client sends: the page is served, the context is storable ----------------
+
+#: Headers, cookies, paths and queries a client controls. Each once broke a page (a 500 from
+#: the middleware, a 400 on pages that never read the query) or made an event unstorable.
+HOSTILE = {
+    "referrer: unclosed IPv6 bracket": {"HTTP_REFERER": "http://["},
+    "referrer: stray bracket": {"HTTP_REFERER": "https://x]/"},
+    "referrer: bad IPv6 host and a click id": {"HTTP_REFERER": "http://[::1x]/?fbclid=Click"},
+    "referrer: host changed by NFKC": {"HTTP_REFERER": "http://\uff03@x.example/"},
+    "referrer: NUL and lone surrogate": {"HTTP_REFERER": "https://x.example/\x00\udcff/"},
+    "referrer: 1 MB": {"HTTP_REFERER": "https://x.example/" + "a" * 2**20},
+    "referrer: not http": {"HTTP_REFERER": "javascript:alert(1)//?fbclid=Click"},
+    "host: stray bracket": {"HTTP_HOST": "x]"},
+    "host: unclosed IPv6 bracket": {"HTTP_HOST": "[::1"},
+    "host: NUL": {"HTTP_HOST": "shop.example\x00"},
+    "host: port not a number": {"HTTP_HOST": "shop.example:http"},
+    "forwarded host and port: lists": {
+        "HTTP_X_FORWARDED_HOST": "a.example, [",
+        "HTTP_X_FORWARDED_PORT": "443, x",
+        "HTTP_X_FORWARDED_PROTO": "https, \x00",
+    },
+    "user agent: NUL and lone surrogate": {"HTTP_USER_AGENT": "Mozilla\x00/5.0 \udcff"},
+    "user agent: 1 MB": {"HTTP_USER_AGENT": "M" * 2**20},
+    "user agent: not a string": {"HTTP_USER_AGENT": 42},
+    "cookie: octal NUL in _fbp": {"HTTP_COOKIE": '_fbp="fb.1.1700000000000.\\000"'},
+    "cookie: octal NUL in _fbc": {"HTTP_COOKIE": '_fbc="fb.1.1700000000000.\\000"'},
+    "cookie: 64 KB _fbp": {"HTTP_COOKIE": "_fbp=" + "1" * 2**16},
+    "cookie: garbage": {"HTTP_COOKIE": '=;;;"\\"; _fbc="\\377\\000"; =x; _fbp'},
+    "remote address: a Unix socket": {"REMOTE_ADDR": "unix:/run/gunicorn.sock"},
+    "remote address: NUL and lone surrogate": {"REMOTE_ADDR": "\x00\udcff"},
+    "remote address: none": {"REMOTE_ADDR": ""},
+    "forwarded for: garbage": {"HTTP_X_FORWARDED_FOR": "[, \x00, 999.1.1.1, \udcff"},
+    "forwarded for: 10,000 hops": {"HTTP_X_FORWARDED_FOR": ", ".join(["192.0.2.1"] * 10_000)},
+    "query: more parameters than Django reads": {
+        "path": "/?" + "&".join(f"p{i}=1" for i in range(1100))
+    },
+    "query: click id with NUL": {"path": "/?fbclid=%00Click"},
+    "query: click id not UTF-8": {"path": "/?fbclid=%ff%fe"},
+    "query: 1 MB click id": {"path": "/?fbclid=" + "a" * 2**20},
+    "path: NUL": {"path": "/p/%00/"},
+    "path: not UTF-8": {"path": "/p/%ff%fe/"},
+}
+#: The same requests behind proxies the settings trust: forwarded headers are read too.
+BEHIND_PROXIES = {
+    "USE_X_FORWARDED_HOST": True,
+    "USE_X_FORWARDED_PORT": True,
+    "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
+}
+
+
+def hostile(name):
+    extra = dict(HOSTILE[name])
+    return get(extra.pop("path", "/p/1/"), **extra)
+
+
+def assert_storable(values):
+    from django_capi.text import is_storable
+
+    for key, value in values.items():
+        assert not isinstance(value, str) or is_storable(value), key
+    if "client_ip_address" in values:
+        ip_address(values["client_ip_address"])  # what is not an IP is left out
+
+
+@pytest.fixture(params=["direct", "behind proxies"])
+def deployment(request):
+    if request.param == "direct":
+        yield
+        return
+    with override_settings(**BEHIND_PROXIES), capi(TRUSTED_PROXY_COUNT=1):
+        yield
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_no_header_cookie_or_path_breaks_the_page(name, deployment):
+
+    request = hostile(name)
+    response = run(lead_view, request)
+    assert response.status_code == 200
+    values = browser_context(request)
+    assert_storable(values)
+    assert OutboxEvent.objects.filter(pk=int(response.content)).exists()
+    # A checkout stores it as is in a JSONField: PostgreSQL refuses NUL and lone surrogates.
+    order = OrderFactory(browser=values)
+    order.refresh_from_db()
+    assert order.browser == values
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_no_header_cookie_or_path_breaks_an_async_page(name, deployment):
+    from asgiref.sync import sync_to_async
+
+    async def view(request):
+        return await sync_to_async(lead_view)(request)
+
+    request = hostile(name)
+    response = asyncio.run(CapiMiddleware(view)(request))
+    assert response.status_code == 200
+    assert_storable(browser_context(request))
+    assert OutboxEvent.objects.filter(pk=int(response.content)).exists()
+
+
+def test_a_path_with_lone_surrogates_from_an_asgi_server_makes_a_storable_url():
+    from io import BytesIO
+
+    from django.core.handlers.asgi import ASGIRequest
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/caf\udce9/",  # a server that decoded the raw path with surrogateescape
+        "query_string": b"",
+        "headers": [(b"host", b"shop.example"), (b"user-agent", b"\xff\x00UA")],
+        "client": ("203.0.113.5", 5000),
+    }
+    values = browser_context(ASGIRequest(scope, BytesIO()))
+    assert values["event_source_url"] == "http://shop.example/caf%EF%BF%BD/"
+    assert values["client_user_agent"] == "\xff\ufffdUA"
+
+
+def test_a_value_that_cannot_be_read_is_left_out_and_logged_once(monkeypatch, caplog):
+    from django_capi import context
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in reading the IP")
+
+    monkeypatch.setattr(context, "client_ip", broken)
+    monkeypatch.setattr(context, "_logged_unreadable", set(), raising=False)
+    for _ in range(2):
+        request = get(HTTP_REFERER="https://x.example/")
+        assert run(lead_view, request).status_code == 200
+        values = browser_context(request)
+        assert "client_ip_address" not in values
+        assert values["client_user_agent"] == UA  # the rest is still read
+        assert values["referrer_url"] == "https://x.example/"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "django-capi: could not read client_ip_address from the request"
+    ]
+
+
+def test_a_failing_collection_still_serves_the_page_and_is_logged_once(monkeypatch, caplog):
+    from django_capi import middleware
+
+    class BrokenSession(dict):
+        session_key = "k"
+
+        def get(self, *args, **kwargs):
+            raise RuntimeError("the session store is down")
+
+    monkeypatch.setattr(middleware, "_failures_logged", set(), raising=False)
+    for _ in range(2):
+        request = get(HTTP_REFERER="https://x.example/")
+        request.session = BrokenSession()
+        assert CapiMiddleware(lead_view)(request).status_code == 200
+        values = browser_context(request)
+        assert values["client_user_agent"] == UA
+        assert values["event_source_url"] == "http://testserver/p/1/"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        "django-capi: collecting the browser context failed"
+    ]
+
+
+@pytest.fixture
+def capi_site():
+    """The project's middleware with CapiMiddleware, as the README places it."""
+    from django.conf import settings
+
+    with override_settings(
+        MIDDLEWARE=[*settings.MIDDLEWARE, "django_capi.middleware.CapiMiddleware"]
+    ):
+        yield
+
+
+@pytest.mark.parametrize("referrer", ["http://[", "https://x]/"])
+def test_a_malformed_referrer_does_not_take_the_admin_down(client, capi_site, referrer):
+    response = client.get("/admin/login/", HTTP_REFERER=referrer)
+    assert response.status_code == 200
+
+
+def test_a_hostile_browser_can_view_buy_and_see_its_thank_you_page(client, capi_site):
+    from tests.shop.models import Order, Product
+
+    product = Product.objects.create(sku="SKU-1", name="Mug")
+    # Django decodes the octal escapes: NUL reaches the cookies' values.
+    client.cookies.load('_fbp="fb.1.1700000000000.\\000"; _fbc="fb.1.1700000000000.\\000"')
+    headers = {"HTTP_REFERER": "http://[", "HTTP_USER_AGENT": UA}
+    with capi(SERVER_PAGE_VIEW=True):
+        page = client.get(
+            f"/shop/product/{product.pk}/",
+            **{**headers, "HTTP_USER_AGENT": "Mozilla/5.0\x00\udcff"},
+        )
+        assert page.status_code == 200
+        added = client.post("/shop/cart/add/", {"product": product.pk, "quantity": 1}, **headers)
+        assert added.status_code == 302
+        # The shop keeps the raw user agent in a column of its own: a clean one here.
+        paid = client.post("/shop/checkout/", {"email": "a@b.co", "payment": "card"}, **headers)
+        assert paid.status_code == 302
+        assert client.get(paid["Location"], **headers).status_code == 200
+    order = Order.objects.get()  # browser_context(request) in a JSONField, as the README says
+    assert order.browser["fbp"] == order.browser["fbc"] == "fb.1.1700000000000.\ufffd"
+    view = OutboxEvent.objects.get(event_name="ViewContent")
+    assert view.payload["user_data"]["client_user_agent"] == "Mozilla/5.0\ufffd\ufffd"
+    rows = sorted(OutboxEvent.objects.values_list("event_name", "status"))
+    pending = ["AddToCart", "PageView", "PageView", "Purchase", "ViewContent"]
+    assert rows == [(name, "pending") for name in pending]
+
+
+@pytest.mark.parametrize(
+    "saved", [{"fbp": "fb.1.1700000000000.\x00", "fbc": "\udcff"}, ["not", "a", "dict"], "x"]
+)
+def test_ids_a_session_kept_from_before_are_storable(saved):
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from django_capi.middleware import SESSION_KEY
+
+    request = with_session(get())
+    store = SessionStore(request.COOKIES["sessionid"])
+    store[SESSION_KEY] = saved
+    store.save()
+    assert run(lead_view, request).status_code == 200
+    values = browser_context(request)
+    assert_storable(values)
+    if isinstance(saved, dict):
+        assert values["fbp"] == "fb.1.1700000000000.\ufffd"

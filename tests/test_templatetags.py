@@ -166,3 +166,92 @@ def test_a_nasty_event_renders_as_one_inert_script(nasty):
     assert html.count("<script>") == 1 and html.count("</script>") == 1
     assert html.endswith("</script>")
     assert calls(html)[0][2] == {"content_name": nasty}
+
+
+# --- A tag never breaks a page ------------------------------------------------------------
+
+
+def test_an_unsaved_instance_renders_nothing_and_says_why(caplog):
+    from tests.shop.models import Order
+
+    order = Order(status="paid", total=Decimal("10.00"))  # the view forgot to save it
+    assert render('{% capi_event order "Purchase" %}', order=order) == ""
+    assert "is not saved; its 'Purchase' is not rendered" in caplog.text
+    assert not OutboxEvent.objects.exists()
+
+
+def product():
+    from tests.shop.models import Product
+
+    return Product.objects.create(sku="SKU-1", name="Mug")
+
+
+@pytest.mark.parametrize(
+    ("source", "event_name", "logged"),
+    [
+        (lambda: None, "Purchase", ""),
+        (lambda: "an order", "Purchase", "neither a model instance nor an outbox row"),
+        (lambda: 42, None, "neither a model instance nor an outbox row"),
+        (lambda: {"pk": 1}, "Purchase", "neither a model instance nor an outbox row"),
+        (product, "Purchase", "no 'Purchase' event is registered"),  # not a registered model
+        (lambda: OrderFactory(status="paid"), "Purchase'); alert(1); ('", "is registered"),
+        (lambda: OrderFactory(status="paid"), "</script><script>alert(1)</script>", "registered"),
+        (lambda: OrderFactory(status="paid"), 7, "no 7 event is registered"),
+    ],
+)
+def test_bad_arguments_render_nothing(caplog, source, event_name, logged):
+    html = render("{% capi_event obj event_name %}", obj=source(), event_name=event_name)
+    assert html == ""
+    assert logged in caplog.text
+
+
+def test_an_event_id_the_outbox_cannot_store_renders_nothing(isolated_registry, caplog):
+    from django_capi import ModelEvent, register
+    from tests.shop.models import Product
+
+    @register(Product)
+    class Viewed(ModelEvent[Product]):
+        event_name = "ViewContent"
+        action_source = "system_generated"
+
+        def event_id(self, instance):
+            return f"view-{instance.pk}\x00"  # PostgreSQL refuses even to look it up
+
+    item = Product.objects.create(sku="SKU-1", name="Mug")
+    assert render('{% capi_event item "ViewContent" %}', item=item) == ""
+    assert "the event id of" in caplog.text and "is unusable" in caplog.text
+
+
+def test_a_failing_server_page_view_leaves_the_pixel_on_the_page(monkeypatch, caplog):
+    from django_capi.templatetags import capi
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the outbox is unreachable")
+
+    monkeypatch.setattr(capi, "send_event", broken)
+    with override_settings(DJANGO_CAPI={"PIXEL_ID": "1234567890", "SERVER_PAGE_VIEW": True}):
+        html = render("{% capi_pixel %}")
+    assert calls(html)[1][:2] == ["track", "PageView"]
+    assert "recording the server PageView raised" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"HTTP_REFERER": "http://["},
+        {"HTTP_REFERER": "https://x]/", "HTTP_USER_AGENT": "UA\x00\udcff"},
+        {"HTTP_COOKIE": '_fbp="fb.1.1700000000000.\\000"', "REMOTE_ADDR": "\x00"},
+    ],
+)
+def test_a_hostile_request_gets_the_pixel_and_its_server_page_view(headers):
+    order = OrderFactory(status="paid")
+    request = RequestFactory().get("/", **{"HTTP_USER_AGENT": UA, **headers})
+    with override_settings(DJANGO_CAPI={"PIXEL_ID": "1234567890", "SERVER_PAGE_VIEW": True}):
+        html = render('{% capi_pixel %}{% capi_event order "Purchase" %}', request, order=order)
+    page_view = OutboxEvent.objects.get(event_name="PageView")
+    assert [call[:2] for call in calls(html)] == [
+        ["init", "1234567890"],
+        ["track", "PageView"],
+        ["track", "Purchase"],
+    ]
+    assert calls(html)[1][3] == {"eventID": page_view.event_id}

@@ -5,6 +5,10 @@
 creates a conversion: the tag reads the id the outbox row has (or will have), so reloading
 a thank-you page cannot count a purchase twice on the server. Every value is encoded for a
 ``<script>`` element.
+
+A tag never breaks a page: what it cannot render (an unsaved order, an event nobody
+declared) renders nothing and logs a warning saying why. Only a model without an event
+name, a mistake in the template itself, raises ``TemplateSyntaxError``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from ..middleware import has_consent
 from ..models import OutboxEvent
 from ..normalize import normalize_user_data
 from ..registry import ModelEvent, event_id_for, registered_events
-from ..validation import clean_custom_data
+from ..text import is_storable
+from ..validation import check_event_id, clean_custom_data
 
 register = template.Library()
 logger = logging.getLogger(__name__)
@@ -56,7 +61,11 @@ def capi_pixel(context: template.Context) -> SafeString:
         return SafeString("")
     event_id = str(uuid.uuid4())
     if conf.server_page_view and request is not None:
-        send_event("PageView", event_id=event_id, request=request)
+        try:
+            send_event("PageView", event_id=event_id, request=request)
+        except Exception:
+            # The browser's PageView still counts; only its server twin is missing.
+            logger.exception("capi_pixel: recording the server PageView raised")
     calls = []
     if conf.limited_data_use is not None:
         ldu = conf.limited_data_use
@@ -96,25 +105,19 @@ def capi_event(
     request: HttpRequest | None = context.get("request")
     if source is None or not has_consent(request):
         return SafeString("")
+    event: tuple[str, str, Any] | None
     if isinstance(source, OutboxEvent):
-        name, event_id = source.event_name, source.event_id
-        custom_data = source.payload.get("custom_data", {})
-    else:
+        event = (source.event_name, source.event_id, source.payload.get("custom_data", {}))
+    elif isinstance(source, models.Model):
         if not event_name:
             raise template.TemplateSyntaxError("capi_event needs an event name for a model")
-        name = event_name
-        model_event = next(
-            (e for e in registered_events(type(source)) if e.event_name == name), None
-        )
-        if model_event is None:
-            # A browser event with no server twin could never be deduplicated.
-            logger.warning("capi_event: no %r event is registered for %s", name, type(source))
-            return SafeString("")
-        event_id = event_id_for(source, name)
-        row = OutboxEvent.objects.filter(event_name=name, event_id=event_id).first()
-        if row is None and not _will_send(model_event, source):
-            return SafeString("")  # not a conversion (yet): an unpaid order is no Purchase
-        custom_data = _custom_data(row, model_event, source)
+        event = _model_event(source, event_name)
+    else:
+        logger.warning("capi_event: %s is neither a model instance nor an outbox row", type(source))
+        event = None
+    if event is None:
+        return SafeString("")
+    name, event_id, custom_data = event
     method = "track" if name in STANDARD_EVENTS else "trackCustom"
     call = f"fbq({js(method)}, {js(name)}, {js(custom_data)}, {js({'eventID': event_id})});"
     return format_html(
@@ -122,6 +125,40 @@ def capi_event(
         _nonce(context, request),
         mark_safe(call),  # noqa: S308
     )
+
+
+def _model_event(source: models.Model, name: str) -> tuple[str, str, dict[str, Any]] | None:
+    """Name, event id and custom data of ``source``'s ``name`` event, or None (and a warning
+    saying why) when the Pixel must not fire it."""
+    model_event = next((e for e in registered_events(type(source)) if e.event_name == name), None)
+    if model_event is None:
+        # A browser event with no server twin could never be deduplicated.
+        logger.warning("capi_event: no %r event is registered for %s", name, type(source))
+        return None
+    if source.pk is None:
+        # No pk, no event id: the Pixel's event could never meet its server twin.
+        logger.warning("capi_event: %s is not saved; its %r is not rendered", type(source), name)
+        return None
+    event_id = _event_id(source, name)
+    if event_id is None:
+        return None
+    row = OutboxEvent.objects.filter(event_name=name, event_id=event_id).first()
+    if row is None and not _will_send(model_event, source):
+        return None  # not a conversion (yet): an unpaid order is no Purchase
+    return name, event_id, _custom_data(row, model_event, source)
+
+
+def _event_id(source: models.Model, name: str) -> str | None:
+    try:
+        event_id = event_id_for(source, name)
+    except Exception:
+        logger.exception("capi_event: no event id for %s %r", type(source), name)
+        return None
+    if check_event_id(event_id) or not is_storable(event_id):
+        # The outbox row cannot carry it either (and PostgreSQL refuses to look it up).
+        logger.warning("capi_event: the event id of %s %r is unusable", type(source), name)
+        return None
+    return event_id
 
 
 def _will_send(model_event: ModelEvent[Any], source: models.Model) -> bool:
