@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -184,7 +185,13 @@ def workers(count: int, database: str, standin: StandIn) -> dict[str, Any]:
         out, err = process.communicate()
         results.append(result_of(out, err, "worker", process.returncode))
     seconds = max(r["ended"] for r in results) - min(r["started"] for r in results)
-    return {"events": standin.stats()["events"] - before, "seconds": seconds}
+    claimed = [re.search(r"claimed (\d+)", r["report"]) for r in results]
+    return {
+        "events": standin.stats()["events"] - before,
+        "seconds": seconds,
+        # How the leases split the backlog: a worker that got nothing was serialized out.
+        "claimed": [int(m.group(1)) if m else None for m in claimed],
+    }
 
 
 def rate(result: dict[str, Any]) -> float:
@@ -355,6 +362,10 @@ def verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
+def shares(claimed: list[int | None]) -> str:
+    return ", ".join("?" if c is None else f"{c:,}" for c in claimed)
+
+
 def statement_counts(statements: list[str]) -> Counter[str]:
     # BEGIN and COMMIT are the transaction's, the same for both models.
     return Counter(s for s in statements if s not in {"BEGIN", "COMMIT"})
@@ -433,6 +444,8 @@ def report(options: Options, results: dict[str, Any]) -> str:
                 f"{ratio(many / batch)} ({w} workers vs it) "
                 f"| ≥ 10×: {verdict(many / batch >= 10)} |"
             ),
+            "",
+            f"Rows each of the {w} workers claimed: {shares(pg['workers']['claimed'])}.",
             "",
         ]
     lines += ["## 2. Checkout cost", ""]
