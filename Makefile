@@ -10,8 +10,9 @@ REDIS_URL ?= redis://127.0.0.1:6379/15
 # Uses the servers at these URLs when they answer, else starts throwaway ones (tests/services.py).
 WITH_SERVICES := $(BIN)/python -m tests.services
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench
+.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench bench-scale
 
 install: $(VENV)/.installed
 
@@ -53,7 +54,12 @@ clean:
 demo: install
 	$(BIN)/python example_project/demo.py
 
-# Not part of `make test`: fills the database capi_bench with a million outbox rows and times
-# the admin, the health page, claims and alerts (bench/README.md).
+# Not part of `make test` (its smoke is): django-capi against Meta's SDK, side by side, written
+# to docs/benchmarks.md in a few minutes (bench/README.md). BENCH_ARGS="--help" lists options.
 bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Fills the database capi_bench with a million outbox rows and times the admin, the health
+# page, claims and alerts (bench/README.md).
+bench-scale: install
 	$(BIN)/python bench/outbox_at_scale.py --rows 1000000
