@@ -19,7 +19,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import connection, transaction
 from django.template import Context, Template
-from django.test import Client, RequestFactory, override_settings
+from django.test import Client, RequestFactory
 
 from django_capi import ModelEvent, OutboxEvent, browser_context, register, send_event
 from django_capi.context import use_browser_context
@@ -248,7 +248,7 @@ def test_hostile_value_breaks_nothing_and_leaks_nothing(kind, value, shop, corpu
     for slot in slots(kind, value):
         fields = draft(slot)
         browser = fields.pop("browser")
-        findings.attempt("send_event", lambda: _send(fields, browser))
+        findings.attempt("send_event", lambda f=fields, b=browser: _send(f, b))
         if "event_name" in slot:
             continue  # a ModelEvent's name is a class attribute, checked when registered
         current.clear()
@@ -256,9 +256,10 @@ def test_hostile_value_breaks_nothing_and_leaks_nothing(kind, value, shop, corpu
         # Registration checks the class attribute; an integrator's subclass could differ.
         corpus_event.action_source = current["action_source"]
         lead = findings.attempt("ModelEvent save", lambda: Lead.objects.create(email=BENIGN_EMAIL))
-        if lead is not None and not OutboxEvent.objects.filter(
-            event_name=EVENT, source_id=str(lead.pk)
-        ).exists():
+        if (
+            lead is not None
+            and not OutboxEvent.objects.filter(event_name=EVENT, source_id=str(lead.pk)).exists()
+        ):
             findings.problems.append(f"ModelEvent save: the event was lost (slot {list(slot)})")
 
     # 3. The middleware: shop pages and the admin changelist with hostile headers and query.
