@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench
+.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench chaos
 
 install: $(VENV)/.installed
 
@@ -53,3 +53,9 @@ demo: install
 # the admin, the health page, claims and alerts (bench/README.md).
 bench: install
 	$(BIN)/python bench/outbox_at_scale.py --rows 1000000
+
+# Not part of `make test` (which runs a small configuration of the same test): 50,000 events,
+# four drainers killed at random and a Celery worker against a failing emulator, on
+# PostgreSQL (docs/reliability.md). CAPI_CHAOS_SEED=n replays a run.
+chaos: install
+	CAPI_CHAOS=full DATABASE_URL=$(POSTGRES_URL) $(BIN)/pytest -m chaos -s tests/test_chaos.py $(PYTEST_ARGS)
