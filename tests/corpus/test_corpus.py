@@ -167,8 +167,10 @@ def hostile_headers(kind: str, value: Any) -> dict[str, str]:
 
 
 def _headers(kind: str, text: str) -> dict[str, str]:
-    if kind in ("phone", "name"):
-        return {}  # personal data goes to user_data; a URL promises only email scrubbing
+    if kind not in REQUEST_KINDS:
+        # Integrator data: it reaches the event through user_data and custom_data. Personal
+        # data in a URL is promised scrubbed for emails only (the email kind below).
+        return {}
     if kind == "url":
         return {"HTTP_REFERER": text}
     if kind == "host":
