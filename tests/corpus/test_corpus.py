@@ -254,11 +254,38 @@ def shop(settings) -> dict[str, Any]:
     return {"client": client, "product": Product.objects.create(sku="corpus-1", name="Mug")}
 
 
+def groups(size: int = 8) -> list[tuple[str, list[tuple[int, Any]]]]:
+    """The corpus in groups of values of one kind: one database setup serves several."""
+    by_kind: dict[str, list[tuple[int, Any]]] = {}
+    for number, (kind, value) in enumerate(CORPUS):
+        by_kind.setdefault(kind, []).append((number, value))
+    return [
+        (kind, values[start : start + size])
+        for kind, values in by_kind.items()
+        for start in range(0, len(values), size)
+    ]
+
+
+GROUPS = groups()
+
+
 @pytest.mark.parametrize(
-    ("kind", "value"), CORPUS, ids=[f"{kind}-{n:03d}" for n, (kind, _) in enumerate(CORPUS)]
+    ("kind", "values"),
+    GROUPS,
+    ids=[f"{kind}-{values[0][0]:03d}-{values[-1][0]:03d}" for kind, values in GROUPS],
 )
-def test_hostile_value_breaks_nothing_and_leaks_nothing(kind, value, shop, corpus_event):
+def test_hostile_values_break_nothing_and_leak_nothing(kind, values, shop, corpus_event):
+    problems = []
+    for number, value in values:
+        findings = drive(kind, value, shop, corpus_event)
+        problems += [f"[{kind}-{number:03d}] {problem}" for problem in findings.problems]
+    assert not problems, "\n".join(dict.fromkeys(problems))
+
+
+def drive(kind: str, value: Any, shop: dict[str, Any], corpus_event: ModelEvent[Lead]) -> Findings:
+    """One value through every door; what went wrong."""
     findings = Findings()
+    first_row = (OutboxEvent.objects.order_by("pk").values_list("pk", flat=True).last() or 0) + 1
 
     # 1. send_event, and 2. a ModelEvent save, with the value in each of its slots.
     for slot in slots(kind, value):
@@ -309,7 +336,7 @@ def test_hostile_value_breaks_nothing_and_leaks_nothing(kind, value, shop, corpu
     request.META.update(headers)
     request.user = User(pk=10**6, username="u", email=text) if kind == "email" else AnonymousUser()
     lead = Lead.objects.order_by("pk").last()
-    saved = OutboxEvent.objects.order_by("pk").first()
+    saved = OutboxEvent.objects.filter(pk__gte=first_row).order_by("pk").first()
     findings.attempt(
         "{% capi_pixel %} / {% capi_event %}",
         lambda: Template(
@@ -321,13 +348,13 @@ def test_hostile_value_breaks_nothing_and_leaks_nothing(kind, value, shop, corpu
         lambda: Order.objects.create(browser=browser_context(request)),
     )
 
-    for row in OutboxEvent.objects.all():
+    for row in OutboxEvent.objects.filter(pk__gte=first_row):
         check_row(row, findings)
     dump = dump_database()
     for secret in secrets_of(kind, value):
         if secret in dump:
             findings.problems.append(f"raw personal data stored: {secret[:40]!r}")
-    assert not findings.problems, "\n".join(dict.fromkeys(findings.problems))
+    return findings
 
 
 def _send(fields: dict[str, Any], browser: dict[str, Any]) -> OutboxEvent | None:
