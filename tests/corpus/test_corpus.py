@@ -10,6 +10,7 @@ both passes of ``make test`` (SQLite, then PostgreSQL).
 from __future__ import annotations
 
 import json
+import reprlib
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -146,7 +147,8 @@ HTTP_LIMIT = 16 * 1024
 
 
 def text_of(value: Any) -> str:
-    return (value if isinstance(value, str) else repr(value))[:HTTP_LIMIT]
+    # reprlib: a plain repr() of a 5,000-level structure raises RecursionError itself.
+    return (value if isinstance(value, str) else reprlib.repr(value))[:HTTP_LIMIT]
 
 
 def query_string(**params: str) -> str:

@@ -372,8 +372,8 @@ TEXTS = [
 ]
 
 STRUCTURES = [
-    _deep_dict(1000),
-    _deep_list(1000),
+    _deep_dict(5000),  # past any recursion limit, wherever it is walked from
+    _deep_list(5000),
     _deep_dict(50),
     _cyclic_dict(),
     _cyclic_list(),
