@@ -12,7 +12,7 @@ WITH_SERVICES := $(BIN)/python -m tests.services
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench bench-scale
+.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench bench-scale chaos
 
 install: $(VENV)/.installed
 
@@ -63,3 +63,10 @@ bench: install
 # page, claims and alerts (bench/README.md).
 bench-scale: install
 	$(BIN)/python bench/outbox_at_scale.py --rows 1000000
+
+# Not part of `make test` (which runs a small configuration of the same test): 50,000 events,
+# four drainers killed at random and a Celery worker against a failing emulator, on
+# PostgreSQL (docs/reliability.md). CAPI_CHAOS_SEED=n replays a run.
+chaos: install
+	CAPI_CHAOS=full $(WITH_SERVICES) --postgres $(POSTGRES_URL) --redis $(REDIS_URL) -- \
+	  $(BIN)/pytest -m chaos -s tests/test_chaos.py $(PYTEST_ARGS)

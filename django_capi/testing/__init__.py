@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "DEFAULT_ACCESS_TOKEN",
     "REDACTED_TOKEN",
+    "Chaos",
     "ConnectionReset",
     "Delay",
     "Fault",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .emulator import ManualClock as ManualClock
     from .emulator import ReceivedEvent as ReceivedEvent
     from .emulator import RecordedRequest as RecordedRequest
+    from .faults import Chaos as Chaos
     from .faults import ConnectionReset as ConnectionReset
     from .faults import Delay as Delay
     from .faults import Fault as Fault
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
 
 _FAULTS = {
+    "Chaos",
     "ConnectionReset",
     "Delay",
     "Fault",

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from . import rules
 from .faults import (
+    Chaos,
     ConnectionReset,
     Delay,
     Fault,
@@ -279,6 +280,20 @@ class GraphEmulator:
             if event.event_id is not None
         ]
 
+    def lost_answers(self, read_timeout: float) -> list[RecordedRequest]:
+        """Requests whose events were accepted but whose sender never read the answer: the
+        connection was reset after processing, or the answer came after ``read_timeout``."""
+        return [
+            request
+            for request in self.requests
+            if isinstance(request.response, dict)
+            and "events_received" in request.response
+            and (
+                request.status is None
+                or (isinstance(request.fault, Delay) and request.fault.seconds >= read_timeout)
+            )
+        ]
+
     @property
     def duplicates(self) -> list[ReceivedEvent]:
         with self._lock:
@@ -342,7 +357,8 @@ class GraphEmulator:
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
-            return self._script.popleft() if self._script else self._always
+            fault = self._script.popleft() if self._script else self._always
+        return fault.draw() if isinstance(fault, Chaos) else fault
 
     def _apply(self, fault: Fault | None, request: _Request, token: object) -> Reply:
         if fault is None:

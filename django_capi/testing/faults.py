@@ -7,8 +7,10 @@ handle, a proxy's bare status, a slow answer, a dropped connection, rate-limit h
 from __future__ import annotations
 
 import json
+import random
 import secrets
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +97,32 @@ class WithHeaders(Fault):
 
     headers: Mapping[str, str]
     then: Fault | None = None
+
+
+class Chaos(Fault):
+    """A random fate per request, for chaos tests: each of ``faults`` with its probability
+    (``(0.05, HttpStatus(503))``), else a normal answer. Seeded, so a failing run can be
+    replayed. The emulator records the fault it drew, not this one."""
+
+    def __init__(self, faults: Sequence[tuple[float, Fault]], *, seed: int | None = None) -> None:
+        if sum(probability for probability, _ in faults) > 1:
+            raise ValueError("the probabilities of a Chaos add up to more than 1")
+        self.faults = tuple(faults)
+        self.seed = seed
+        self._random = random.Random(seed)  # noqa: S311 - a test's dice, not a secret
+        self._lock = threading.Lock()
+
+    def draw(self) -> Fault | None:
+        with self._lock:
+            roll = self._random.random()
+        for probability, fault in self.faults:
+            if roll < probability:
+                return fault
+            roll -= probability
+        return None
+
+    def __repr__(self) -> str:
+        return f"Chaos({self.faults!r}, seed={self.seed!r})"
 
 
 def business_use_case_usage(
