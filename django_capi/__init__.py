@@ -28,8 +28,8 @@ _PUBLIC = {
     "register": "registry",
     "event_id_for": "registry",
     "send_event": "events",
-    "browser_context": "middleware",
-    "normalize_user_data": "normalize",
+    "browser_context": "browser",
+    "normalize_user_data": "events",
     "OutboxEvent": "models",
 }
 
@@ -45,10 +45,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .browser import browser_context as browser_context
+    from .events import normalize_user_data as normalize_user_data
     from .events import send_event as send_event
-    from .middleware import browser_context as browser_context
     from .models import OutboxEvent as OutboxEvent
-    from .normalize import normalize_user_data as normalize_user_data
     from .registry import ModelEvent as ModelEvent
     from .registry import event_id_for as event_id_for
     from .registry import register as register

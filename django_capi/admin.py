@@ -63,7 +63,7 @@ class EventNameFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         # Registered ModelEvents, plus Meta's standard names that send_event may record.
-        names = {e.event_name for events in registry._registry.values() for e in events}
+        names = {event.event_name for event in registry.all_events()}
         return [(name, name) for name in sorted(names | STANDARD_EVENTS)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:

@@ -11,14 +11,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from . import context, validation
+from . import context, normalize, validation
+from .browser import browser_context
 from .conf import capi_settings
 from .constants import ActionSource
 from .exceptions import (
@@ -27,9 +28,7 @@ from .exceptions import (
     EventValidationError,
     UnknownUserDataKey,
 )
-from .middleware import browser_context
 from .models import OutboxEvent
-from .normalize import normalize_user_data
 from .signals import outbox_committed, send_on_commit
 from .text import is_storable, storable, storable_json
 
@@ -141,6 +140,22 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         payload=payload,
         event_time=datetime.fromtimestamp(event_time, tz=UTC),
         warnings=[*warnings, *_browser_warnings(draft, user_data)],
+    )
+
+
+def normalize_user_data(
+    data: Mapping[str, object],
+    *,
+    phone_region: str | None = None,
+    default_phone_region: str | None | Literal["settings"] = "settings",
+) -> normalize.NormalizedUserData:
+    """Meta's normalization and hashing of ``data`` (``normalize.normalize_user_data``), with
+    the ``DEFAULT_PHONE_REGION`` setting as the default region unless one is given (``None``
+    for none): ``django_capi.normalize_user_data``."""
+    if default_phone_region == "settings":
+        default_phone_region = capi_settings().default_phone_region
+    return normalize.normalize_user_data(
+        data, phone_region=phone_region, default_phone_region=default_phone_region
     )
 
 

@@ -20,7 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 import phonenumbers
 import pycountry
@@ -128,21 +128,17 @@ def normalize_user_data(
     data: Mapping[str, object],
     *,
     phone_region: str | None = None,
-    default_phone_region: str | None | Literal["settings"] = "settings",
+    default_phone_region: str | None = None,
 ) -> NormalizedUserData:
     """Return ``data`` normalized, hashed where Meta requires it, with unusable values dropped.
 
     A phone number written without a country code is read in ``phone_region`` if given, else in
-    the record's own ``country``, else in ``default_phone_region`` (by default the
-    ``DEFAULT_PHONE_REGION`` setting, the one setting read here; pass ``None`` for none); with
-    none of them its digits must already start with a real country code. Raises
-    ``UnknownUserDataKey`` for a key Meta does not know and ``ValueError`` for a region argument
-    that is not a country phonenumbers knows.
+    the record's own ``country``, else in ``default_phone_region``; with none of them its
+    digits must already start with a real country code. Raises ``UnknownUserDataKey`` for a
+    key Meta does not know and ``ValueError`` for a region argument that is not a country
+    phonenumbers knows. ``django_capi.normalize_user_data`` (``events.py``) is this function
+    with the ``DEFAULT_PHONE_REGION`` setting as the default region.
     """
-    if default_phone_region == "settings":
-        from .conf import capi_settings
-
-        default_phone_region = capi_settings().default_phone_region
     for key in data:
         if key not in HASHED_KEYS and key not in PLAIN_KEYS:
             raise UnknownUserDataKey(str(key))

@@ -24,7 +24,7 @@ def main() -> None:
 
     from django_capi import outbox
     from django_capi.client import GraphResult
-    from tests.delivery_helpers import PIXEL
+    from tests.factories import PIXEL
 
     answer = GraphResult(http_status=503, duration_ms=1)
     chance = random.Random(os.getpid())

@@ -10,8 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_capi.models import DeliveryAttempt, OutboxEvent
-from tests.delivery_helpers import make_rows
-from tests.factories import OrderFactory
+from tests.factories import OrderFactory, OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,7 +50,7 @@ def test_the_changelist_shows_status_error_and_source(viewer):
 
 
 def test_search_is_exact_on_event_id_and_source_id(viewer):
-    rows = make_rows(3)
+    rows = OutboxEventFactory.create_batch(3)
     response = viewer.get(reverse(CHANGELIST), {"q": rows[1].event_id})
     assert [row.pk for row in response.context["cl"].result_list] == [rows[1].pk]
     response = viewer.get(reverse(CHANGELIST), {"q": rows[1].event_id[:-1]})
@@ -59,15 +58,15 @@ def test_search_is_exact_on_event_id_and_source_id(viewer):
 
 
 def test_filters_and_date_hierarchy_work(viewer):
-    make_rows(2)
-    OutboxEvent.objects.filter(event_id="ev-0").update(status="failed")
+    failed = OutboxEventFactory.create_batch(2)[0]
+    OutboxEvent.objects.filter(pk=failed.pk).update(status="failed")
     response = viewer.get(reverse(CHANGELIST), {"status__exact": "failed"})
-    assert [row.event_id for row in response.context["cl"].result_list] == ["ev-0"]
+    assert [row.event_id for row in response.context["cl"].result_list] == [failed.event_id]
     assert response.context["cl"].date_hierarchy == "created_at"
 
 
 def test_the_detail_shows_the_payload_and_attempts_and_cannot_edit(viewer):
-    row = make_rows(1)[0]
+    row = OutboxEventFactory.create()
     DeliveryAttempt.objects.create(
         event=row,
         outcome="retry",
@@ -78,7 +77,7 @@ def test_the_detail_shows_the_payload_and_attempts_and_cannot_edit(viewer):
     )
     url = reverse("admin:django_capi_outboxevent_change", args=[row.pk])
     html = viewer.get(url).content.decode()
-    assert "&quot;event_id&quot;: &quot;ev-0&quot;" in html  # pretty-printed, escaped
+    assert f"&quot;event_id&quot;: &quot;{row.event_id}&quot;" in html  # pretty-printed, escaped
     assert "&lt;script&gt;x&lt;/script&gt;" in html
     assert "<script>x</script>" not in html
     assert 'name="_save"' not in html
@@ -88,7 +87,7 @@ def test_the_detail_shows_the_payload_and_attempts_and_cannot_edit(viewer):
 
 
 def test_the_attempt_history_shows_metas_messages_escaped(viewer):
-    row = make_rows(1)[0]
+    row = OutboxEventFactory.create()
     DeliveryAttempt.objects.create(
         event=row,
         outcome="delivered",
@@ -105,7 +104,7 @@ def test_the_attempt_history_shows_metas_messages_escaped(viewer):
 
 
 def test_actions_need_the_replay_permission(client):
-    make_rows(1)
+    OutboxEventFactory.create()
     client.force_login(staff("view_outboxevent"))
     assert client.get(reverse(CHANGELIST)).context["action_form"] is None  # no actions at all
     client.force_login(staff("view_outboxevent", "replay_outboxevent"))
@@ -114,8 +113,8 @@ def test_actions_need_the_replay_permission(client):
 
 
 def test_replay_from_the_admin_reports_what_it_did(operator):
-    rows = make_rows(2)
-    old = make_rows(1, prefix="old", age=timedelta(days=9))
+    rows = OutboxEventFactory.create_batch(2)
+    old = OutboxEventFactory.create_batch(1, age=timedelta(days=9))
     OutboxEvent.objects.update(status="failed")
     response = operator.post(
         reverse(CHANGELIST),
@@ -129,13 +128,13 @@ def test_replay_from_the_admin_reports_what_it_did(operator):
 
 
 def test_cancel_from_the_admin(operator):
-    rows = make_rows(2)
+    rows = OutboxEventFactory.create_batch(2)
     operator.post(reverse(CHANGELIST), {"action": "cancel", "_selected_action": [rows[0].pk]})
     assert OutboxEvent.objects.get(pk=rows[0].pk).status == "cancelled"
 
 
 def test_send_now_from_the_admin(operator, capi_graph):
-    rows = make_rows(2)
+    rows = OutboxEventFactory.create_batch(2)
     response = operator.post(
         reverse(CHANGELIST),
         {"action": "send_now", "_selected_action": [rows[0].pk]},
@@ -143,7 +142,7 @@ def test_send_now_from_the_admin(operator, capi_graph):
     )
     text = " ".join(str(m) for m in response.context["messages"])
     assert "Sent now: claimed 1, delivered 1" in text
-    assert capi_graph.event_ids() == ["ev-0"]
+    assert capi_graph.event_ids() == [rows[0].event_id]
 
 
 @pytest.mark.parametrize("count", [10, 120])
@@ -160,7 +159,7 @@ def test_no_full_count_is_made(viewer, django_assert_max_num_queries):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    make_rows(5)
+    OutboxEventFactory.create_batch(5)
     with CaptureQueriesContext(connection) as captured:
         viewer.get(reverse(CHANGELIST))
     counts = [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"].upper()]
@@ -176,7 +175,7 @@ def test_the_health_dashboard_is_linked_from_the_app_index_and_the_changelist(vi
 
 
 def test_a_viewer_cannot_run_an_action_by_posting_it(viewer):
-    make_rows(1)
+    OutboxEventFactory.create()
     OutboxEvent.objects.update(status="failed")
     response = viewer.post(
         reverse(CHANGELIST),
@@ -188,7 +187,7 @@ def test_a_viewer_cannot_run_an_action_by_posting_it(viewer):
 
 def test_nobody_deletes_rows_from_the_admin(client):
     client.force_login(User.objects.create_superuser("root", password="x"))
-    row = make_rows(1)[0]
+    row = OutboxEventFactory.create()
     actions = client.get(reverse(CHANGELIST)).context["action_form"].fields["action"].choices
     assert "delete_selected" not in {name for name, _ in actions}
     url = reverse("admin:django_capi_outboxevent_delete", args=[row.pk])
@@ -200,7 +199,7 @@ def test_select_all_beyond_the_counted_rows_is_refused(operator, monkeypatch):
     from django_capi.admin import CappedPaginator
 
     monkeypatch.setattr(CappedPaginator, "cap", 2)
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     OutboxEvent.objects.update(status="failed")
     response = operator.post(
         reverse(CHANGELIST),
@@ -213,7 +212,7 @@ def test_select_all_beyond_the_counted_rows_is_refused(operator, monkeypatch):
 
 
 def test_search_matches_ids_exactly_with_their_case(viewer):
-    rows = make_rows(1, prefix="CaseSensitive")
+    rows = OutboxEventFactory.create_batch(1, event_id="CaseSensitive-0")
     found = viewer.get(reverse(CHANGELIST), {"q": rows[0].event_id}).context["cl"].result_list
     assert [row.pk for row in found] == [rows[0].pk]
     upper = viewer.get(reverse(CHANGELIST), {"q": rows[0].event_id.upper()})
@@ -224,7 +223,7 @@ def test_filter_choices_come_from_declarations_not_from_the_table(viewer):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     with CaptureQueriesContext(connection) as captured:
         viewer.get(reverse(CHANGELIST))
     assert not any(
@@ -240,7 +239,7 @@ def test_the_date_hierarchy_needs_no_distinct_over_the_table(viewer):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     year = timezone.now().year
     pages = [{}, {"created_at__year": year}, {"created_at__year": year, "created_at__month": 2}]
     for params in pages:
@@ -285,7 +284,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("params", NOTHING_MATCHES)
 def test_a_value_no_row_can_hold_finds_nothing(viewer, params):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     response = viewer.get(reverse(CHANGELIST), params)
     assert response.status_code == 200
     assert list(response.context["cl"].result_list) == []
@@ -293,7 +292,7 @@ def test_a_value_no_row_can_hold_finds_nothing(viewer, params):
 
 @pytest.mark.parametrize("params", REFUSED)
 def test_other_unusable_parameters_get_the_admins_error_page(viewer, params):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     response = viewer.get(reverse(CHANGELIST), params)
     assert response.status_code == 302
     assert response["Location"].endswith("?e=1")
@@ -305,5 +304,5 @@ def test_other_unusable_parameters_get_the_admins_error_page(viewer, params):
     [{"p": "\x00"}, {"o": "\x00"}, {"e": "\x00"}, {"q": "ev-0\x00"}, {"attempts": "9" * 40}],
 )
 def test_parameters_django_checks_itself_still_show_the_page(viewer, params):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     assert viewer.get(reverse(CHANGELIST), params).status_code == 200

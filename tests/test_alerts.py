@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from django_capi import alerts, signals
 from django_capi.models import DeliveryAttempt, OutboxEvent
-from tests.delivery_helpers import make_rows
+from tests.factories import OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,7 +29,7 @@ def raised():
 
 
 def test_a_backlog_nobody_drains_alerts_once_and_resolves_once(raised, caplog):
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     waited = timedelta(minutes=20, seconds=30)
     OutboxEvent.objects.update(next_attempt_at=timezone.now() - waited)
     changes = alerts.evaluate()
@@ -46,13 +46,13 @@ def test_a_backlog_nobody_drains_alerts_once_and_resolves_once(raised, caplog):
 
 
 def test_a_young_backlog_is_no_incident():
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(minutes=5))
     assert alerts.evaluate() == []
 
 
 def attempts(outcome: str, count: int) -> None:
-    row = make_rows(1, prefix=f"{outcome}-{count}-{DeliveryAttempt.objects.count()}")[0]
+    row = OutboxEventFactory.create()
     DeliveryAttempt.objects.bulk_create(
         DeliveryAttempt(event=row, outcome=outcome, batch_size=1, duration_ms=1)
         for _ in range(count)
@@ -89,7 +89,7 @@ def test_a_rate_hovering_around_the_threshold_does_not_flap(raised):
 
 def test_mail_can_be_turned_off(settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "ALERT_MAIL_ADMINS": False}
-    make_rows(1)
+    OutboxEventFactory.create()
     OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(hours=1))
     assert alerts.evaluate()
     assert mail.outbox == []
@@ -109,7 +109,7 @@ def test_committing_events_without_any_drainer_raises_the_backlog_alert(raised):
 
     from django_capi import send_event
 
-    make_rows(1)
+    OutboxEventFactory.create()
     OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(hours=2))
     cache.clear()
     with transaction.atomic():

@@ -25,7 +25,9 @@ DOCS = PACKAGE.parent / "docs" / "architecture.md"
 # The layers: every module of the package belongs to exactly one.
 LAYERS: dict[str, tuple[str, ...]] = {
     # Runs inside the shop's request and transaction.
-    "CAPTURE": ("registry", "events", "installation", "normalize", "validation", "context"),
+    "CAPTURE": (
+        "registry", "events", "installation", "normalize", "validation", "context", "browser"
+    ),
     # Below both wings: vocabularies, errors, text, settings, the models, the signals.
     "SHARED": ("constants", "exceptions", "text", "conf", "models", "signals"),
     # Applies capture to requests and templates.

@@ -8,7 +8,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_capi import OutboxEvent, send_event
-from tests.delivery_helpers import make_rows
+from tests.factories import OutboxEventFactory
 from tests.shop.models import Order
 
 BOTH = {"default", "other"}
@@ -40,11 +40,11 @@ def test_a_rollback_on_the_other_alias_removes_the_row_there():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_due_rows_are_found_through_the_partial_index_at_scale():
-    make_rows(20_000, prefix="done")
+    OutboxEventFactory.bulk_create(20_000)
     OutboxEvent.objects.update(
         status=OutboxEvent.Status.DELIVERED, next_attempt_at=timezone.now() - timedelta(days=1)
     )
-    make_rows(20, prefix="due")
+    OutboxEventFactory.create_batch(20)
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {OutboxEvent._meta.db_table}")
     due = OutboxEvent.objects.filter(

@@ -26,12 +26,19 @@ from django_capi.testing import (
     HttpStatus,
     business_use_case_usage,
 )
-from tests.delivery_helpers import PIXEL, make_due, make_rows
+from tests.factories import PIXEL, OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Status = OutboxEvent.Status
 Reason = OutboxEvent.FailureReason
+
+
+def make_due() -> None:
+    """Let time pass for every waiting row (backoffs, pauses), as the database sees it."""
+    OutboxEvent.objects.filter(status="pending").update(
+        next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
 
 
 def statuses() -> dict[str, int]:
@@ -47,7 +54,7 @@ def short_timeouts(settings):
 
 
 def test_pending_rows_are_delivered_with_metas_answer(capi_graph):
-    rows = make_rows(3)
+    rows = OutboxEventFactory.create_batch(3)
     report = drain()
     assert (report.claimed, report.delivered, report.requests) == (3, 3, 1)
     assert capi_graph.event_ids() == [row.event_id for row in rows]
@@ -67,7 +74,7 @@ def test_pending_rows_are_delivered_with_metas_answer(capi_graph):
 
 
 def test_a_second_drain_sends_nothing_again(capi_graph):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     drain()
     assert drain().claimed == 0
     assert len(capi_graph.requests) == 1
@@ -75,15 +82,15 @@ def test_a_second_drain_sends_nothing_again(capi_graph):
 
 def test_batches_hold_at_most_batch_size_events(capi_graph, settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 4}
-    make_rows(10)
+    OutboxEventFactory.create_batch(10)
     report = drain()
     assert (report.delivered, report.requests) == (10, 3)
     assert [len(request.events) for request in capi_graph.requests] == [4, 4, 2]
 
 
 def test_each_pixel_gets_its_own_request(capi_graph):
-    make_rows(2, prefix="a", pixel_id="111")
-    make_rows(3, prefix="b", pixel_id="222")
+    OutboxEventFactory.create_batch(2, pixel_id="111")
+    OutboxEventFactory.create_batch(3, pixel_id="222")
     drain()
     assert sorted((r.pixel_id, len(r.events)) for r in capi_graph.requests) == [
         ("111", 2),
@@ -93,13 +100,13 @@ def test_each_pixel_gets_its_own_request(capi_graph):
 
 def test_the_test_event_code_is_sent_when_configured(capi_graph, settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "TEST_EVENT_CODE": "TEST123"}
-    make_rows(1)
+    OutboxEventFactory.create()
     drain()
     assert capi_graph.received_events()[0].test_event_code == "TEST123"
 
 
 def test_a_batch_with_three_bad_events_delivers_the_rest(capi_graph):
-    rows = make_rows(1000)
+    rows = OutboxEventFactory.bulk_create(1000)
     bad = {rows[17].pk, rows[500].pk, rows[998].pk}
     for row in OutboxEvent.objects.filter(pk__in=bad):
         row.payload["user_data"] = {"em": "not-hashed@example.com"}
@@ -130,7 +137,7 @@ def test_a_batch_with_three_bad_events_delivers_the_rest(capi_graph):
     ],
 )
 def test_transient_failures_retry_later_by_the_database_clock(capi_graph, short_timeouts, fault):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     capi_graph.script(fault)
     report = drain()
     assert report.retrying == 2
@@ -148,7 +155,7 @@ def test_transient_failures_retry_later_by_the_database_clock(capi_graph, short_
 
 def test_retries_stop_at_max_attempts(capi_graph, settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "MAX_ATTEMPTS": 3}
-    make_rows(1)
+    OutboxEventFactory.create()
     capi_graph.fail_always(HttpStatus(500))
     for _ in range(3):
         drain()
@@ -161,7 +168,7 @@ def test_retries_stop_at_max_attempts(capi_graph, settings):
 
 def test_a_retry_that_would_come_too_late_fails_as_expired(capi_graph):
     # Sendable now (a minute of margin is kept), but gone before the earliest retry (1 s).
-    make_rows(1, age=timedelta(days=7) - timedelta(seconds=61))
+    OutboxEventFactory.create(age=timedelta(days=7) - timedelta(seconds=61))
     capi_graph.script(HttpStatus(503))
     drain()
     row = OutboxEvent.objects.get()
@@ -170,19 +177,19 @@ def test_a_retry_that_would_come_too_late_fails_as_expired(capi_graph):
 
 
 def test_stale_rows_never_leave_the_machine(capi_graph):
-    make_rows(2, prefix="fresh")
-    make_rows(1, prefix="stale", age=timedelta(days=7, minutes=1))
-    make_rows(1, prefix="store", age=timedelta(days=30), action_source="physical_store")
+    fresh = OutboxEventFactory.create_batch(2)
+    stale = OutboxEventFactory.create(age=timedelta(days=7, minutes=1))
+    store = OutboxEventFactory.create(age=timedelta(days=30), action_source="physical_store")
     drain()
-    stale = OutboxEvent.objects.get(event_id="stale-0")
+    stale.refresh_from_db()
     assert (stale.status, stale.failure_reason) == ("failed", "expired")
     assert stale.last_http_status is None
     assert not DeliveryAttempt.objects.filter(event=stale).exists()
-    assert sorted(capi_graph.event_ids()) == ["fresh-0", "fresh-1", "store-0"]
+    assert sorted(capi_graph.event_ids()) == sorted(row.event_id for row in [*fresh, store])
 
 
 def test_a_rate_limit_pauses_the_pixel_for_as_long_as_meta_asks(capi_graph):
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     headers = business_use_case_usage(PIXEL, estimated_time_to_regain_access=2)
     capi_graph.script(GraphError(code=17, subcode=2446079, headers=headers))
     report = drain()
@@ -194,7 +201,7 @@ def test_a_rate_limit_pauses_the_pixel_for_as_long_as_meta_asks(capi_graph):
         assert row.next_attempt_at > timezone.now() + timedelta(seconds=110)
         assert row.last_error_code == 17
     # New events for the paused pixel wait too.
-    make_rows(1, prefix="new")
+    OutboxEventFactory.create()
     assert drain().requests == 0
     assert len(capi_graph.requests) == 1
     PixelState.objects.update(paused_until=timezone.now())
@@ -206,7 +213,7 @@ def test_a_rate_limit_pauses_the_pixel_for_as_long_as_meta_asks(capi_graph):
     "fault", [HttpStatus(429), GraphError(code=4), GraphError(code=613), GraphError(code=368)]
 )
 def test_other_rate_limits_pause_with_a_default(capi_graph, fault):
-    make_rows(1)
+    OutboxEventFactory.create()
     capi_graph.script(fault)
     drain()
     assert PixelState.objects.get().paused_until > timezone.now() + timedelta(seconds=50)
@@ -228,7 +235,7 @@ def test_a_broken_token_opens_the_circuit_and_burns_no_attempts(capi_graph, sett
     alerts = []
     signals.token_invalid.connect(lambda **kwargs: alerts.append(kwargs), weak=False)
     try:
-        make_rows(5)
+        OutboxEventFactory.create_batch(5)
         capi_graph.fail_always(fault)
         drain()
         drain()  # the circuit is open: nothing is sent
@@ -253,7 +260,7 @@ def test_a_broken_token_opens_the_circuit_and_burns_no_attempts(capi_graph, sett
 
 def test_the_circuit_probes_again_after_the_interval_without_a_second_alert(capi_graph, settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "TOKEN_PROBE_SECONDS": 1}
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     capi_graph.fail_always(GraphError(code=190, subcode=463))
     drain()
     PixelState.objects.update(next_probe_at=timezone.now() - timedelta(seconds=1))
@@ -269,7 +276,7 @@ def test_the_circuit_probes_again_after_the_interval_without_a_second_alert(capi
 
 
 def test_the_token_appears_in_no_log_row_or_request_record(capi_graph, caplog):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     capi_graph.script(GraphError(code=190, subcode=467), HttpStatus(500))
     with caplog.at_level(logging.DEBUG):
         drain()
@@ -288,7 +295,7 @@ def test_a_broken_signal_receiver_does_not_change_the_outcome(capi_graph):
 
     signals.event_delivered.connect(broken)
     try:
-        make_rows(2)
+        OutboxEventFactory.create_batch(2)
         assert drain().delivered == 2
     finally:
         signals.event_delivered.disconnect(broken)
@@ -299,12 +306,12 @@ def test_failures_are_announced_with_their_reason(capi_graph):
     seen = []
     signals.event_failed.connect(lambda **kwargs: seen.append(kwargs), weak=False)
     try:
-        make_rows(1, age=timedelta(days=8))
+        old = OutboxEventFactory.create(age=timedelta(days=8))
         drain()
     finally:
         signals.event_failed.receivers.clear()
     assert seen[0]["reason"] == Reason.EXPIRED
-    assert [row.event_id for row in seen[0]["events"]] == ["ev-0"]
+    assert [row.event_id for row in seen[0]["events"]] == [old.event_id]
 
 
 def test_rows_taken_over_while_another_pixel_was_sent_are_not_sent_again(capi_graph):
@@ -314,8 +321,8 @@ def test_rows_taken_over_while_another_pixel_was_sent_are_not_sent_again(capi_gr
     from django_capi.client import GraphClient
     from django_capi.delivery import _PixelDelivery
 
-    make_rows(2, prefix="a", pixel_id="111")
-    make_rows(2, prefix="b", pixel_id="222")
+    sent = OutboxEventFactory.create_batch(2, pixel_id="111")
+    OutboxEventFactory.create_batch(2, pixel_id="222")
     slow = outbox.claim(limit=10, lease_seconds=60, using="default")
     # While pixel 111 is being sent, the lease of 222's rows lapses and a second worker takes
     # them over.
@@ -328,11 +335,12 @@ def test_rows_taken_over_while_another_pixel_was_sent_are_not_sent_again(capi_gr
     for pixel_id, rows in groupby(slow.rows, key=lambda row: row.pixel_id):
         _PixelDelivery(slow, pixel_id, list(rows), client, []).run(probe=False)
     client.close()
-    assert capi_graph.event_ids() == ["a-0", "a-1"]  # 222's rows are the other worker's now
+    # 222's rows are the other worker's now.
+    assert capi_graph.event_ids() == [row.event_id for row in sent]
 
 
 def test_a_request_level_error_stops_the_pixel_without_failing_events(capi_graph):
-    make_rows(16)
+    OutboxEventFactory.create_batch(16)
     capi_graph.fail_always(GraphError(code=12, message="(#12) API version is deprecated"))
     report = drain()
     assert (report.requests, report.failed, report.postponed) == (1, 0, 16)  # no bisecting
@@ -342,7 +350,7 @@ def test_a_request_level_error_stops_the_pixel_without_failing_events(capi_graph
 
 
 def test_a_2xx_page_that_is_not_the_graph_api_is_retried_not_delivered(capi_graph):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     capi_graph.script(HttpStatus(200, "<html>Welcome to the hotel wifi</html>"))
     report = drain()
     assert (report.delivered, report.retrying) == (0, 2)
@@ -352,7 +360,7 @@ def test_a_2xx_page_that_is_not_the_graph_api_is_retried_not_delivered(capi_grap
 
 
 def test_an_open_circuit_is_probed_with_one_event(capi_graph):
-    make_rows(5)
+    OutboxEventFactory.create_batch(5)
     capi_graph.script(GraphError(code=190, subcode=463))
     drain()
     PixelState.objects.update(next_probe_at=timezone.now() - timedelta(seconds=1))
@@ -362,7 +370,7 @@ def test_an_open_circuit_is_probed_with_one_event(capi_graph):
 
 
 def test_rate_limits_without_a_wait_double_the_pause_and_are_capped(capi_graph):
-    make_rows(1)
+    OutboxEventFactory.create()
     capi_graph.fail_always(GraphError(code=4))
     pauses = []
     for _ in range(2):
@@ -381,7 +389,7 @@ def test_rate_limits_without_a_wait_double_the_pause_and_are_capped(capi_graph):
 
 
 def test_a_deprecated_api_version_opens_the_circuit_saying_to_upgrade(capi_graph, settings):
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     capi_graph.fail_always(
         GraphError(
             code=2635,
@@ -417,7 +425,7 @@ class FlakyClient(GraphClient):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_one_bad_event_never_sinks_a_batch_under_transient_faults(capi_graph, seed):
-    rows = make_rows(1000)
+    rows = OutboxEventFactory.bulk_create(1000)
     bad = {rows[n].pk for n in random.Random(seed).sample(range(1000), 5)}
     for row in OutboxEvent.objects.filter(pk__in=bad):
         row.payload["user_data"] = {"em": "not-hashed@example.com"}
@@ -440,7 +448,7 @@ def test_one_bad_event_never_sinks_a_batch_under_transient_faults(capi_graph, se
 
 def test_a_retry_past_metas_age_window_is_moved_inside_it(capi_graph, monkeypatch):
     monkeypatch.setattr(delivery, "backoff_delay", lambda *args, **kwargs: timedelta(hours=6))
-    (row,) = make_rows(1, age=timedelta(days=7) - timedelta(hours=2))
+    row = OutboxEventFactory.create(age=timedelta(days=7) - timedelta(hours=2))
     capi_graph.script(HttpStatus(503))
     drain()
     row.refresh_from_db()
@@ -453,7 +461,7 @@ def test_a_retry_past_metas_age_window_is_moved_inside_it(capi_graph, monkeypatc
 
 
 def test_metas_messages_are_kept_on_the_attempt(capi_graph):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     messages = ["The parameter <fbc> was modified", "Event 'ev-1' has a low match quality"]
     answer = {"events_received": 2, "messages": messages, "fbtrace_id": "trace"}
     capi_graph.script(HttpStatus(200, answer))
@@ -506,7 +514,7 @@ HOSTILE_ANSWERS = {
 
 @pytest.mark.parametrize("answer", HOSTILE_ANSWERS.values(), ids=HOSTILE_ANSWERS.keys())
 def test_a_worker_survives_any_answer_and_leaves_no_row_leased(capi_graph, answer):
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     capi_graph.script(answer)
     drain()
     for row in OutboxEvent.objects.all():
@@ -521,7 +529,7 @@ def test_a_worker_survives_any_answer_and_leaves_no_row_leased(capi_graph, answe
 
 
 def test_a_failing_write_back_gives_the_rows_back_at_once(capi_graph, monkeypatch):
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
 
     def broken(*args, **kwargs):
         raise DatabaseError("the database went away")
@@ -538,7 +546,7 @@ def test_a_failing_write_back_gives_the_rows_back_at_once(capi_graph, monkeypatc
 
 def test_rows_claimed_past_max_attempts_are_failed_not_sent_again(capi_graph, settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "MAX_ATTEMPTS": 3}
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     OutboxEvent.objects.update(attempts=3)  # three drains died before writing an answer
     drain()
     assert capi_graph.requests == []
@@ -557,7 +565,7 @@ def test_the_setup_alert_goes_out_once_whatever_fails_while_the_circuit_opens(
         raise DatabaseError("deadlock detected")
 
     try:
-        make_rows(3)
+        OutboxEventFactory.create_batch(3)
         capi_graph.fail_always(GraphError(code=190, subcode=463))
         monkeypatch.setattr(outbox, broken, fails)
         with contextlib.suppress(DatabaseError):  # a write-back failed: the drain says so
@@ -584,7 +592,7 @@ def test_a_worker_stalled_past_its_lease_before_posting_does_not_send_again(
         "CONNECT_TIMEOUT": 0.1,
         "READ_TIMEOUT": 0.3,
     }
-    make_rows(20)
+    OutboxEventFactory.create_batch(20)
     keep = outbox.keep
     stalled = []
 

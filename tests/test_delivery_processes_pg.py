@@ -13,8 +13,7 @@ from django.db import transaction
 
 from django_capi.models import OutboxEvent
 from django_capi.testing import Delay
-from tests.delivery_helpers import make_rows
-from tests.factories import OrderFactory
+from tests.factories import OrderFactory, OutboxEventFactory
 from tests.processes import manage, start, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -27,7 +26,7 @@ def delivered_count() -> int:
 
 
 def test_four_drainers_share_20000_events_and_meta_gets_each_once(capi_graph):
-    make_rows(20_000)
+    OutboxEventFactory.bulk_create(20_000)
     graph = {"GRAPH_API_URL": capi_graph.url}
     drainers = [start(manage("capi_drain", "--loop", "--interval", "0.2"), graph) for _ in range(4)]
     try:
@@ -51,7 +50,7 @@ def test_four_drainers_share_20000_events_and_meta_gets_each_once(capi_graph):
 
 
 def test_a_drainer_killed_mid_batch_loses_nothing(capi_graph):
-    rows = make_rows(50)
+    rows = OutboxEventFactory.create_batch(50)
     capi_graph.script(Delay(30))  # Meta takes the events, the answer never comes back
     drainer = start(
         manage("capi_drain"),
@@ -130,7 +129,7 @@ def test_a_celery_worker_on_redis_delivers_rows_of_a_committed_transaction(
 def test_renewals_write_backs_and_pixel_pauses_never_deadlock():
     """Keepers (claim, renew, give back, now and then after stalling past the lease) and
     pausers (postpone and resume the pixel) run at once on the same rows."""
-    make_rows(3000)
+    OutboxEventFactory.bulk_create(3000)
     roles = ["keeper", "keeper", "pauser", "pauser"]
     hammers = [start(["-m", "tests.outbox_hammer", role, "20"]) for role in roles]
     outputs = [hammer.communicate(timeout=120)[0] for hammer in hammers]

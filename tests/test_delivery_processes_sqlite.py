@@ -19,8 +19,8 @@ import django
 django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
-from tests.delivery_helpers import make_rows
-make_rows(3000)
+from tests.factories import OutboxEventFactory
+OutboxEventFactory.bulk_create(3000)
 """
 
 COUNT = """

@@ -7,15 +7,15 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.delivery_helpers import make_rows
+from tests.factories import OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
 def test_capi_drain_delivers_what_is_due_in_every_database_and_reports(capi_graph):
-    make_rows(3)
-    make_rows(2, prefix="elsewhere", using="other")
+    OutboxEventFactory.create_batch(3)
+    OutboxEventFactory.bulk_create(2, using="other")
     out = StringIO()
     call_command("capi_drain", stdout=out)
     assert "default: claimed 3, delivered 3" in out.getvalue()

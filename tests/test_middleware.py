@@ -12,7 +12,8 @@ from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
 
 from django_capi import OutboxEvent, send_event
-from django_capi.middleware import COOKIE_MAX_AGE, CapiMiddleware, browser_context
+from django_capi.browser import browser_context
+from django_capi.middleware import COOKIE_MAX_AGE, CapiMiddleware
 from tests.factories import OrderFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -469,7 +470,7 @@ def test_a_value_that_cannot_be_read_is_left_out_and_logged_once(monkeypatch, ca
 
 
 def test_a_failing_collection_still_serves_the_page_and_is_logged_once(monkeypatch, caplog):
-    from django_capi import middleware
+    from django_capi import browser
 
     class BrokenSession(dict):
         session_key = "k"
@@ -477,7 +478,7 @@ def test_a_failing_collection_still_serves_the_page_and_is_logged_once(monkeypat
         def get(self, *args, **kwargs):
             raise RuntimeError("the session store is down")
 
-    monkeypatch.setattr(middleware, "_failures_logged", set(), raising=False)
+    monkeypatch.setattr(browser, "_failures_logged", set(), raising=False)
     for _ in range(2):
         request = get(HTTP_REFERER="https://x.example/")
         request.session = BrokenSession()
@@ -542,7 +543,7 @@ def test_a_hostile_browser_can_view_buy_and_see_its_thank_you_page(client, capi_
 def test_ids_a_session_kept_from_before_are_storable(saved):
     from django.contrib.sessions.backends.db import SessionStore
 
-    from django_capi.middleware import SESSION_KEY
+    from django_capi.browser import SESSION_KEY
 
     request = with_session(get())
     store = SessionStore(request.COOKIES["sessionid"])

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import django_capi
 from django_capi import normalize
 from django_capi.exceptions import EventValidationError, UnknownUserDataKey
 from django_capi.normalize import (
@@ -384,11 +385,11 @@ def test_without_any_region_the_digits_must_already_hold_the_country_code() -> N
 
 def test_the_default_region_comes_from_the_setting_unless_given(settings) -> None:
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "DEFAULT_PHONE_REGION": "DE"}
-    assert normalize.normalize_user_data({"ph": "030 1234567"})["ph"] == h("49301234567")
-    assert "ph" not in normalize.normalize_user_data(
+    assert django_capi.normalize_user_data({"ph": "030 1234567"})["ph"] == h("49301234567")
+    assert "ph" not in django_capi.normalize_user_data(
         {"ph": "030 1234567"}, default_phone_region=None
     )
-    explicit = normalize.normalize_user_data({"ph": MENLO_PARK}, default_phone_region="US")
+    explicit = django_capi.normalize_user_data({"ph": MENLO_PARK}, default_phone_region="US")
     assert explicit["ph"] == h(MENLO_PARK_E164)
 
 

@@ -11,8 +11,7 @@ from django.utils import timezone
 
 from django_capi import operations
 from django_capi.models import DeliveryAttempt, OutboxEvent
-from tests.delivery_helpers import make_rows
-from tests.factories import OrderFactory
+from tests.factories import OrderFactory, OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +25,7 @@ def fail(rows, reason="rejected", **extra):
 
 
 def test_replay_gives_failed_events_a_fresh_budget_and_delivers_them(capi_graph):
-    rows = make_rows(3)
+    rows = OutboxEventFactory.create_batch(3)
     fail(rows)
     result = operations.replay(OutboxEvent.objects.all())
     assert (result.replayed, result.too_old, result.unbuilt, result.skipped) == (3, 0, 0, 0)
@@ -42,34 +41,34 @@ def test_replay_gives_failed_events_a_fresh_budget_and_delivers_them(capi_graph)
 
 
 def test_replay_refuses_events_too_old_for_meta_and_says_why():
-    old = make_rows(2, prefix="old", age=timedelta(days=8))
-    store = make_rows(1, prefix="store", age=timedelta(days=30), action_source="physical_store")
-    unbuilt = make_rows(1, prefix="unbuilt")
-    fail(old + store)
-    fail(unbuilt, reason="invalid", payload={})
-    delivered = make_rows(1, prefix="done")
-    OutboxEvent.objects.filter(pk=delivered[0].pk).update(status=Status.DELIVERED)
+    old = OutboxEventFactory.create_batch(2, age=timedelta(days=8))
+    store = OutboxEventFactory.create(age=timedelta(days=30), action_source="physical_store")
+    unbuilt = OutboxEventFactory.create()
+    fail([*old, store])
+    fail([unbuilt], reason="invalid", payload={})
+    delivered = OutboxEventFactory.create()
+    OutboxEvent.objects.filter(pk=delivered.pk).update(status=Status.DELIVERED)
     result = operations.replay(OutboxEvent.objects.all())
     assert (result.replayed, result.too_old, result.unbuilt, result.skipped) == (1, 2, 1, 1)
     assert "2 refused: older than Meta accepts" in str(result)
     assert "fix the data and save the object again" in str(result)
-    assert OutboxEvent.objects.get(event_id="store-0").status == Status.PENDING
+    assert OutboxEvent.objects.get(pk=store.pk).status == Status.PENDING
 
 
 def test_send_now_delivers_only_the_selected_rows(capi_graph):
-    rows = make_rows(3)
+    rows = OutboxEventFactory.create_batch(3)
     later = timezone.now() + timedelta(hours=1)
     OutboxEvent.objects.update(next_attempt_at=later)  # backing off
     report = operations.send_now(OutboxEvent.objects.filter(pk__in=[rows[0].pk, rows[1].pk]))
     assert (report.claimed, report.delivered) == (2, 2)
-    assert sorted(capi_graph.event_ids()) == ["ev-0", "ev-1"]
+    assert sorted(capi_graph.event_ids()) == sorted([rows[0].event_id, rows[1].event_id])
     assert OutboxEvent.objects.get(pk=rows[2].pk).status == Status.PENDING
 
 
 def test_send_now_inside_a_transaction_never_holds_it_open_during_http(capi_graph):
     from django.db import connection, transaction
 
-    rows = make_rows(2)
+    rows = OutboxEventFactory.create_batch(2)
     with transaction.atomic():  # as an admin action under ATOMIC_REQUESTS
         report = operations.send_now(OutboxEvent.objects.filter(pk=rows[0].pk))
         if connection.vendor == "sqlite":
@@ -77,30 +76,30 @@ def test_send_now_inside_a_transaction_never_holds_it_open_during_http(capi_grap
             assert capi_graph.event_ids() == []
         else:
             assert (report.claimed, report.delivered) == (1, 1)  # in its own connection
-    assert capi_graph.event_ids() == ["ev-0"]
+    assert capi_graph.event_ids() == [rows[0].event_id]
     assert OutboxEvent.objects.get(pk=rows[0].pk).status == Status.DELIVERED
 
 
 def test_cancel_stops_pending_and_failed_rows_but_not_delivered_or_in_flight():
-    rows = make_rows(4)
+    rows = OutboxEventFactory.create_batch(4)
     fail(rows[:1])
     OutboxEvent.objects.filter(pk=rows[1].pk).update(status=Status.DELIVERED)
     OutboxEvent.objects.filter(pk=rows[2].pk).update(leased_until=timezone.now())
     assert operations.cancel(OutboxEvent.objects.all()) == 2
-    statuses = dict(OutboxEvent.objects.values_list("event_id", "status"))
+    statuses = dict(OutboxEvent.objects.values_list("pk", "status"))
     assert statuses == {
-        "ev-0": "cancelled",
-        "ev-1": "delivered",
-        "ev-2": "pending",
-        "ev-3": "cancelled",
+        rows[0].pk: "cancelled",
+        rows[1].pk: "delivered",
+        rows[2].pk: "pending",
+        rows[3].pk: "cancelled",
     }
 
 
 def test_capi_replay_filters_reports_progress_and_has_a_dry_run():
-    make_rows(3, prefix="a")
-    make_rows(2, prefix="b")
+    OutboxEventFactory.create_batch(3)
+    purchases = OutboxEventFactory.create_batch(2)
     fail(OutboxEvent.objects.all())
-    OutboxEvent.objects.filter(event_id__startswith="b").update(event_name="Purchase")
+    OutboxEvent.objects.filter(pk__in=[row.pk for row in purchases]).update(event_name="Purchase")
     out = StringIO()
     call_command("capi_replay", "--event-name", "Lead", "--dry-run", stdout=out)
     assert out.getvalue().strip() == "3 event(s) would be replayed (dry run)."
@@ -125,7 +124,7 @@ BROWSER = {
 
 
 def test_purge_keeps_only_the_dedup_key_of_old_deliveries_and_scrubs_in_batches():
-    rows = make_rows(6)
+    rows = OutboxEventFactory.create_batch(6)
     for row in OutboxEvent.objects.all():
         row.payload["user_data"] = dict(BROWSER)
         row.save()

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_capi import outbox
 from django_capi.client import ErrorKind, GraphFailure, GraphResult
 from django_capi.models import OutboxEvent
-from tests.delivery_helpers import make_rows
+from tests.factories import OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,7 +30,7 @@ def claim(limit: int = 100, lease_seconds: int = 60, **kwargs) -> outbox.Lease:
 
 
 def test_a_claim_leases_rows_counts_an_attempt_and_hides_them():
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     lease = claim()
     assert len(lease.rows) == 3
     for row in OutboxEvent.objects.all():
@@ -43,7 +43,7 @@ def test_a_claim_leases_rows_counts_an_attempt_and_hides_them():
 
 
 def test_claims_split_the_due_rows_between_them_oldest_first():
-    rows = make_rows(5)
+    rows = OutboxEventFactory.create_batch(5)
     first, second, third = claim(limit=2), claim(limit=2), claim(limit=2)
     assert [row.pk for row in first.rows] == [rows[0].pk, rows[1].pk]
     assert [row.pk for row in second.rows] == [rows[2].pk, rows[3].pk]
@@ -51,7 +51,7 @@ def test_claims_split_the_due_rows_between_them_oldest_first():
 
 
 def test_rows_not_yet_due_or_not_pending_are_not_claimed():
-    rows = make_rows(3)
+    rows = OutboxEventFactory.create_batch(3)
     OutboxEvent.objects.filter(pk=rows[0].pk).update(
         next_attempt_at=timezone.now() + timedelta(hours=1)
     )
@@ -60,13 +60,13 @@ def test_rows_not_yet_due_or_not_pending_are_not_claimed():
 
 
 def test_excluded_pixels_are_left_alone():
-    make_rows(2, prefix="a", pixel_id="111")
-    make_rows(2, prefix="b", pixel_id="222")
+    OutboxEventFactory.create_batch(2, pixel_id="111")
+    OutboxEventFactory.create_batch(2, pixel_id="222")
     assert {row.pixel_id for row in claim(exclude_pixels={"111"}).rows} == {"222"}
 
 
 def test_a_lost_lease_cannot_overwrite_the_new_owners_result():
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     slow = claim(lease_seconds=1)
     ids = [row.pk for row in slow.rows]
     time.sleep(1.1)  # the lease runs out; another worker takes the rows over
@@ -81,7 +81,7 @@ def test_a_lost_lease_cannot_overwrite_the_new_owners_result():
 
 
 def test_a_write_back_reports_exactly_the_rows_it_wrote():
-    make_rows(3)
+    OutboxEventFactory.create_batch(3)
     slow = claim(lease_seconds=1)
     time.sleep(1.1)
     taken = claim(limit=1)  # another worker takes one row over
@@ -90,7 +90,7 @@ def test_a_write_back_reports_exactly_the_rows_it_wrote():
 
 
 def test_rows_of_a_crashed_worker_come_back_after_the_lease():
-    make_rows(2)
+    OutboxEventFactory.create_batch(2)
     crashed = claim(lease_seconds=1)
     assert claim().rows == []
     time.sleep(1.1)
@@ -101,7 +101,7 @@ def test_rows_of_a_crashed_worker_come_back_after_the_lease():
 
 
 def test_keeping_rows_extends_their_lease():
-    make_rows(1)
+    OutboxEventFactory.create()
     lease = claim(lease_seconds=1)
     assert outbox.keep(lease, lease.rows, 60) == lease.rows
     time.sleep(1.1)
@@ -109,13 +109,13 @@ def test_keeping_rows_extends_their_lease():
 
 
 def test_claiming_inside_a_transaction_is_refused():
-    make_rows(1)
+    OutboxEventFactory.create()
     with transaction.atomic(), pytest.raises(RuntimeError, match="outside a transaction"):
         claim()
 
 
 def test_release_gives_the_attempt_back_and_retry_keeps_it():
-    rows = make_rows(2)
+    rows = OutboxEventFactory.create_batch(2)
     lease = claim()
     first, second = lease.rows
     outbox.release(lease, [first], delay=timedelta(0), error="paused", result=DOWN)

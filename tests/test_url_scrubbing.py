@@ -11,8 +11,9 @@ from django.http import HttpResponse
 from django.test import RequestFactory
 
 from django_capi import OutboxEvent, send_event
+from django_capi.browser import browser_context
 from django_capi.context import scrub_url, use_browser_context
-from django_capi.middleware import CapiMiddleware, browser_context
+from django_capi.middleware import CapiMiddleware
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
 

@@ -25,10 +25,10 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from ..browser import has_consent
 from ..conf import capi_settings
 from ..constants import STANDARD_EVENTS
 from ..events import send_event
-from ..middleware import has_consent
 from ..models import OutboxEvent
 from ..normalize import normalize_user_data
 from ..registry import ModelEvent, event_id_for, registered_events
