@@ -42,7 +42,7 @@ from django_capi.testing import (
     GraphError,
     HttpStatus,
 )
-from tests.delivery_helpers import make_rows
+from tests.factories import OutboxEventFactory
 from tests.processes import manage, start, wait_until
 
 Status = OutboxEvent.Status
@@ -302,7 +302,7 @@ def test_chaos(tmp_path, settings, chaos_celery):
     rng = random.Random(seed)
     began = time.monotonic()
 
-    make_rows(scale.events, prefix="chaos")
+    OutboxEventFactory.bulk_create(scale.events)
     invalid = make_invalid(scale.events)
     valid = set(OutboxEvent.objects.values_list("event_id", flat=True)) - invalid
     deadlocks_before = deadlocks()
