@@ -12,10 +12,12 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
+from django.db.models import Field
 from django.db.models.constants import OnConflict
 from django.db.models.expressions import DatabaseDefault
 from django.http import HttpRequest
@@ -492,6 +494,39 @@ def _store(
         return existing
 
 
+@lru_cache(maxsize=64)
+def _insert_statement(
+    using: str, defaults: tuple[str, ...]
+) -> tuple[str, list[Field[Any, Any]], list[Field[Any, Any]]]:
+    """The INSERT of ``_insert_unless_recorded`` on ``using`` (built once per process), the
+    fields it sets, and those it returns."""
+    connection = connections[using]
+    ops = connection.ops
+    meta = OutboxEvent._meta
+    fields = [
+        field
+        for field in meta.local_concrete_fields
+        if not field.primary_key and field.attname not in defaults
+    ]
+    sql = "{insert} {table} ({columns}) VALUES ({values}) {on_conflict}".format(
+        insert=ops.insert_statement(on_conflict=OnConflict.IGNORE),
+        table=ops.quote_name(meta.db_table),
+        columns=", ".join(ops.quote_name(str(field.column)) for field in fields),
+        values=", ".join(["%s"] * len(fields)),
+        on_conflict=ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ()),
+    )
+    returning: list[Field[Any, Any]] = []
+    if connection.features.can_return_columns_from_insert:
+        returning = [
+            meta.pk,
+            *(field for field in meta.local_concrete_fields if field.attname in defaults),
+        ]
+        # Missing from django-stubs; every backend that can return columns has it.
+        returned_sql = ops.return_insert_columns(returning)  # type: ignore[attr-defined]
+        sql = f"{sql} {returned_sql[0]}"  # no parameters on any backend
+    return sql, fields, returning
+
+
 #: Aliases whose outbox took a row in this process.
 _proven_outboxes: set[str] = set()
 
@@ -502,46 +537,34 @@ def _insert_unless_recorded(using: str, row: OutboxEvent) -> bool:
     mapping, as ``bulk_create(ignore_conflicts=True)``). True when inserted; ``row`` then has
     its primary key and, where the database returns them, its database defaults."""
     connection = connections[using]
-    ops = connection.ops
     meta = OutboxEvent._meta
-    table, pk_column = meta.db_table, str(meta.pk.column)
-    fields, params, defaults = [], [], []
-    for concrete in meta.local_concrete_fields:
-        value = concrete.pre_save(row, add=True)
-        if concrete.primary_key:
-            continue
-        if isinstance(value, DatabaseDefault):
-            defaults.append(concrete)  # the column's DEFAULT: the database's clock
-            continue
-        fields.append(concrete)
-        params.append(concrete.get_db_prep_save(value, connection))
-    sql = "{insert} {table} ({columns}) VALUES ({values}) {on_conflict}".format(
-        insert=ops.insert_statement(on_conflict=OnConflict.IGNORE),
-        table=ops.quote_name(table),
-        columns=", ".join(ops.quote_name(str(field.column)) for field in fields),
-        values=", ".join(["%s"] * len(fields)),
-        on_conflict=ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ()),
-    )
-    returning = [meta.pk, *defaults] if connection.features.can_return_columns_from_insert else []
-    if returning:
-        # Missing from django-stubs; every backend that can return columns has it.
-        returned_sql = ops.return_insert_columns(returning)  # type: ignore[attr-defined]
-        returning_sql, returning_params = returned_sql
-        sql = f"{sql} {returning_sql}"
-        params.extend(returning_params)
+    values = {
+        concrete.attname: concrete.pre_save(row, add=True)
+        for concrete in meta.local_concrete_fields
+    }
+    # Columns left to their DEFAULT: the database's clock.
+    defaults = tuple(name for name, value in values.items() if isinstance(value, DatabaseDefault))
+    sql, fields, returning = _insert_statement(using, defaults)
+    params = [
+        concrete.get_db_prep_save(values[concrete.attname], connection) for concrete in fields
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if returning:
-            values = cursor.fetchone()
-            if values is None:
+            returned_values = cursor.fetchone()
+            if returned_values is None:
                 return False
         elif cursor.rowcount != 1:
             return False
         else:
-            values = (ops.last_insert_id(cursor, table, pk_column),)
-    for returned, value in zip(returning or [meta.pk], values, strict=True):
-        column = returned.get_col(table)
-        converters = [*ops.get_db_converters(column), *returned.get_db_converters(connection)]
+            pk = connection.ops.last_insert_id(cursor, meta.db_table, str(meta.pk.column))
+            returned_values = (pk,)
+    for returned, value in zip(returning or [meta.pk], returned_values, strict=True):
+        column = returned.get_col(meta.db_table)
+        converters = [
+            *connection.ops.get_db_converters(column),
+            *returned.get_db_converters(connection),
+        ]
         for converter in converters:
             value = converter(value, column, connection)
         setattr(row, returned.attname, value)
