@@ -9,12 +9,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
+from django.db.models import Field
+from django.db.models.constants import OnConflict
+from django.db.models.expressions import DatabaseDefault
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -189,15 +194,17 @@ def record_event(
     """Write the outbox row for one event in the current transaction on ``using``.
 
     ``event_name`` and ``event_id`` must already be valid: they are the row's unique key with
-    the pixel. A second call finds the first row and returns it untouched, unless that row
-    failed while being built; it is built again, so fixing a mapping bug heals the event on
-    the next save. ``build`` may raise anything, and ``error`` records a failure found before
-    building; either way the row is ``failed`` and says why.
+    the pixel. A second call returns the first row untouched, unless that row failed while
+    being built: it takes the new build, so fixing a mapping bug heals the event on the next
+    save. ``build`` may raise anything, and ``error`` records a failure found before building;
+    either way the row is ``failed`` and says why.
 
-    Every string of the row is made storable on every supported database (``text``); a row
-    the database still refuses is recorded as ``failed`` instead. Every statement runs in its
-    own savepoint: whatever fails here, even in the integrator's hooks, the caller's
-    transaction stays usable.
+    The common case costs one statement: ``INSERT … ON CONFLICT DO NOTHING``, no savepoint.
+    It cannot fail on the key, and every value of the row is one the database stores (strings
+    made storable by ``text``, lengths bounded, ``custom_data`` finite JSON by ``validation``);
+    what is left, a missing table or column, is caught by a savepoint around the first row of
+    each database in the process. A row the database refuses anyway is recorded as ``failed``
+    where the transaction survives it. The integrator's hooks run in ``in_savepoint``.
     """
     try:
         pixel_id = capi_settings().pixel_id or ""
@@ -212,10 +219,6 @@ def record_event(
             "they became U+FFFD, so the Pixel's event may not be deduplicated with this one"
         )
         event_name, event_id = storable(event_name), storable(event_id)
-    existing = in_savepoint(using, lambda: _find(using, pixel_id, event_name, event_id))
-    if existing is not None and not _failed_while_built(existing):
-        return existing
-
     built: BuiltEvent | None = None
     if error is None:
         try:
@@ -231,15 +234,16 @@ def record_event(
                 "expect (a hook returned a value of an unusual type?); the traceback is in the log"
             )
             logger.exception("building %s %s for %s raised", event_name, event_id, _label(source))
-    if built is not None:
-        fields = _pending_fields(built, warnings)
-    else:
-        fields = _failed_fields(existing, error or "", warnings)
+    fields = (
+        _pending_fields(built, warnings)
+        if built is not None
+        else _failed_fields(error or "", warnings)
+    )
 
     _warn_outside_transaction(using)
     key = (pixel_id, event_name, event_id, action_source)
     try:
-        row = _save(using, existing, *key, fields, source)
+        row = _store(using, *key, fields, source)
     except DatabaseError as exc:
         if fields["status"] == OutboxEvent.Status.FAILED:
             raise
@@ -247,7 +251,7 @@ def record_event(
         refused = (
             f"the database refused the event ({type(exc).__name__}); the traceback is in the log"
         )
-        row = _save(using, existing, *key, _failed_fields(existing, refused, warnings), source)
+        row = _store(using, *key, _failed_fields(refused, warnings), source)
     if row.status == OutboxEvent.Status.PENDING:
         send_on_commit(outbox_committed, using)
     else:
@@ -268,9 +272,9 @@ def _pending_fields(built: BuiltEvent, warnings: list[str]) -> dict[str, Any]:
     }
 
 
-def _failed_fields(existing: OutboxEvent | None, error: str, warnings: list[str]) -> dict[str, Any]:
+def _failed_fields(error: str, warnings: list[str]) -> dict[str, Any]:
     return {
-        "event_time": timezone.now() if existing is None else existing.event_time,
+        "event_time": timezone.now(),
         "payload": {},
         "warnings": storable_json(warnings),
         "status": OutboxEvent.Status.FAILED,
@@ -280,27 +284,88 @@ def _failed_fields(existing: OutboxEvent | None, error: str, warnings: list[str]
 
 
 def in_savepoint(using: str, func: Callable[[], T]) -> T:
-    """``func()`` in a savepoint, so that a failing statement never poisons the caller's
-    transaction.
+    """``func()`` such that a failing statement it runs never poisons the caller's transaction.
 
-    Code that runs here (an integrator's hook) may catch a database error itself and return
-    normally. PostgreSQL then refuses to release the savepoint: Django rolls back to it, which
-    undoes only that code's own writes, and re-raises. Its result still stands."""
-    finished = False
-    result: T
-    try:
-        with transaction.atomic(using=using):
+    The savepoint is opened just before ``func``'s first statement on ``using``: a hook that
+    only reads the instance, the common case, costs no round trip. When ``func`` raises, or a
+    statement failed inside, its writes are rolled back. Code that runs here (an integrator's
+    hook) may catch a database error itself and return normally: its result still stands."""
+    savepoint = _LazySavepoint(using)
+    with connections[using].execute_wrapper(savepoint):
+        try:
             result = func()
-            finished = True
-    except DatabaseError:
-        if not finished:
+        except BaseException:
+            savepoint.close(failed=True)
             raise
+    try:
+        savepoint.close(failed=False)
+    except DatabaseError:
         logger.warning(
             "a statement failed on %r and the code that ran it caught the error; "
             "django-capi rolled back to its savepoint and went on",
             using,
         )
     return result
+
+
+#: Set while a ``_LazySavepoint`` opens its savepoint: enclosing ones let the statement by.
+_opening_savepoint: ContextVar[bool] = ContextVar("django_capi_opening_savepoint", default=False)
+
+
+class _LazySavepoint:
+    """An execute wrapper that opens a savepoint before the first statement it sees.
+
+    Not ``transaction.atomic()``: an ``atomic(savepoint=False)`` the guarded code entered
+    earlier (Django's own ``bulk_create``, a multi-table save) would pop this savepoint's id
+    from Django's stack as its own. The public savepoint functions keep it off that stack."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.sid: str | None = None
+        self.opened = False
+
+    def __call__(
+        self,
+        execute: Callable[..., Any],
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        if not self.opened and not _opening_savepoint.get():
+            token = _opening_savepoint.set(True)
+            try:
+                # None outside a transaction, where a failed statement poisons nothing.
+                self.sid = transaction.savepoint(using=self.using)
+            finally:
+                _opening_savepoint.reset(token)
+            self.opened = True
+        return execute(sql, params, many, context)
+
+    def close(self, *, failed: bool) -> None:
+        """Release the savepoint, or roll back to it when ``failed`` or when a statement
+        failed inside (then raise ``DatabaseError`` from the refused release)."""
+        if self.sid is None:
+            return
+        sid, self.sid = self.sid, None
+        if not failed and not transaction.get_rollback(using=self.using):
+            try:
+                transaction.savepoint_commit(sid, using=self.using)
+                return
+            except DatabaseError:
+                # PostgreSQL refuses the release after a failed statement.
+                self._roll_back(sid)
+                raise
+        self._roll_back(sid)
+
+    def _roll_back(self, sid: str) -> None:
+        # As atomic() does: the flag a failure inside set is cleared once its work is undone.
+        transaction.set_rollback(False, using=self.using)
+        try:
+            transaction.savepoint_rollback(sid, using=self.using)
+        except DatabaseError:
+            transaction.set_rollback(True, using=self.using)
+            raise
 
 
 def send_event(
@@ -394,9 +459,8 @@ def _failed_while_built(row: OutboxEvent) -> bool:
     )
 
 
-def _save(
+def _store(
     using: str,
-    existing: OutboxEvent | None,
     pixel_id: str,
     event_name: str,
     event_id: str,
@@ -404,13 +468,8 @@ def _save(
     fields: dict[str, Any],
     source: models.Model | None,
 ) -> OutboxEvent:
-    # Savepoints, so that a failing statement never poisons the caller's transaction.
-    if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        with transaction.atomic(using=using):
-            existing.save(using=using, update_fields=list(fields))
-        return existing
+    """The row of this event: the one inserted now, else the one already there (given
+    ``fields`` if it failed while being built)."""
     row = OutboxEvent(
         pixel_id=pixel_id,
         event_name=event_name,
@@ -419,19 +478,114 @@ def _save(
         action_source=storable(action_source)[:32] if isinstance(action_source, str) else "",
         **fields,
     )
-    try:
+    if source is not None and source.pk is not None:
+        # get_for_model() caches per process: no query after the first event of a model.
+        row.source_type = ContentType.objects.db_manager(using).get_for_model(source)
+        row.source_id = storable(str(source.pk))[:64]
+    if using in _proven_outboxes:
+        inserted = _insert_unless_recorded(using, row)
+    else:
+        # The first row proves the table and its columns are there, in a savepoint: an
+        # unmigrated outbox must not abort the shop's transaction.
         with transaction.atomic(using=using):
-            if source is not None and source.pk is not None:
-                row.source_type = ContentType.objects.db_manager(using).get_for_model(source)
-                row.source_id = storable(str(source.pk))[:64]
-            row.save(using=using, force_insert=True)
-    except IntegrityError:
-        # Another transaction recorded the same event first; theirs is the one.
-        found = _find(using, pixel_id, event_name, event_id)
-        if found is None:
-            raise
-        return found
-    return row
+            inserted = _insert_unless_recorded(using, row)
+        _proven_outboxes.add(using)
+    if inserted:
+        return row
+    # The rare path (an earlier save or a racing one recorded the event) affords a savepoint.
+    with transaction.atomic(using=using):
+        existing = _find(using, pixel_id, event_name, event_id)
+        if existing is None:
+            # SQLite's INSERT OR IGNORE and MariaDB's INSERT IGNORE skip a row that breaks
+            # any constraint, not only the key.
+            raise IntegrityError("the database ignored the outbox row without storing it")
+        if not _failed_while_built(existing):
+            return existing
+        if fields["status"] == OutboxEvent.Status.FAILED:
+            fields = {**fields, "event_time": existing.event_time}
+        for name, value in fields.items():
+            setattr(existing, name, value)
+        existing.save(using=using, update_fields=list(fields))
+        return existing
+
+
+@lru_cache(maxsize=64)
+def _insert_statement(
+    using: str, defaults: tuple[str, ...]
+) -> tuple[str, list[Field[Any, Any]], list[Field[Any, Any]]]:
+    """The INSERT of ``_insert_unless_recorded`` on ``using`` (built once per process), the
+    fields it sets, and those it returns."""
+    connection = connections[using]
+    ops = connection.ops
+    meta = OutboxEvent._meta
+    fields = [
+        field
+        for field in meta.local_concrete_fields
+        if not field.primary_key and field.attname not in defaults
+    ]
+    sql = "{insert} {table} ({columns}) VALUES ({values}) {on_conflict}".format(
+        insert=ops.insert_statement(on_conflict=OnConflict.IGNORE),
+        table=ops.quote_name(meta.db_table),
+        columns=", ".join(ops.quote_name(str(field.column)) for field in fields),
+        values=", ".join(["%s"] * len(fields)),
+        on_conflict=ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ()),
+    )
+    returning: list[Field[Any, Any]] = []
+    if connection.features.can_return_columns_from_insert:
+        returning = [
+            meta.pk,
+            *(field for field in meta.local_concrete_fields if field.attname in defaults),
+        ]
+        # Missing from django-stubs; every backend that can return columns has it.
+        returned_sql = ops.return_insert_columns(returning)  # type: ignore[attr-defined]
+        sql = f"{sql} {returned_sql[0]}"  # no parameters on any backend
+    return sql, fields, returning
+
+
+#: Aliases whose outbox took a row in this process.
+_proven_outboxes: set[str] = set()
+
+
+def _insert_unless_recorded(using: str, row: OutboxEvent) -> bool:
+    """Insert ``row`` in one statement unless its key is taken: ``INSERT … ON CONFLICT DO
+    NOTHING`` (``INSERT OR IGNORE`` on SQLite, ``INSERT IGNORE`` on MariaDB: Django's own
+    mapping, as ``bulk_create(ignore_conflicts=True)``). True when inserted; ``row`` then has
+    its primary key and, where the database returns them, its database defaults."""
+    connection = connections[using]
+    meta = OutboxEvent._meta
+    values = {
+        concrete.attname: concrete.pre_save(row, add=True)
+        for concrete in meta.local_concrete_fields
+    }
+    # Columns left to their DEFAULT: the database's clock.
+    defaults = tuple(name for name, value in values.items() if isinstance(value, DatabaseDefault))
+    sql, fields, returning = _insert_statement(using, defaults)
+    params = [
+        concrete.get_db_prep_save(values[concrete.attname], connection) for concrete in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returning:
+            returned_values = cursor.fetchone()
+            if returned_values is None:
+                return False
+        elif cursor.rowcount != 1:
+            return False
+        else:
+            pk = connection.ops.last_insert_id(cursor, meta.db_table, str(meta.pk.column))
+            returned_values = (pk,)
+    for returned, value in zip(returning or [meta.pk], returned_values, strict=True):
+        column = returned.get_col(meta.db_table)
+        converters = [
+            *connection.ops.get_db_converters(column),
+            *returned.get_db_converters(connection),
+        ]
+        for converter in converters:
+            value = converter(value, column, connection)
+        setattr(row, returned.attname, value)
+    row._state.adding = False
+    row._state.db = using
+    return True
 
 
 _warned_autocommit: set[str] = set()

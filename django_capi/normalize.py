@@ -17,10 +17,9 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import date, datetime
-from functools import cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import Any, NamedTuple
 
 import phonenumbers
 import pycountry
@@ -104,9 +103,9 @@ class _Drop(Exception):
     """Raised by a single-value normalizer; its message must never include the value."""
 
 
-@dataclass(frozen=True)
-class _Record:
-    """What one value's normalization may depend on from the rest of the record."""
+class _Record(NamedTuple):
+    """What one value's normalization may depend on from the rest of the record (a tuple:
+    made once per record, it is cheaper to build than a frozen dataclass)."""
 
     # Alpha-2 codes read from raw `country` values; None when the record has no country
     # at all (hashed or unknown countries give an empty tuple: present, but unreadable).
@@ -162,7 +161,13 @@ def normalize_user_data(
 def _hash_values(
     key: str, value: object, record: _Record, problems: list[str]
 ) -> str | list[str] | None:
-    many = isinstance(value, list | tuple)
+    if not isinstance(value, list | tuple):  # the common case: one value
+        try:
+            return _hash_one(key, value, record)
+        except _Drop as drop:
+            problems.append(f"{key}: value {drop}; dropped")
+            return None
+    many = True
     items: tuple[object, ...] = tuple(value) if isinstance(value, list | tuple) else (value,)
     hashes: list[str] = []
     for position, item in enumerate(items, start=1):
@@ -180,20 +185,23 @@ def _hash_values(
 
 
 def _hash_one(key: str, item: object, record: _Record) -> str | None:
-    if item is None or (isinstance(item, str) and not item.strip()):
+    if isinstance(item, str):  # the common case first
+        text = item.strip()
+        if not text:
+            return None
+        if len(text) == 64 and is_sha256_hex(text):
+            # Already hashed by the caller (or by a previous pass): hashing again would never
+            # match.
+            return text.lower()
+        return sha256_hex(_NORMALIZERS[key](text, record))
+    if item is None:
         return None
     if key == "db" and isinstance(item, date):
         return sha256_hex(_birth_date(item.date() if isinstance(item, datetime) else item))
     # Shops commonly use the primary key as external_id; str() of an int is lossless.
     if key == "external_id" and isinstance(item, int) and not isinstance(item, bool):
         return sha256_hex(_integer_text(item))
-    if not isinstance(item, str):
-        raise _Drop(f"has unsupported type {type(item).__name__}")
-    text = item.strip()
-    if is_sha256_hex(text):
-        # Already hashed by the caller (or by a previous pass): hashing again would never match.
-        return text.lower()
-    return sha256_hex(_NORMALIZERS[key](text, record))
+    raise _Drop(f"has unsupported type {type(item).__name__}")
 
 
 def _email(text: str, record: _Record) -> str:
@@ -203,38 +211,59 @@ def _email(text: str, record: _Record) -> str:
     labels = domain.split(".")
     if not (local and at) or "@" in domain or len(labels) < 2 or not all(labels):
         raise _Drop("is not a valid email address")
-    if any(ch.isspace() for ch in text):
+    if _SPACE_RE.search(text):
         raise _Drop("is not a valid email address")
     return text.lower()
 
 
 def _phone(text: str, record: _Record) -> str:
-    number, guessed = _parse_phone(text, record.phone_region)
+    digits, problem = _phone_digits(text, record.phone_region)
+    if digits is None:
+        raise _Drop(problem)
+    return digits
+
+
+@lru_cache(maxsize=4096)
+def _phone_digits(text: str, region: str | None) -> tuple[str | None, str]:
+    """The E.164 digits of ``text`` read in ``region``, else None and why. Cached: parsing
+    is most of the cost of a record, and a customer's number recurs with each of their
+    events (in this process's memory only, like the request that brought it)."""
+    number, guessed = _parse_phone(text, region)
     # LOCAL_ONLY numbers lack the area code Meta needs, so they are as useless as impossible ones.
     possible = phonenumbers.ValidationResult.IS_POSSIBLE
     if number is None or phonenumbers.is_possible_number_with_reason(number) != possible:
-        raise _Drop("is not a possible phone number")
+        return None, "is not a possible phone number"
     # A guessed country code is only trusted when it yields a real number: "(650) 555-1212"
     # read as +65 would be hashed into a match for nobody.
     if guessed and not phonenumbers.is_valid_number(number):
-        raise _Drop("has no country code and no region is known")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+        return None, "has no country code and no region is known"
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:], ""
+
+
+_SPACE_RE = re.compile(r"\s")
+_ASCII_ZIP_RE = re.compile(r"[\s-]")
+_ZIP9_RE = re.compile(r"[0-9]{9}")
+_ASCII_NOT_ALPHA_RE = re.compile(r"[^a-z]")
+_ASCII_NOT_ALNUM_RE = re.compile(r"[^a-z0-9]")
+_INTERNATIONAL_RE = re.compile(r"[^0-9]*\+")
+_NOT_DIGIT_RE = re.compile(r"[^0-9]")
+_SIGNIFICANT_RE = re.compile(r"[1-9]")
 
 
 def _parse_phone(text: str, region: str | None) -> tuple[phonenumbers.PhoneNumber | None, bool]:
     """The parsed number, and whether its country code was guessed from bare digits."""
-    if re.match(r"[^0-9]*\+", text):
+    if _INTERNATIONAL_RE.match(text):
         return _try_parse(text, None), False
     if region is not None:
         # phonenumbers strips the region's own international prefix (00, 011, 0011...).
         number = _try_parse(text, region)
         if number is not None and phonenumbers.is_possible_number(number):
             return number, False
-        if not re.sub(r"[^0-9]", "", text).startswith("00"):
+        if not _NOT_DIGIT_RE.sub("", text).startswith("00"):
             return number, False
     # Meta: without a known region the digits must already start with the country code; leading
     # zeros are a dialling prefix, not part of it.
-    significant = re.search(r"[1-9]", text)
+    significant = _SIGNIFICANT_RE.search(text)
     if significant is None:
         return None, False
     return _try_parse("+" + text[significant.start() :], None), region is None
@@ -257,13 +286,16 @@ def _state(text: str, record: _Record) -> str:
 
 
 def _zip(text: str, record: _Record) -> str:
-    value = "".join(
-        ch for ch in text.lower() if not ch.isspace() and unicodedata.category(ch) != "Pd"
-    )
+    if text.isascii():  # the one dash punctuation (Pd) of ASCII is "-"
+        value = _ASCII_ZIP_RE.sub("", text.lower())
+    else:
+        value = "".join(
+            ch for ch in text.lower() if not ch.isspace() and unicodedata.category(ch) != "Pd"
+        )
     if not value:
         raise _Drop("has nothing left after normalization")
     # Meta wants only the 5-digit ZIP; ZIP+4 would never match.
-    if (record.countries is None or "US" in record.countries) and re.fullmatch(r"[0-9]{9}", value):
+    if (record.countries is None or "US" in record.countries) and _ZIP9_RE.fullmatch(value):
         return value[:5]
     return value
 
@@ -414,6 +446,13 @@ def _integer_text(value: int) -> str:
 
 
 def _keep_letters(text: str, *, digits: bool = False) -> str:
+    if text.isascii():
+        # ASCII letters are the only ASCII characters in L (no M), digits the only Nd; NFC
+        # changes no ASCII text.
+        kept = (_ASCII_NOT_ALNUM_RE if digits else _ASCII_NOT_ALPHA_RE).sub("", text.lower())
+        if not kept:
+            raise _Drop("has nothing left after normalization")
+        return kept
     # str.lower, not casefold: Meta hashes "straße", not "strasse".
     lowered = unicodedata.normalize("NFC", text).lower()
     keep = ("L", "M", "Nd") if digits else ("L", "M")
@@ -425,6 +464,7 @@ def _keep_letters(text: str, *, digits: bool = False) -> str:
     return kept
 
 
+@lru_cache(maxsize=1024)
 def _fold(text: str) -> str:
     """Lookup key: lowercase letters and digits without accents, so "Québec" finds "Quebec"."""
     decomposed = unicodedata.normalize("NFKD", text.lower())
@@ -457,6 +497,7 @@ def _country_names() -> dict[str, str]:
     return table
 
 
+@lru_cache(maxsize=1024)
 def _resolve_country(text: str) -> str | None:
     """Upper-case alpha-2 code for a code, alpha-3 code or country name; None if unknown."""
     with suppress(LookupError):
@@ -467,6 +508,8 @@ def _resolve_country(text: str) -> str | None:
 
 
 def _record_countries(value: object) -> tuple[str, ...] | None:
+    if isinstance(value, str):  # the common case: one country
+        return _countries_of(value)
     items = value if isinstance(value, list | tuple) else (value,)
     present = [item for item in items if item is not None and str(item).strip()]
     # A hashed country cannot be read back, so it tells us nothing about the region.
@@ -476,6 +519,11 @@ def _record_countries(value: object) -> tuple[str, ...] | None:
         if isinstance(item, str) and not is_sha256_hex(item.strip())
     ]
     return tuple(dict.fromkeys(code for code in codes if code)) if present else None
+
+
+@lru_cache(maxsize=1024)
+def _countries_of(value: str) -> tuple[str, ...] | None:
+    return _record_countries((value,))
 
 
 def _region_argument(name: str, value: str | None) -> str | None:

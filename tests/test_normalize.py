@@ -1138,3 +1138,31 @@ def test_no_raw_pii_in_output_or_problems(data: dict[str, object], region: str |
         for needle in needles:
             assert needle not in output
             assert not any(needle in line for line in problems)
+
+
+# The ASCII fast paths give what the Unicode rules give: appending a character that forces the
+# Unicode path and that the rule keeps (é) or removes (U+2010, a Pd dash) changes nothing else.
+ASCII = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)
+
+
+@given(ASCII, st.booleans())
+@settings(max_examples=300)
+def test_names_in_ascii_normalize_as_the_unicode_rule_does(text, digits):
+    try:
+        fast = normalize._keep_letters(text, digits=digits)
+    except normalize._Drop:
+        fast = ""
+    assert fast == normalize._keep_letters(text + "é", digits=digits)[:-1]
+
+
+@given(ASCII)
+@settings(max_examples=300)
+def test_zips_in_ascii_normalize_as_the_unicode_rule_does(text):
+    record = normalize._Record(("US",), None)
+    outcomes = []
+    for variant in (text, text + "\u2010"):
+        try:
+            outcomes.append(normalize._zip(variant.strip(), record))
+        except normalize._Drop as drop:
+            outcomes.append(str(drop))
+    assert outcomes[0] == outcomes[1]

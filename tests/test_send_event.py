@@ -168,14 +168,16 @@ def test_an_unprintable_event_name_is_a_failed_row_not_an_exception():
 def test_a_row_the_database_refuses_becomes_a_failed_row(monkeypatch):
     from django.db import DataError
 
-    original = OutboxEvent.save
+    from django_capi import events
 
-    def refuse_pending(self, *args, **kwargs):
-        if self.status == OutboxEvent.Status.PENDING:
+    original = events._insert_unless_recorded
+
+    def refuse_pending(using, row):
+        if row.status == OutboxEvent.Status.PENDING:
             raise DataError("value too long")
-        return original(self, *args, **kwargs)
+        return original(using, row)
 
-    monkeypatch.setattr(OutboxEvent, "save", refuse_pending)
+    monkeypatch.setattr(events, "_insert_unless_recorded", refuse_pending)
     with transaction.atomic():
         row = send_event("Lead", user_data={"em": "a@b.co"}, action_source="chat")
     row.refresh_from_db()
