@@ -35,8 +35,10 @@ CONSENT_KEY = "consent"
 _CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
 # A run of a URL between its delimiters: a path segment, a query name or value, ...
 _URL_TOKEN = re.compile(r"[^/?#&=;:\s]+")
-# Something@label.more once decoded. Linear: each "@" scans to the next dot at most.
-_EMAIL = re.compile(r"(?<=[^\s@])@[^\s@.]+\.[^\s@.]")
+# An email address once decoded, malformed ones included: something@ (a local part, even
+# with no domain or a second "@"), or @label.more (a domain with no local part). A lone
+# handle such as "@shop" stays. Linear: each "@" scans to the next dot at most.
+_EMAIL = re.compile(r"(?<=[^\s@])@|@[^\s@.]+\.[^\s@.]")
 _EMAIL_PLACEHOLDER = "redacted"
 # Query parameters whose values usually identify a person, by their name in lower case with
 # letters and digits only. Any name containing "mail" or "phone" counts too: user_email,

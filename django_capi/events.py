@@ -6,6 +6,7 @@ a bad event becomes a visible ``failed`` row instead of an exception in the chec
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -213,12 +214,15 @@ def record_event(
     if not pixel_id and error is None:
         error = "DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set"
     warnings: list[str] = []
+    cleaned_id: str | None = None
     if not (is_storable(event_name) and is_storable(event_id)):
         warnings.append(
             "event_name or event_id held NUL or lone surrogates, which no database stores; "
-            "they became U+FFFD, so the Pixel's event may not be deduplicated with this one"
+            "they became U+FFFD and the event_id got a suffix derived from the original, so "
+            "the Pixel's event may not be deduplicated with this one"
         )
-        event_name, event_id = storable(event_name), storable(event_id)
+        cleaned_id = _cleaned_event_id(event_name, event_id)
+        event_name, event_id = storable(event_name), cleaned_id
     built: BuiltEvent | None = None
     if error is None:
         try:
@@ -239,6 +243,8 @@ def record_event(
         if built is not None
         else _failed_fields(error or "", warnings)
     )
+    if built is not None and cleaned_id is not None:
+        fields["payload"]["event_id"] = cleaned_id  # Meta deduplicates on the row's id
 
     _warn_outside_transaction(using)
     key = (pixel_id, event_name, event_id, action_source)
@@ -259,6 +265,14 @@ def record_event(
             "event %s %s for %s not sent: %s", event_name, event_id, _label(source), row.last_error
         )
     return row
+
+
+def _cleaned_event_id(event_name: str, event_id: str) -> str:
+    """``event_id`` made storable, with a suffix derived from the original key: "a\\x00" and
+    "a\\ud800" both become "a\\ufffd", and one event must not find the other's row."""
+    original = f"{event_name}\n{event_id}".encode("utf-8", "surrogatepass")
+    suffix = hashlib.sha256(original).hexdigest()[:12]
+    return f"{storable(event_id)[: validation.MAX_EVENT_ID_LENGTH - 13]}-{suffix}"
 
 
 def _pending_fields(built: BuiltEvent, warnings: list[str]) -> dict[str, Any]:

@@ -171,10 +171,17 @@ def _hash_values(
     items: tuple[object, ...] = tuple(value) if isinstance(value, list | tuple) else (value,)
     hashes: list[str] = []
     for position, item in enumerate(items, start=1):
+        where = f"value {position} of {len(items)}" if many else "value"
+        if isinstance(item, str) and not is_storable(item):
+            # Lone surrogates cannot be encoded as UTF-8 for hashing: hash what a database
+            # would store, as the rest of the event is stored.
+            problems.append(
+                f"{key}: {where} had NUL or lone surrogates, replaced by U+FFFD before hashing"
+            )
+            item = storable(item)
         try:
             digest = _hash_one(key, item, record)
         except _Drop as drop:
-            where = f"value {position} of {len(items)}" if many else "value"
             problems.append(f"{key}: {where} {drop}; dropped")
             continue
         if digest is not None and digest not in hashes:

@@ -273,11 +273,20 @@ def _check_money(custom_data: dict[str, Any], event_name: str, warnings: list[st
         warnings.append("custom_data value is negative; sent as it is")
     if currency is not None:
         code = currency.strip().upper() if isinstance(currency, str) else None
-        if code is None or len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
+        if code is None or len(code) != 3 or not _is_iso_4217(code):
             problems.append("custom_data currency must be an ISO 4217 code such as 'EUR'")
         else:
             custom_data["currency"] = code
     return problems
+
+
+#: Codes ISO 4217 withdrew lately (for XCG in 2025, the euro in 2026) that pycountry no
+#: longer lists but shops and Meta's currency list still use: Meta decides on them.
+_WITHDRAWN_CURRENCIES = frozenset({"ANG", "BGN"})
+
+
+def _is_iso_4217(code: str) -> bool:
+    return code in _WITHDRAWN_CURRENCIES or pycountry.currencies.get(alpha_3=code) is not None
 
 
 def _is_number(value: object) -> bool:

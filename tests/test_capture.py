@@ -416,6 +416,38 @@ def test_a_nul_in_custom_data_is_stored_as_a_replacement_character_not_lost():
     ]
 
 
+@pytest.mark.usefixtures("isolated_registry")
+def test_event_ids_that_clean_to_the_same_text_keep_their_own_events():
+    # "\x00" and "\ud800" both become U+FFFD: the second save found the first one's row and
+    # its event was lost.
+    ids = {}
+
+    @register(Lead)
+    class Named(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance):
+            return {"em": instance.email}
+
+        def event_id(self, instance):
+            return ids[instance.email]
+
+    ids = {"a@example.com": "lead-\x00", "b@example.com": "lead-\ud800"}
+    with transaction.atomic():
+        first = LeadFactory(email="a@example.com")
+        second = LeadFactory(email="b@example.com")
+        first.save()  # the same raw id still finds its own row
+    rows = OutboxEvent.objects.filter(event_name="Contact").order_by("pk")
+    assert [row.source_id for row in rows] == [str(first.pk), str(second.pk)]
+    assert [row.status for row in rows] == [OutboxEvent.Status.PENDING] * 2
+    for row in rows:
+        assert row.event_id.startswith("lead-\ufffd-")
+        assert row.payload["event_id"] == row.event_id  # what Meta deduplicates on
+        assert "the event_id got a suffix derived from the original" in row.warnings[0]
+    assert rows[0].event_id != rows[1].event_id
+
+
 def swallowing_query(*args, **kwargs):
     """A hook that runs a query, which fails, and catches the error itself."""
     try:

@@ -189,6 +189,10 @@ def test_multipart_form_data_like_metas_curl_example(graph: GraphEmulator) -> No
         pytest.param(
             {"custom_data": {"value": "142.52", "currency": "USD"}}, None, id="string-value"
         ),
+        # Meta asks for "a valid ISO 4217 three-letter code" [STD]: XXX is one ("no currency").
+        pytest.param({"custom_data": {"value": 1, "currency": "XXX"}}, None, id="iso-XXX"),
+        # Past a float's range: the check raised OverflowError instead of answering.
+        pytest.param({"custom_data": {"value": 10**400, "currency": "EUR"}}, None, id="huge-int"),
         # Meta only recommends hashing external_id [CIP].
         pytest.param(
             {"action_source": "email"}, {"external_id": ["customer-42"]}, id="plain-ext-id"

@@ -912,6 +912,25 @@ def test_unstorable_characters_in_plain_values_become_replacement_characters(key
 
 
 @pytest.mark.parametrize(
+    ("key", "value", "cleaned"),
+    [
+        ("em", "corpus\ud800surrogate@example.org", "corpus\ufffdsurrogate@example.org"),
+        ("fn", "corpus\udcff", "corpus\ufffd"),
+        ("external_id", "a\x00b\udfff", "a\ufffdb\ufffd"),
+    ],
+)
+def test_unstorable_characters_in_hashed_values_become_replacement_characters_first(
+    key: str, value: str, cleaned: str
+) -> None:
+    # A lone surrogate cannot be encoded as UTF-8, so hashing it raised UnicodeEncodeError.
+    result = normalize_user_data({key: value})
+    assert result == normalize_user_data({key: cleaned})
+    assert result.problems == [
+        f"{key}: value had NUL or lone surrogates, replaced by U+FFFD before hashing"
+    ]
+
+
+@pytest.mark.parametrize(
     ("data", "problem"),
     [
         ({"lead_id": 10**5000}, "lead_id: value is an integer of more than 4,300 digits; dropped"),

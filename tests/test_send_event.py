@@ -1,5 +1,6 @@
 """``send_event``: events that are not model saves, recorded in the caller's transaction."""
 
+import re
 import uuid
 
 import pytest
@@ -141,7 +142,9 @@ def test_unstorable_characters_anywhere_in_a_row_are_replaced_and_said():
     )
     row.refresh_from_db()
     assert row.status == OutboxEvent.Status.PENDING
-    assert row.event_id == row.payload["event_id"] == "lead-\ufffd-1"
+    # With a suffix from the original id: "lead-\ud800-1" must not find this row.
+    assert row.event_id == row.payload["event_id"]
+    assert re.fullmatch("lead-\ufffd-1-[0-9a-f]{12}", row.event_id)
     assert row.payload["user_data"]["client_user_agent"] == "Mozilla/5.0 \ufffd\ufffd"
     assert row.payload["custom_data"] == {"content_name": "x\ufffd", "k\ufffd": "v"}
     assert len(row.warnings) == 4

@@ -54,6 +54,14 @@ def test_advanced_matching_sends_the_users_hashes_as_the_server_does():
         assert calls(render("{% capi_pixel %}", request))[0][2] == {}
 
 
+def test_an_email_with_a_lone_surrogate_is_matched_as_the_server_stores_it():
+    # Such an address cannot be encoded as UTF-8: hashing it raised in the tag.
+    request = RequestFactory().get("/")
+    request.user = User(pk=7, username="ada", email="ada\ud800@example.com")
+    init = calls(render("{% capi_pixel %}", request))[0]
+    assert init[2]["em"] == sha256_hex("ada\ufffd@example.com")
+
+
 def test_a_csp_nonce_is_honoured():
     request = RequestFactory().get("/")
     request.csp_nonce = "r4nd0m"

@@ -53,6 +53,11 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
         # Credentials in the authority go; the host stays.
         ("https://john:secret@shop.example:8443/a", "https://shop.example:8443/a"),
         ("mailto:john@example.com", "mailto:redacted"),
+        # Malformed addresses are still someone's: no domain, no local part, two "@"s.
+        ("https://s.example/c/john.smith@/", "https://s.example/c/redacted/"),
+        ("https://s.example/c/john.smith@localhost", "https://s.example/c/redacted"),
+        ("https://s.example/c/john@@example.com/", "https://s.example/c/redacted/"),
+        ("https://s.example/c/@example.com/", "https://s.example/c/redacted/"),
         # Kept: what is not an email, and a URL with nothing to remove, exactly as written.
         ("https://shop.example/@shop/", "https://shop.example/@shop/"),
         ("https://shop.example/a//b/?x=1&&y=%zz#", "https://shop.example/a//b/?x=1&&y=%zz#"),

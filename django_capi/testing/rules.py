@@ -166,6 +166,15 @@ CURRENCIES = frozenset(
     """.split()  # noqa: SIM905 - a table reads better than 160 quoted strings
 )
 
+#: The rest of ISO 4217: funds, precious metals, units of account, testing (XTS) and "no
+#: currency" (XXX). Meta documents only "a valid ISO 4217 three-letter code" [STD].
+OTHER_CODES = frozenset(
+    """
+    BOV CHE CHW CLF COU MXV USN UYI UYW VED XAD XAG XAU XBA XBB XBC XBD XDR XPD XPT XSU XTS
+    XUA XXX
+    """.split()  # noqa: SIM905 - as CURRENCIES above
+)
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEXISH = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{64}")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -465,7 +474,9 @@ def _check_app_data(app_data: object) -> None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True  # math.isfinite() of an int past a float's range raises OverflowError
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _is_amount(value: object) -> bool:
@@ -493,7 +504,7 @@ def _check_custom_data(event: Mapping[str, Any]) -> None:
         raise Rejection(INVALID_CUSTOM_DATA, "custom_data.value must be a number.")
     if "currency" in custom_data or purchase:
         currency = custom_data.get("currency")
-        if not isinstance(currency, str) or currency.upper() not in CURRENCIES:
+        if not isinstance(currency, str) or currency.upper() not in CURRENCIES | OTHER_CODES:
             raise Rejection(
                 INVALID_CUSTOM_DATA,
                 "custom_data.currency must be a valid ISO 4217 three-letter currency code.",

@@ -147,8 +147,13 @@ HTTP_LIMIT = 16 * 1024
 
 
 def text_of(value: Any) -> str:
-    # reprlib: a plain repr() of a 5,000-level structure raises RecursionError itself.
-    return (value if isinstance(value, str) else reprlib.repr(value))[:HTTP_LIMIT]
+    if isinstance(value, str):
+        return value[:HTTP_LIMIT]
+    try:
+        # reprlib: a plain repr() of a 5,000-level structure raises RecursionError itself.
+        return reprlib.repr(value)
+    except ValueError:  # an int of more than 4,300 digits has no decimal text in Python
+        return f"<int of {value.bit_length()} bits>"
 
 
 def query_string(**params: str) -> str:
@@ -182,7 +187,12 @@ def _headers(kind: str, text: str) -> dict[str, str]:
     if kind == "cookie_header":
         return {"HTTP_COOKIE": text}
     if kind == "email":
-        return {"HTTP_REFERER": f"https://shop.example.com/confirm/{text}/?email={text}"}
+        # The path carries the value only when it has an "@": without one, nothing tells
+        # "corpus.missing-at.example.org" or an MD5 in a path from a page's name, and the
+        # promise is to redact email addresses (README, "The browser side"). The query still
+        # carries every value: an ``email`` parameter goes whatever it holds.
+        path = f"confirm/{text}/" if "@" in text else "confirm/"
+        return {"HTTP_REFERER": f"https://shop.example.com/{path}?email={text}"}
     return {
         "HTTP_USER_AGENT": text,
         "HTTP_REFERER": f"https://ref.example/{text}",
@@ -352,8 +362,9 @@ def drive(kind: str, value: Any, shop: dict[str, Any], corpus_event: ModelEvent[
 
     for row in OutboxEvent.objects.filter(pk__gte=first_row):
         check_row(row, findings)
-    dump = dump_database()
-    for secret in secrets_of(kind, value):
+    secrets = secrets_of(kind, value)
+    dump = dump_database() if secrets else ""  # nothing to look for otherwise
+    for secret in secrets:
         if secret in dump:
             findings.problems.append(f"raw personal data stored: {secret[:40]!r}")
     return findings

@@ -179,7 +179,9 @@ EMAILS = [
     "corpus.many@example.org, corpus.other@example.org",
     "corpus.semicolon@example.org;DROP TABLE django_capi_outboxevent",
     "0cc175b9c0f1b6a831c399e269772661",  # an MD5: looks hashed, is not SHA-256
-    "A" * 64,  # 64 characters, not hex
+    # 64 characters, not hex. ("A" * 64 is hex: a caller's SHA-256, which Meta's SDK and
+    # normalize pass on as it is, meta-capi.md §9.1.)
+    "G" * 64,
 ]
 
 PHONES = [
