@@ -163,24 +163,15 @@ def _hash_values(
 ) -> str | list[str] | None:
     if not isinstance(value, list | tuple):  # the common case: one value
         try:
-            return _hash_one(key, value, record)
+            return _hash_one(key, _hashable(key, "value", value, problems), record)
         except _Drop as drop:
             problems.append(f"{key}: value {drop}; dropped")
             return None
-    many = True
-    items: tuple[object, ...] = tuple(value) if isinstance(value, list | tuple) else (value,)
     hashes: list[str] = []
-    for position, item in enumerate(items, start=1):
-        where = f"value {position} of {len(items)}" if many else "value"
-        if isinstance(item, str) and not is_storable(item):
-            # Lone surrogates cannot be encoded as UTF-8 for hashing: hash what a database
-            # would store, as the rest of the event is stored.
-            problems.append(
-                f"{key}: {where} had NUL or lone surrogates, replaced by U+FFFD before hashing"
-            )
-            item = storable(item)
+    for position, item in enumerate(value, start=1):
+        where = f"value {position} of {len(value)}"
         try:
-            digest = _hash_one(key, item, record)
+            digest = _hash_one(key, _hashable(key, where, item, problems), record)
         except _Drop as drop:
             problems.append(f"{key}: {where} {drop}; dropped")
             continue
@@ -189,6 +180,17 @@ def _hash_values(
     if not hashes:
         return None
     return hashes[0] if len(hashes) == 1 else hashes
+
+
+def _hashable(key: str, where: str, item: object, problems: list[str]) -> object:
+    """Lone surrogates cannot be encoded as UTF-8 for hashing: hash what a database would
+    store, as the rest of the event is stored."""
+    if isinstance(item, str) and not is_storable(item):
+        problems.append(
+            f"{key}: {where} had NUL or lone surrogates, replaced by U+FFFD before hashing"
+        )
+        return storable(item)
+    return item
 
 
 def _hash_one(key: str, item: object, record: _Record) -> str | None:
