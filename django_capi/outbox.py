@@ -10,6 +10,13 @@ A row is leased while ``leased_until`` is set. ``lease_token`` stays on the row 
 write-back as the stamp of its last owner, which is how a write-back learns exactly which
 rows it wrote.
 
+Claims read only what delivery needs, the payload as the JSON text the database holds: it
+goes into the request as it is, never decoded and encoded again.
+
+History: each request is one ``DeliveryAttempt`` row. A write-back stamps the rows it writes
+with it (``last_attempt``, in the same UPDATE); only events the request did not deliver are
+linked to it row by row (``AttemptEvent``), so a delivered event costs no INSERT of its own.
+
 Deadlocks: every multi-row UPDATE that may wait for another locks its rows in primary-key
 order first (``_update``), and the per-pixel sweeps (postpone, resume) skip rows another
 worker holds instead of waiting for them; two workers can then never wait for each other.
@@ -20,17 +27,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from django.db import connections, router, transaction
-from django.db.models import F, QuerySet
-from django.db.models.functions import Now
+from django.db.models import F, QuerySet, TextField
+from django.db.models.functions import Cast, Now
 from django.db.models.sql import Query
 from django.utils import timezone
 
-from .models import DeliveryAttempt, OutboxEvent
+from .models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from .text import storable
 
 PENDING = OutboxEvent.Status.PENDING
@@ -71,16 +78,35 @@ class Answer(Protocol):
     def error(self) -> AnswerError | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class LeasedRow:
+    """What delivery needs of a claimed row; ``payload`` is its JSON text as stored."""
+
+    pk: int
+    pixel_id: str
+    event_time: datetime
+    action_source: str
+    attempts: int
+    bisect_group: uuid.UUID | None
+    payload: str
+
+
+#: The columns of a ``LeasedRow`` but its payload, in its order.
+LEASED_COLUMNS = [field.name for field in fields(LeasedRow) if field.name != "payload"]
+
+
 @dataclass(frozen=True)
 class Lease:
     """Rows one worker owns until their ``leased_until``."""
 
     token: uuid.UUID
     using: str
-    rows: list[OutboxEvent]
+    rows: list[LeasedRow]
     #: The database's clock at the claim; ``now()`` moves it on by this process's monotonic
     #: clock, so decisions never depend on this host's wall clock.
     db_now: datetime
+    #: This process's monotonic clock when the claim began: the lease lasts at least its
+    #: ``lease_seconds`` from then (``now()`` runs ahead by the claim's own few ms at most).
     claimed_at: float = field(default_factory=time.monotonic)
 
     def now(self) -> datetime:
@@ -118,6 +144,8 @@ def claim(
         # A claim inside the caller's transaction would keep its row locks (and the
         # transaction) open while events travel to Meta.
         raise RuntimeError("the outbox must be drained outside a transaction")
+    # Taken before the lease is: a lease measured from here never seems longer than it is.
+    started = time.monotonic()
     token = uuid.uuid4()
     due = OutboxEvent.objects.using(using).filter(status=PENDING, next_attempt_at__lte=Now())
     if exclude_pixels:
@@ -144,18 +172,20 @@ def claim(
         ids = list(oldest_first[:limit])
         if ids:
             due.filter(pk__in=ids).update(**changes)
-    rows = list(
+    claimed = list(
         OutboxEvent.objects.using(using)
         .filter(pk__in=ids, lease_token=token)
-        .annotate(db_now=Now())
+        .annotate(text=Cast("payload", TextField()), db_now=Now())
         .order_by("pixel_id", "pk")
+        .values_list(*LEASED_COLUMNS, "text", "db_now")
     )
+    rows = [LeasedRow(*values[:-1]) for values in claimed]
     # Nothing claimed means nothing to decide, so this host's clock is good enough then.
-    db_now = rows[0].db_now if rows else timezone.now()
-    return Lease(token=token, using=using, rows=list(rows), db_now=db_now)
+    db_now = claimed[0][-1] if claimed else timezone.now()
+    return Lease(token=token, using=using, rows=rows, db_now=db_now, claimed_at=started)
 
 
-def keep(lease: Lease, rows: Sequence[OutboxEvent], lease_seconds: int) -> list[OutboxEvent]:
+def keep(lease: Lease, rows: Sequence[LeasedRow], lease_seconds: int) -> list[LeasedRow]:
     """Extend the lease of ``rows`` and return those still owned: rows taken over by another
     worker after this lease lapsed must not be sent again."""
     lease_end = Now() + timedelta(seconds=lease_seconds)
@@ -165,7 +195,9 @@ def keep(lease: Lease, rows: Sequence[OutboxEvent], lease_seconds: int) -> list[
     return [row for row in rows if row.pk in still]
 
 
-def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: Answer) -> list[int]:
+def mark_delivered(
+    lease: Lease, rows: Sequence[LeasedRow], result: Answer, *, attempt: int | None = None
+) -> list[int]:
     return _write(
         lease,
         rows,
@@ -173,19 +205,20 @@ def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: Answer) ->
         delivered_at=Now(),
         last_error="",
         bisect_group=None,
-        **_answer(result),
+        **_answer(result, attempt),
     )
 
 
 def mark_failed(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    rows: Sequence[LeasedRow],
     *,
     reason: OutboxEvent.FailureReason,
     error: str,
     result: Answer | None = None,
+    attempt: int | None = None,
 ) -> list[int]:
-    answer = _answer(result) if result is not None else {}
+    answer = _answer(result, attempt) if result is not None else {}
     return _write(
         lease,
         rows,
@@ -199,12 +232,13 @@ def mark_failed(
 
 def retry_later(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    rows: Sequence[LeasedRow],
     *,
     delay: timedelta,
     error: str,
     result: Answer,
     bisect_group: uuid.UUID | None = None,
+    attempt: int | None = None,
 ) -> list[int]:
     """Back to ``pending`` after ``delay``; the attempt counts. Rows given a ``bisect_group``
     are sent together, apart from other rows, next time (see ``OutboxEvent.bisect_group``)."""
@@ -214,17 +248,18 @@ def retry_later(
         next_attempt_at=Now() + delay,
         last_error=error,
         bisect_group=bisect_group,
-        **_answer(result),
+        **_answer(result, attempt),
     )
 
 
 def release(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    rows: Sequence[LeasedRow],
     *,
     delay: timedelta,
     error: str,
     result: Answer,
+    attempt: int | None = None,
 ) -> list[int]:
     """Back to ``pending`` after ``delay`` without spending an attempt: the events were not
     at fault (the pixel is rate limited or its token is broken)."""
@@ -234,7 +269,7 @@ def release(
         next_attempt_at=Now() + delay,
         attempts=F("attempts") - 1,
         last_error=error,
-        **_answer(result),
+        **_answer(result, attempt),
     )
 
 
@@ -266,36 +301,44 @@ def abandon(lease: Lease, *, delay: timedelta) -> int:
     return _update(held, leased_until=None, next_attempt_at=Now() + delay)
 
 
-def record_attempts(
+def record_attempt(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    pixel_id: str,
     *,
     result: Answer,
     outcome: DeliveryAttempt.Outcome,
     batch_size: int,
-) -> None:
+    undelivered: Sequence[tuple[Sequence[LeasedRow], DeliveryAttempt.Outcome]] = (),
+) -> int:
+    """Record one request and Meta's answer; link the rows it did not deliver to it, each
+    group with what became of it. Returns the record's id, for the write-backs."""
     error = result.error
-    DeliveryAttempt.objects.using(lease.using).bulk_create(
-        DeliveryAttempt(
-            event_id=row.pk,
-            outcome=outcome,
-            batch_size=batch_size,
-            http_status=result.http_status,
-            error_code=error.code if error else None,
-            error_subcode=error.subcode if error else None,
-            error_type=storable(error.type)[:100] if error else "",
-            error_title=storable(error.title)[:200] if error else "",
-            error_message=storable(error.message) if error else "",
-            fbtrace_id=storable(result.fbtrace_id)[:64],
-            events_received=_count(result.events_received),
-            duration_ms=min(max(result.duration_ms, 0), MAX_COUNT),
-            messages=[storable(message) for message in result.messages],
-        )
-        for row in rows
+    attempt = DeliveryAttempt.objects.using(lease.using).create(
+        pixel_id=pixel_id,
+        outcome=outcome,
+        batch_size=batch_size,
+        http_status=result.http_status,
+        error_code=error.code if error else None,
+        error_subcode=error.subcode if error else None,
+        error_type=storable(error.type)[:100] if error else "",
+        error_title=storable(error.title)[:200] if error else "",
+        error_message=storable(error.message) if error else "",
+        fbtrace_id=storable(result.fbtrace_id)[:64],
+        events_received=_count(result.events_received),
+        duration_ms=min(max(result.duration_ms, 0), MAX_COUNT),
+        messages=[storable(message) for message in result.messages],
     )
+    links = [
+        AttemptEvent(attempt_id=attempt.pk, event_id=row.pk, outcome=event_outcome)
+        for rows, event_outcome in undelivered
+        for row in rows
+    ]
+    if links:
+        AttemptEvent.objects.using(lease.using).bulk_create(links, batch_size=1000)
+    return int(attempt.pk)
 
 
-def _owned(lease: Lease, rows: Sequence[OutboxEvent]) -> QuerySet[OutboxEvent]:
+def _owned(lease: Lease, rows: Sequence[LeasedRow]) -> QuerySet[OutboxEvent]:
     return OutboxEvent.objects.using(lease.using).filter(
         pk__in=[row.pk for row in rows],
         lease_token=lease.token,
@@ -320,7 +363,7 @@ def _update(rows: QuerySet[OutboxEvent], *, skip_locked: bool = False, **changes
         return OutboxEvent.objects.using(rows.db).filter(pk__in=ids).update(**changes)
 
 
-def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[int]:
+def _write(lease: Lease, rows: Sequence[LeasedRow], **changes: Any) -> list[int]:
     """Apply ``changes`` to the rows this lease still owns; return the ids it wrote."""
     ids = [row.pk for row in rows]
     written = _update(_owned(lease, rows), leased_until=None, **changes)
@@ -334,9 +377,10 @@ def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[in
     )
 
 
-def _answer(result: Answer) -> dict[str, Any]:
+def _answer(result: Answer, attempt: int | None) -> dict[str, Any]:
     error = result.error
     return {
+        "last_attempt_id": attempt,
         "last_attempt_at": Now(),
         "last_http_status": result.http_status,
         "last_error_code": error.code if error else None,

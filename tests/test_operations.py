@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from django_capi import operations
-from django_capi.models import DeliveryAttempt, OutboxEvent
+from django_capi.models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from tests.delivery_helpers import make_rows
 from tests.factories import OrderFactory
 
@@ -143,9 +143,9 @@ def test_purge_keeps_only_the_dedup_key_of_old_deliveries_and_scrubs_in_batches(
     OutboxEvent.objects.filter(pk=rows[3].pk).update(status=Status.FAILED, created_at=ten_days)
     # Pending: needs everything to be sent.
     OutboxEvent.objects.filter(pk=rows[4].pk).update(created_at=ten_days)
-    DeliveryAttempt.objects.create(
-        event_id=rows[0].pk, outcome="delivered", batch_size=1, duration_ms=1
-    )
+    attempt = DeliveryAttempt.objects.create(outcome="retry", batch_size=1, duration_ms=1)
+    AttemptEvent.objects.create(attempt=attempt, event_id=rows[0].pk, outcome="retry")
+    DeliveryAttempt.objects.update(attempted_at=long_ago)
     out = StringIO()
     call_command("capi_purge", "--dry-run", stdout=out)
     assert (
