@@ -27,14 +27,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any, Protocol, cast
 
 from django.db import connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F, QuerySet, TextField
 from django.db.models.functions import Cast, Now
+from django.db.models.lookups import In
 from django.db.models.sql import Query
+from django.db.models.sql.compiler import SQLCompiler
 from django.utils import timezone
 
 from .models import AttemptEvent, DeliveryAttempt, OutboxEvent
@@ -113,6 +117,22 @@ class Lease:
         return self.db_now + timedelta(seconds=time.monotonic() - self.claimed_at)
 
 
+class _AmongIds(In):
+    """``pk IN (ids)``, as one array parameter on PostgreSQL: a thousand placeholders cost
+    the driver (which binds them in Python) more than the query costs the server."""
+
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
+    ) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        return f"{lhs} = ANY(%s)", [*lhs_params, list(self.rhs)]
+
+
+def _among(ids: Collection[int]) -> _AmongIds:
+    """The rows whose primary key is one of ``ids``, for ``QuerySet.filter``."""
+    return _AmongIds(F("pk"), list(ids))
+
+
 def database_now(using: str) -> datetime:
     """The database's clock: every due time, lease and pause is one of its ``Now()``s."""
     query = Query(None)
@@ -160,29 +180,47 @@ def claim(
         "next_attempt_at": lease_end,
         "attempts": F("attempts") + 1,
     }
+    columns = (*LEASED_COLUMNS, "text", "db_now")
     if connections[using].features.has_select_for_update_skip_locked:
         # PostgreSQL, MySQL: concurrent claims skip each other's rows instead of waiting.
+        # The rows are read as they are locked (their attempt is counted below).
         with transaction.atomic(using=using):
-            ids = list(oldest_first.select_for_update(skip_locked=True)[:limit])
-            if ids:
-                OutboxEvent.objects.using(using).filter(pk__in=ids).update(**changes)
+            read = list(
+                _readable(due.order_by("next_attempt_at", "pk"))
+                .select_for_update(skip_locked=True)
+                .values_list(*columns)[:limit]
+            )
+            if read:
+                ids = [values[0] for values in read]
+                OutboxEvent.objects.using(using).filter(_among(ids)).update(**changes)
+        counted = 1
     else:
         # SQLite: the UPDATE re-checks that each candidate is still due, under the database
-        # lock, so two claims never take the same row (compare-and-set).
+        # lock, so two claims never take the same row (compare-and-set); the rows it took
+        # are read after it.
         ids = list(oldest_first[:limit])
         if ids:
-            due.filter(pk__in=ids).update(**changes)
-    claimed = list(
-        OutboxEvent.objects.using(using)
-        .filter(pk__in=ids, lease_token=token)
-        .annotate(text=Cast("payload", TextField()), db_now=Now())
-        .order_by("pixel_id", "pk")
-        .values_list(*LEASED_COLUMNS, "text", "db_now")
+            due.filter(_among(ids)).update(**changes)
+        mine = OutboxEvent.objects.using(using).filter(_among(ids), lease_token=token)
+        read = list(_readable(mine).values_list(*columns)) if ids else []
+        counted = 0
+    rows = sorted(
+        (_leased(values[:-1], counted) for values in read), key=attrgetter("pixel_id", "pk")
     )
-    rows = [LeasedRow(*values[:-1]) for values in claimed]
     # Nothing claimed means nothing to decide, so this host's clock is good enough then.
-    db_now = claimed[0][-1] if claimed else timezone.now()
+    db_now = read[0][-1] if read else timezone.now()
     return Lease(token=token, using=using, rows=rows, db_now=db_now, claimed_at=started)
+
+
+def _readable(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
+    """``rows`` with the payload as its stored JSON text and the database's clock."""
+    return rows.annotate(text=Cast("payload", TextField()), db_now=Now())
+
+
+def _leased(values: Sequence[Any], counted: int) -> LeasedRow:
+    """A ``LeasedRow`` of the values read, with ``counted`` more attempts than they show."""
+    row = LeasedRow(*values)
+    return replace(row, attempts=row.attempts + counted) if counted else row
 
 
 def keep(lease: Lease, rows: Sequence[LeasedRow], lease_seconds: int) -> list[LeasedRow]:
@@ -340,7 +378,7 @@ def record_attempt(
 
 def _owned(lease: Lease, rows: Sequence[LeasedRow]) -> QuerySet[OutboxEvent]:
     return OutboxEvent.objects.using(lease.using).filter(
-        pk__in=[row.pk for row in rows],
+        _among([row.pk for row in rows]),
         lease_token=lease.token,
         leased_until__isnull=False,
         status=PENDING,
@@ -360,7 +398,7 @@ def _update(rows: QuerySet[OutboxEvent], *, skip_locked: bool = False, **changes
         ids = list(locked.values_list("pk", flat=True))
         if not ids:
             return 0
-        return OutboxEvent.objects.using(rows.db).filter(pk__in=ids).update(**changes)
+        return OutboxEvent.objects.using(rows.db).filter(_among(ids)).update(**changes)
 
 
 def _write(lease: Lease, rows: Sequence[LeasedRow], **changes: Any) -> list[int]:
@@ -372,7 +410,7 @@ def _write(lease: Lease, rows: Sequence[LeasedRow], **changes: Any) -> list[int]
     # Some rows were taken over; ours are those still stamped with this lease, now unleased.
     return list(
         OutboxEvent.objects.using(lease.using)
-        .filter(pk__in=ids, lease_token=lease.token, leased_until=None)
+        .filter(_among(ids), lease_token=lease.token, leased_until=None)
         .values_list("pk", flat=True)
     )
 
