@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any, Protocol, cast
@@ -39,7 +39,6 @@ from django.db.models.functions import Cast, Now
 from django.db.models.lookups import In
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
-from django.utils import timezone
 
 from .models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from .text import storable
@@ -180,11 +179,12 @@ def claim(
         "next_attempt_at": lease_end,
         "attempts": F("attempts") + 1,
     }
-    columns = (*LEASED_COLUMNS, "text", "db_now")
+    columns = (*LEASED_COLUMNS, "text")
     if connections[using].features.has_select_for_update_skip_locked:
         # PostgreSQL, MySQL: concurrent claims skip each other's rows instead of waiting.
         # The rows are read as they are locked (their attempt is counted below).
         with transaction.atomic(using=using):
+            db_now = database_now(using)  # the transaction's clock, which the UPDATE uses
             read = list(
                 _readable(due.order_by("next_attempt_at", "pk"))
                 .select_for_update(skip_locked=True)
@@ -198,29 +198,28 @@ def claim(
         # SQLite: the UPDATE re-checks that each candidate is still due, under the database
         # lock, so two claims never take the same row (compare-and-set); the rows it took
         # are read after it.
+        db_now = database_now(using)
         ids = list(oldest_first[:limit])
         if ids:
             due.filter(_among(ids)).update(**changes)
         mine = OutboxEvent.objects.using(using).filter(_among(ids), lease_token=token)
         read = list(_readable(mine).values_list(*columns)) if ids else []
         counted = 0
-    rows = sorted(
-        (_leased(values[:-1], counted) for values in read), key=attrgetter("pixel_id", "pk")
-    )
-    # Nothing claimed means nothing to decide, so this host's clock is good enough then.
-    db_now = read[0][-1] if read else timezone.now()
+    rows = sorted((_leased(values, counted) for values in read), key=attrgetter("pixel_id", "pk"))
     return Lease(token=token, using=using, rows=rows, db_now=db_now, claimed_at=started)
 
 
 def _readable(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
-    """``rows`` with the payload as its stored JSON text and the database's clock."""
-    return rows.annotate(text=Cast("payload", TextField()), db_now=Now())
+    """``rows`` with the payload as its stored JSON text."""
+    return rows.annotate(text=Cast("payload", TextField()))
 
 
 def _leased(values: Sequence[Any], counted: int) -> LeasedRow:
     """A ``LeasedRow`` of the values read, with ``counted`` more attempts than they show."""
-    row = LeasedRow(*values)
-    return replace(row, attempts=row.attempts + counted) if counted else row
+    pk, pixel_id, event_time, action_source, attempts, bisect_group, payload = values
+    return LeasedRow(
+        pk, pixel_id, event_time, action_source, attempts + counted, bisect_group, payload
+    )
 
 
 def keep(lease: Lease, rows: Sequence[LeasedRow], lease_seconds: int) -> list[LeasedRow]:
