@@ -611,3 +611,25 @@ def test_a_worker_stalled_past_its_lease_before_posting_does_not_send_again(
     assert len(capi_graph.event_ids()) == 20
     assert capi_graph.duplicates == []
     assert statuses() == {"delivered": 20}
+
+
+def test_each_request_is_one_record_and_each_event_keeps_its_history(capi_graph):
+    rows = make_rows(8)
+    bad = rows[5]
+    OutboxEvent.objects.filter(pk=bad.pk).update(
+        payload={**bad.payload, "user_data": {"em": "not-hashed@example.com"}}
+    )
+    report = drain()
+    assert DeliveryAttempt.objects.count() == report.requests
+    assert sum(DeliveryAttempt.objects.values_list("batch_size", flat=True)) == sum(
+        len(request.events) for request in capi_graph.requests
+    )
+    bad.refresh_from_db()
+    history = [a.outcome for a in DeliveryAttempt.objects.for_event(bad).order_by("pk")]
+    assert history == ["bisected", "bisected", "bisected", "rejected"]
+    assert bad.last_attempt_id == DeliveryAttempt.objects.get(outcome="rejected").pk
+    first = OutboxEvent.objects.get(pk=rows[0].pk)
+    history = [a.outcome for a in DeliveryAttempt.objects.for_event(first).order_by("pk")]
+    assert history == ["bisected", "delivered"]  # its half went through at once
+    # Only what a request did not deliver is linked row by row.
+    assert set(AttemptEvent.objects.values_list("outcome", flat=True)) == {"bisected", "rejected"}

@@ -174,3 +174,20 @@ def test_a_purged_delivery_still_stops_a_second_purchase():
     call_command("capi_purge", stdout=StringIO())
     order.save()  # a refund note, months later: still "paid"
     assert OutboxEvent.objects.count() == 1
+
+
+def test_purge_keeps_the_requests_a_kept_event_is_linked_to():
+    old, young = make_rows(2)
+    long_ago = timezone.now() - timedelta(days=40)
+    OutboxEvent.objects.filter(pk=old.pk).update(status=Status.DELIVERED, delivered_at=long_ago)
+    retried = DeliveryAttempt.objects.create(outcome="retry", batch_size=2, duration_ms=1)
+    AttemptEvent.objects.bulk_create(
+        AttemptEvent(attempt=retried, event=row, outcome="retry") for row in (old, young)
+    )
+    delivered = DeliveryAttempt.objects.create(outcome="delivered", batch_size=1, duration_ms=1)
+    OutboxEvent.objects.filter(pk=old.pk).update(last_attempt=delivered)
+    DeliveryAttempt.objects.update(attempted_at=long_ago)
+    call_command("capi_purge", stdout=StringIO())
+    assert list(DeliveryAttempt.objects.all()) == [retried]  # the pending event's history
+    assert list(AttemptEvent.objects.values_list("event_id", flat=True)) == [young.pk]
+    assert OutboxEvent.objects.get(pk=old.pk).last_attempt_id is None
