@@ -143,17 +143,29 @@ FROM (
 ) AS picked
 """
 
-# Failed rows that reached Meta get one to three attempts in their history.
+# Failed rows that reached Meta get one to three requests in their history: one
+# DeliveryAttempt per request, each linked to the event it did not deliver (AttemptEvent).
 ATTEMPTS_SQL = """
-INSERT INTO django_capi_deliveryattempt (
-    event_id, attempted_at, outcome, batch_size, http_status, error_code, error_subcode,
-    error_type, error_title, error_message, fbtrace_id, events_received, duration_ms
+WITH picked AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('django_capi_deliveryattempt', 'id')) AS attempt_id,
+        e.id AS event_id, e.pixel_id, e.last_attempt_at - interval '1 minute' * n AS attempted_at,
+        1 + e.id % 1000 AS batch_size, e.last_http_status, e.last_error_code,
+        e.last_error_subcode, e.last_error_type, e.last_error, e.fbtrace_id, e.last_duration_ms
+    FROM django_capi_outboxevent e, generate_series(0, e.id % 3) AS n
+    WHERE e.status = 'failed' AND e.last_attempt_at IS NOT NULL
+), made AS (
+    INSERT INTO django_capi_deliveryattempt (
+        id, pixel_id, attempted_at, outcome, batch_size, http_status, error_code, error_subcode,
+        error_type, error_title, error_message, fbtrace_id, events_received, duration_ms,
+        messages
+    )
+    SELECT attempt_id, pixel_id, attempted_at, 'failed', batch_size, last_http_status,
+        last_error_code, last_error_subcode, last_error_type, split_part(last_error, ': ', 1),
+        last_error, fbtrace_id, NULL, last_duration_ms, '[]'::jsonb
+    FROM picked
 )
-SELECT e.id, e.last_attempt_at - interval '1 minute' * n, 'failed', 1 + e.id % 1000,
-    e.last_http_status, e.last_error_code, e.last_error_subcode, e.last_error_type,
-    split_part(e.last_error, ': ', 1), e.last_error, e.fbtrace_id, NULL, e.last_duration_ms
-FROM django_capi_outboxevent e, generate_series(0, e.id % 3) AS n
-WHERE e.status = 'failed' AND e.last_attempt_at IS NOT NULL
+INSERT INTO django_capi_attemptevent (attempt_id, event_id, outcome)
+SELECT attempt_id, event_id, 'failed' FROM picked
 """
 
 COUNT_RE = re.compile(r"\bCOUNT\(", re.IGNORECASE)
@@ -218,6 +230,7 @@ def fill(rows: int) -> float:
         # table in service: index-only scans then read no heap pages.
         conn.execute("VACUUM (ANALYZE) django_capi_outboxevent")
         conn.execute("VACUUM (ANALYZE) django_capi_deliveryattempt")
+        conn.execute("VACUUM (ANALYZE) django_capi_attemptevent")
     return time.perf_counter() - started
 
 

@@ -19,18 +19,20 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ERROR_FLAG, IGNORED_PARAMS, PAGE_VAR, ChangeList
 from django.core.paginator import Paginator
-from django.db.models import Q, QuerySet
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, URLPattern, path, reverse
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 
 from . import operations, registry
 from .conf import capi_settings
 from .constants import STANDARD_EVENTS
-from .models import DeliveryAttempt, OutboxEvent, PixelState
+from .models import AttemptEvent, DeliveryAttempt, OutboxEvent, PixelState
 from .text import is_storable
 
 REPLAY_PERMISSION = "django_capi.replay_outboxevent"
@@ -100,47 +102,79 @@ def _can_hold(field: str, value: str) -> bool:
     return is_storable(value) and (max_length is None or len(value) <= max_length)
 
 
-class DeliveryAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
-    model = DeliveryAttempt
-    extra = 0
-    can_delete = False
-    ordering = ("-attempted_at", "-pk")
-    fields = (
-        "attempted_at",
-        "outcome",
-        "batch_size",
-        "http_status",
-        "error_code",
-        "error_subcode",
-        "error_title",
-        "error_message",
-        "fbtrace_id",
-        "events_received",
-        "meta_messages",
-        "duration_ms",
+#: Newest requests shown in an event's history: a bisected or often retried event has
+#: dozens, and the page must stay one bounded query.
+HISTORY_LIMIT = 50
+
+
+def attempt_history(event: OutboxEvent) -> SafeString:
+    """The requests that carried ``event``, newest first, as a table: each with what it
+    meant for this event, and Meta's answer (every value escaped)."""
+    outcome_here = AttemptEvent.objects.filter(attempt=OuterRef("pk"), event=event.pk)
+    attempts = (
+        DeliveryAttempt.objects.using(event._state.db or "default")
+        .for_event(event)
+        .annotate(event_outcome=Subquery(outcome_here.values("outcome")[:1]))
+        .order_by("-attempted_at", "-pk")[:HISTORY_LIMIT]
     )
-    readonly_fields = fields
-
-    @admin.display(description=_("Meta's messages"))
-    def meta_messages(self, attempt: DeliveryAttempt) -> SafeString:
-        """Meta's warnings about the events it accepted [APE], each escaped."""
-        items = [message for message in attempt.messages or [] if isinstance(message, str)]
-        if not items:
-            return SafeString("")
-        return format_html(
-            '<ul style="margin:0;padding-left:1em">{}</ul>',
-            format_html_join("", "<li>{}</li>", ((message,) for message in items)),
+    labels = dict(DeliveryAttempt.Outcome.choices)
+    rows = [
+        (
+            date_format(localtime(attempt.attempted_at), "DATETIME_FORMAT"),
+            labels.get(getattr(attempt, "event_outcome", None) or attempt.outcome, attempt.outcome),
+            attempt.batch_size,
+            _blank(attempt.http_status),
+            _blank(attempt.error_code),
+            _blank(attempt.error_subcode),
+            attempt.error_title,
+            attempt.error_message,
+            attempt.fbtrace_id,
+            _blank(attempt.events_received),
+            _messages(attempt.messages),
+            attempt.duration_ms,
         )
+        for attempt in attempts
+    ]
+    if not rows:
+        return SafeString("—")
+    head = format_html_join("", "<th>{}</th>", ((str(title),) for title in HISTORY_COLUMNS))
+    body = format_html_join("", "<tr>" + "<td>{}</td>" * len(HISTORY_COLUMNS) + "</tr>", rows)
+    return format_html(
+        '<table class="capi-history"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
+        head,
+        body,
+    )
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+HISTORY_COLUMNS = (
+    _("attempted"),
+    _("outcome"),
+    _("events in the request"),
+    _("HTTP status"),
+    _("Meta error code"),
+    _("Meta error subcode"),
+    _("Meta error title"),
+    _("error"),
+    _("fbtrace id"),
+    _("events received"),
+    _("Meta's messages"),
+    _("duration (ms)"),
+)
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # The history belongs to the event: whoever may see the event sees its attempts.
-        return request.user.has_perm("django_capi.view_outboxevent")
+
+def _blank(value: object) -> object:
+    return "" if value is None else value
+
+
+def _messages(messages: Any) -> SafeString:
+    """Meta's warnings about the events it accepted [APE], each escaped."""
+    items = [message for message in messages or [] if isinstance(message, str)]
+    if not items:
+        return SafeString("")
+    return format_html(
+        '<ul style="margin:0;padding-left:1em">{}</ul>',
+        format_html_join("", "<li>{}</li>", ((message,) for message in items)),
+    )
 
 
 @admin.register(OutboxEvent)
@@ -173,7 +207,6 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_per_page = 100
     ordering = ("-created_at", "-pk")
     actions = ("replay", "send_now", "cancel")
-    inlines = (DeliveryAttemptInline,)
     fieldsets = (
         (
             None,
@@ -209,6 +242,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             },
         ),
         (_("Event"), {"fields": ("event_time", "action_source", "created_at", "payload_json")}),
+        (_("Requests that carried it"), {"fields": ("history",)}),
     )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -282,6 +316,10 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         except NoReverseMatch:
             return label  # not in the admin
         return format_html('<a href="{}">{}</a>', url, label)
+
+    @admin.display(description=_("newest first"))
+    def history(self, obj: OutboxEvent) -> SafeString:
+        return attempt_history(obj)
 
     @admin.display(description=_("payload (as sent to Meta; user data hashed)"))
     def payload_json(self, obj: OutboxEvent) -> SafeString:

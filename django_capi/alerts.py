@@ -16,7 +16,7 @@ from datetime import timedelta
 from django.core.cache import cache
 from django.core.mail import mail_admins
 from django.db import router
-from django.db.models import Count
+from django.db.models import Sum
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
@@ -103,12 +103,13 @@ def evaluate_from_web(using: str) -> None:
 def _last_hour(using: str) -> tuple[int, int]:
     """Requests' outcomes per event in the last hour: delivered, and failed or to be retried.
     Counting attempts, not rows, sees a Meta outage at once, while rows still wait in their
-    backoff (rate limits and token errors have their own handling and are left out)."""
+    backoff (rate limits and token errors have their own handling and are left out). A
+    request counts once for each event it carried."""
     outcomes = dict(
         DeliveryAttempt.objects.using(using)
         .filter(attempted_at__gte=Now() - timedelta(hours=1))
         .values_list("outcome")
-        .annotate(n=Count("*"))
+        .annotate(n=Sum("batch_size"))
         .order_by()
     )
     good = outcomes.get(DeliveryAttempt.Outcome.DELIVERED, 0)

@@ -1,8 +1,11 @@
 """The Graph API's Conversions endpoint over ``requests``: one POST, one classified answer.
 
-It knows nothing of models or the outbox. The access token travels in the form body, never
-in the URL, so it cannot leak through a log line, a proxy log or an exception message; it is
-never re-sent to where a redirect points, and no traceback local shows it.
+It knows nothing of models or the outbox. The request is one JSON body, ``{"data": [...],
+"access_token": ...}`` (Meta documents a JSON body [UTA]; see meta-capi.md §1.1): the token
+travels in it, never in the URL, so it cannot leak through a log line, a proxy log or an
+exception message; it is never re-sent to where a redirect points, and no traceback local
+shows it. The events an outbox stores as JSON text go into the body as they are: building
+the body is one join, with no decoding and re-encoding of each event.
 
 Every answer is read defensively: whatever a proxy, a portal or a broken Graph sends (any
 status, header or body) becomes a classified ``GraphResult`` whose values can be stored.
@@ -17,7 +20,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import requests
 from django.views.decorators.debug import sensitive_variables
@@ -119,15 +121,11 @@ class GraphClient:
         self.session.close()
 
     @sensitive_variables("body")
-    def post_events(self, pixel_id: str, events: Sequence[Mapping[str, Any]]) -> GraphResult:
-        """Send ``events`` in one request. Never raises for network or HTTP errors: they come
-        back classified in ``GraphResult.error``."""
-        fields = {"data": json.dumps(list(events), separators=(",", ":"))}
-        if self.conf.test_event_code:
-            fields["test_event_code"] = self.conf.test_event_code
-        body = _FormBody(
-            urlencode({**fields, "access_token": self.conf.access_token or ""}).encode()
-        )
+    def post_events(self, pixel_id: str, events: Sequence[Mapping[str, Any] | str]) -> GraphResult:
+        """Send ``events`` in one request: event objects, or their JSON text as stored (a
+        ``str`` is taken to be one JSON object and sent as it is). Never raises for network
+        or HTTP errors: they come back classified in ``GraphResult.error``."""
+        body = _Body(self._body(events).encode())
         started = time.monotonic()
         try:
             # Never follow a redirect: requests would post the body, token included, to
@@ -135,7 +133,7 @@ class GraphClient:
             response = self.session.post(
                 self.conf.events_url(pixel_id),
                 data=body,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                headers={"Content-Type": "application/json"},
                 timeout=(self.conf.connect_timeout, self.conf.read_timeout),
                 allow_redirects=False,
                 stream=True,
@@ -150,13 +148,26 @@ class GraphClient:
             )
         return parse_response(response, _elapsed_ms(started), body=answer)
 
+    @sensitive_variables("fields")
+    def _body(self, events: Sequence[Mapping[str, Any] | str]) -> str:
+        """``{"data": [...], ...}``: each event's stored JSON text joined as it is, the
+        other fields encoded once."""
+        data = ",".join(
+            event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
+            for event in events
+        )
+        fields = {"access_token": self.conf.access_token or ""}
+        if self.conf.test_event_code:
+            fields["test_event_code"] = self.conf.test_event_code
+        return f'{{"data":[{data}],{json.dumps(fields, separators=(",", ":"))[1:]}'
 
-class _FormBody(bytes):
-    """The encoded form, token included: ``requests`` and ``urllib3`` keep it in locals that
-    a debug page or an error tracker shows by ``repr``, so its ``repr`` hides it."""
+
+class _Body(bytes):
+    """The encoded request, token included: ``requests`` and ``urllib3`` keep it in locals
+    that a debug page or an error tracker shows by ``repr``, so its ``repr`` hides it."""
 
     def __repr__(self) -> str:
-        return "<form body with the access token, hidden>"
+        return "<request body with the access token, hidden>"
 
     __str__ = __repr__
 

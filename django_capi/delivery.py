@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from itertools import groupby
+from operator import attrgetter
 from typing import Self
 
 from django.db import router
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 Outcome = DeliveryAttempt.Outcome
 Reason = OutboxEvent.FailureReason
+Row = outbox.LeasedRow
 
 #: Events this close to Meta's age limit are not sent: one stale event makes Meta reject the
 #: whole request, and the request itself takes time.
@@ -111,8 +113,8 @@ def drain_batch(
     report = DrainReport(claimed=len(lease.rows))
     notices: list[Callable[[], None]] = []
     try:
-        for pixel_id, rows in groupby(lease.rows, key=lambda row: row.pixel_id):
-            delivery = _PixelDelivery(lease, pixel_id, list(rows), client, notices)
+        for index, (pixel_id, rows) in enumerate(groupby(lease.rows, key=attrgetter("pixel_id"))):
+            delivery = _PixelDelivery(lease, pixel_id, list(rows), client, notices, fresh=not index)
             report += delivery.run(probe=pixel_id in gate.probing)
     except BaseException:
         _give_back(lease, conf.retry_base_seconds)
@@ -148,15 +150,19 @@ class _PixelDelivery:
         self,
         lease: outbox.Lease,
         pixel_id: str,
-        rows: list[OutboxEvent],
+        rows: list[Row],
         client: GraphClient,
         notices: list[Callable[[], None]],
+        *,
+        fresh: bool = False,
     ) -> None:
+        """``fresh``: nothing of the lease was sent yet, so the claim is the last renewal."""
         self.lease, self.pixel_id, self.rows, self.client = lease, pixel_id, rows, client
         self.conf = client.conf
         self.notices = notices
         self.report = DrainReport()
-        self.renewed_at = time.monotonic()
+        self.fresh = fresh
+        self.renewed_at = lease.claimed_at
 
     def run(self, *, probe: bool) -> DrainReport:
         # Rows of an interrupted bisection go in their own groups, so it resumes where it was.
@@ -189,12 +195,13 @@ class _PixelDelivery:
             elif failure.kind is ErrorKind.INVALID and len(group) > 1:
                 # Meta refuses a whole batch for one bad event: halve until it stands alone.
                 # k bad events among n cost O(k log n) extra requests.
-                self._log(group, result, Outcome.BISECTED)
+                self._log(group, result, Outcome.BISECTED, [(group, Outcome.BISECTED)])
                 half = len(group) // 2
                 pending += [_Group(group[half:], suspect=True), _Group(group[:half], suspect=True)]
             elif failure.kind is ErrorKind.INVALID:
-                self._log(group, result, Outcome.REJECTED)
-                self._fail(group, Reason.REJECTED, failure.describe(result.http_status), result)
+                attempt = self._log(group, result, Outcome.REJECTED, [(group, Outcome.REJECTED)])
+                error = failure.describe(result.http_status)
+                self._fail(group, Reason.REJECTED, error, result, attempt)
             elif failure.kind is ErrorKind.TRANSIENT:
                 self._retry_or_give_up(group, result, failure, suspect=current.suspect)
             else:
@@ -202,13 +209,14 @@ class _PixelDelivery:
                 waiting = group + [row for rest in pending for row in rest.rows]
                 pending = []
                 if failure.kind is ErrorKind.RATE_LIMIT:
-                    self._pause(waiting, result, failure)
+                    self._pause(group, waiting, result, failure)
                 else:
-                    self._open_circuit(waiting, result, failure)
+                    self._open_circuit(group, waiting, result, failure)
         return self.report
 
-    def _sendable(self, group: list[OutboxEvent]) -> list[OutboxEvent]:
-        """The rows of ``group`` still ours, with a fresh lease, and young enough for Meta."""
+    def _sendable(self, group: list[Row]) -> list[Row]:
+        """The rows of ``group`` still ours, with a whole request's time left on their lease,
+        and young enough for Meta."""
         if not group:
             return []
         exhausted = [row for row in group if row.attempts > self.conf.max_attempts]
@@ -221,7 +229,11 @@ class _PixelDelivery:
                 f"claimed {self.conf.max_attempts} times without an answer written back",
             )
             group = [row for row in group if row.attempts <= self.conf.max_attempts]
-        group = self._renew(group)
+        if not (self.fresh and self._lease_holds()):
+            group = self._renew(group)
+        # Only the lease's first request goes on the claim alone: its rows were just leased,
+        # with a whole request's time to spare, so renewing would rewrite each row for nothing.
+        self.fresh = False
         now = self.lease.now()
         stale = [row for row in group if row.event_time < now - self._age_limit(row)]
         if stale:
@@ -235,7 +247,7 @@ class _PixelDelivery:
             group = self._renew(group)
         return group
 
-    def _renew(self, group: list[OutboxEvent]) -> list[OutboxEvent]:
+    def _renew(self, group: list[Row]) -> list[Row]:
         self.renewed_at = time.monotonic()
         return outbox.keep(self.lease, group, self.conf.lease_seconds)
 
@@ -247,12 +259,12 @@ class _PixelDelivery:
         return left > request_time
 
     @staticmethod
-    def _age_limit(row: OutboxEvent) -> timedelta:
+    def _age_limit(row: Row) -> timedelta:
         return max_event_age(row.action_source) - SEND_MARGIN
 
-    def _delivered(self, group: list[OutboxEvent], result: GraphResult) -> None:
-        self._log(group, result, Outcome.DELIVERED)
-        written = outbox.mark_delivered(self.lease, group, result)
+    def _delivered(self, group: list[Row], result: GraphResult) -> None:
+        attempt = self._log(group, result, Outcome.DELIVERED)
+        written = outbox.mark_delivered(self.lease, group, result, attempt=attempt)
         self.report.delivered += len(written)
         if result.events_received != len(group):
             logger.warning(
@@ -263,16 +275,19 @@ class _PixelDelivery:
             )
         if pixels.record_success(self.lease.using, self.pixel_id):
             logger.warning("django-capi: pixel %s accepts events again", self.pixel_id)
-        self._announce(signals.event_delivered, group, written, status=OutboxEvent.Status.DELIVERED)
+        self._announce(signals.event_delivered, group, written)
 
     def _fail(
         self,
-        group: list[OutboxEvent],
+        group: list[Row],
         reason: OutboxEvent.FailureReason,
         error: str,
         result: GraphResult | None = None,
+        attempt: int | None = None,
     ) -> None:
-        written = outbox.mark_failed(self.lease, group, reason=reason, error=error, result=result)
+        written = outbox.mark_failed(
+            self.lease, group, reason=reason, error=error, result=result, attempt=attempt
+        )
         self.report.failed += len(written)
         logger.warning(
             "django-capi: %d event(s) for pixel %s failed (%s): %s",
@@ -281,13 +296,11 @@ class _PixelDelivery:
             reason,
             error,
         )
-        self._announce(
-            signals.event_failed, group, written, status=OutboxEvent.Status.FAILED, reason=reason
-        )
+        self._announce(signals.event_failed, group, written, reason=reason)
 
     def _retry_or_give_up(
         self,
-        group: list[OutboxEvent],
+        group: list[Row],
         result: GraphResult,
         failure: GraphFailure,
         *,
@@ -303,7 +316,10 @@ class _PixelDelivery:
             cap=self.conf.retry_max_seconds,
         )
         now = self.lease.now()
-        exhausted, expiring, last_chance, retry = [], [], [], []
+        exhausted: list[Row] = []
+        expiring: list[Row] = []
+        last_chance: list[Row] = []
+        retry: list[Row] = []
         for row in group:
             deadline = row.event_time + self._age_limit(row)
             if row.attempts >= self.conf.max_attempts:
@@ -314,41 +330,59 @@ class _PixelDelivery:
                 last_chance.append(row)
             else:
                 expiring.append(row)
+        attempt = self._log(
+            group,
+            result,
+            Outcome.RETRY if retry or last_chance else Outcome.FAILED,
+            [(exhausted + expiring, Outcome.FAILED), (last_chance + retry, Outcome.RETRY)],
+        )
         if exhausted:
-            self._log(exhausted, result, Outcome.FAILED)
-            self._fail(exhausted, Reason.EXHAUSTED, error, result)
+            self._fail(exhausted, Reason.EXHAUSTED, error, result, attempt)
         if expiring:
-            self._log(expiring, result, Outcome.FAILED)
-            self._fail(expiring, Reason.EXPIRED, f"{error} (too old to retry)", result)
+            self._fail(expiring, Reason.EXPIRED, f"{error} (too old to retry)", result, attempt)
         key = uuid.uuid4() if suspect else None
         if last_chance:
             # The backoff would land past Meta's age limit: one last try inside it.
             deadline = min(row.event_time + self._age_limit(row) for row in last_chance)
             delay_left = max(MIN_RETRY_DELAY, deadline - now - LAST_RETRY_LEAD)
-            self._retry(last_chance, result, delay_left, error, key)
+            self._retry(last_chance, result, delay_left, error, key, attempt)
         if retry:
-            self._retry(retry, result, delay, error, key)
+            self._retry(retry, result, delay, error, key, attempt)
 
     def _retry(
         self,
-        group: list[OutboxEvent],
+        group: list[Row],
         result: GraphResult,
         delay: timedelta,
         error: str,
         bisect_group: uuid.UUID | None,
+        attempt: int,
     ) -> None:
-        self._log(group, result, Outcome.RETRY)
         written = outbox.retry_later(
-            self.lease, group, delay=delay, error=error, result=result, bisect_group=bisect_group
+            self.lease,
+            group,
+            delay=delay,
+            error=error,
+            result=result,
+            bisect_group=bisect_group,
+            attempt=attempt,
         )
         self.report.retrying += len(written)
 
-    def _pause(self, group: list[OutboxEvent], result: GraphResult, failure: GraphFailure) -> None:
+    def _pause(
+        self, sent: list[Row], group: list[Row], result: GraphResult, failure: GraphFailure
+    ) -> None:
+        """``sent`` were refused for a rate limit; every row of ``group`` waits it out."""
         error = failure.describe(result.http_status)
-        self._log(group, result, Outcome.RATE_LIMITED)
+        attempt = self._log(sent, result, Outcome.RATE_LIMITED, [(group, Outcome.RATE_LIMITED)])
         seconds = pixels.pause(self.lease.using, self.pixel_id, failure.retry_after, error)
         written = outbox.release(
-            self.lease, group, delay=timedelta(seconds=seconds), error=error, result=result
+            self.lease,
+            group,
+            delay=timedelta(seconds=seconds),
+            error=error,
+            result=result,
+            attempt=attempt,
         )
         self.report.postponed += len(written)
         logger.warning(
@@ -359,8 +393,9 @@ class _PixelDelivery:
         )
 
     def _open_circuit(
-        self, group: list[OutboxEvent], result: GraphResult, failure: GraphFailure
+        self, sent: list[Row], group: list[Row], result: GraphResult, failure: GraphFailure
     ) -> None:
+        """``sent`` were refused for the setup; every row of ``group`` waits for the probe."""
         error = failure.describe(result.http_status)
         probe = self.conf.token_probe_seconds
         # The circuit first: the one worker that opens it owes the alert, whatever fails
@@ -374,25 +409,37 @@ class _PixelDelivery:
         )
         if opened:
             self.notices.append(lambda: _alert_setup_broken(self.pixel_id, error))
-        self._log(group, result, Outcome.TOKEN_INVALID)
+        attempt = self._log(sent, result, Outcome.TOKEN_INVALID, [(group, Outcome.TOKEN_INVALID)])
         written = outbox.release(
-            self.lease, group, delay=timedelta(seconds=probe), error=error, result=result
+            self.lease,
+            group,
+            delay=timedelta(seconds=probe),
+            error=error,
+            result=result,
+            attempt=attempt,
         )
         self.report.postponed += len(written)
 
-    def _log(self, group: list[OutboxEvent], result: GraphResult, outcome: Outcome) -> None:
-        outbox.record_attempts(
-            self.lease, group, result=result, outcome=outcome, batch_size=len(group)
+    def _log(
+        self,
+        sent: list[Row],
+        result: GraphResult,
+        outcome: Outcome,
+        undelivered: Sequence[tuple[Sequence[Row], Outcome]] = (),
+    ) -> int:
+        """One record of the request that carried ``sent``; rows it did not deliver are
+        linked to it with what became of them."""
+        return outbox.record_attempt(
+            self.lease,
+            self.pixel_id,
+            result=result,
+            outcome=outcome,
+            batch_size=len(sent),
+            undelivered=undelivered,
         )
 
     def _announce(
-        self,
-        signal: Signal,
-        group: Sequence[OutboxEvent],
-        written: list[int],
-        *,
-        status: str,
-        **kwargs: object,
+        self, signal: Signal, group: Sequence[Row], written: list[int], **kwargs: object
     ) -> None:
         if len(written) < len(group):
             logger.warning(
@@ -400,19 +447,24 @@ class _PixelDelivery:
                 "lapsed; their new owner's outcome stands",
                 len(group) - len(written),
             )
-        ours = set(written)
-        events = [row for row in group if row.pk in ours]
-        for row in events:
-            row.status = status
-        if events:
-            self.notices.append(lambda: signals.send_safely(signal, events=events, **kwargs))
+        if written:
+            using = self.lease.using
+            self.notices.append(lambda: _send_events(signal, using, written, **kwargs))
+
+
+def _send_events(signal: Signal, using: str, ids: list[int], **kwargs: object) -> None:
+    """Send ``signal`` with the rows ``ids`` as written; read only if someone listens."""
+    if not signal.has_listeners():
+        return
+    events = list(OutboxEvent.objects.using(using).filter(pk__in=ids).order_by("pk"))
+    signals.send_safely(signal, events=events, **kwargs)
 
 
 @dataclass
 class _Group:
     """Rows to send in one request; ``suspect`` when cut from a batch Meta refused."""
 
-    rows: list[OutboxEvent]
+    rows: list[Row]
     suspect: bool = False
 
 

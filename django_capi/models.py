@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Coalesce, Now
 from django.utils.translation import gettext_lazy as _
 
@@ -64,6 +67,20 @@ class OutboxEvent(models.Model):
     delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
 
     # Meta's last answer, kept on the row for filtering; the full history is DeliveryAttempt.
+    #: The request that carried the last answer: how a delivered event reaches its history
+    #: without a row of its own. Neither a constraint nor an index: every write-back sets it,
+    #: nothing looks rows up by it, and a purged request simply leaves it pointing nowhere.
+    last_attempt = models.ForeignKey(
+        "DeliveryAttempt",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+        verbose_name=_("last request"),
+    )
     last_attempt_at = models.DateTimeField(_("last attempt"), null=True, blank=True)
     last_http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
     last_error_code = models.IntegerField(_("Meta error code"), null=True, blank=True)
@@ -121,8 +138,20 @@ class OutboxEvent(models.Model):
         return f"{self.event_name} {self.event_id} ({self.status})"
 
 
+class DeliveryAttemptQuerySet(models.QuerySet["DeliveryAttempt"]):
+    def for_event(self, event: OutboxEvent) -> Self:
+        """The requests that carried ``event``: those linked to it, and its last one."""
+        linked = AttemptEvent.objects.using(self.db).filter(event=event.pk).values("attempt")
+        return self.filter(Q(pk__in=linked) | Q(pk=event.last_attempt_id))
+
+
 class DeliveryAttempt(models.Model):
-    """One request that carried an event, and Meta's answer to it."""
+    """One request to Meta and its answer, written once whatever the number of events in it.
+
+    An event delivered by the request costs no row of its own (its ``last_attempt`` points
+    here); every other outcome links the event to the request (``AttemptEvent``), so an
+    event's whole history stays one indexed query: ``DeliveryAttempt.objects.for_event``.
+    """
 
     class Outcome(models.TextChoices):
         DELIVERED = "delivered", _("Delivered")
@@ -133,7 +162,7 @@ class DeliveryAttempt(models.Model):
         BISECTED = "bisected", _("Batch rejected; split to find the bad event")
         FAILED = "failed", _("Failed")
 
-    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, related_name="attempt_log")
+    pixel_id = models.CharField(_("pixel"), max_length=32, blank=True)
     attempted_at = models.DateTimeField(_("attempted"), db_default=Now())
     outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
     batch_size = models.PositiveIntegerField(_("events in the request"))
@@ -149,17 +178,34 @@ class DeliveryAttempt(models.Model):
     # Meta's "messages": warnings about the events it accepted [APE].
     messages = models.JSONField(_("Meta's messages"), default=list, blank=True)
 
+    objects = DeliveryAttemptQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("delivery attempt")
         verbose_name_plural = _("delivery attempts")
         indexes = [
-            models.Index(fields=["event", "attempted_at"], name="capi_attempt_event"),
-            # The failure-rate alert reads the last hour of attempts.
+            # The failure-rate alert reads the last hour of requests; the purge, the oldest.
             models.Index(fields=["attempted_at"], name="capi_attempt_time"),
         ]
 
     def __str__(self) -> str:
         return f"{self.outcome} ({self.http_status})"
+
+
+class AttemptEvent(models.Model):
+    """An event a request carried that it did not deliver (retried, refused, halved, held
+    back by a pause or a broken token), and what became of it."""
+
+    attempt = models.ForeignKey(DeliveryAttempt, on_delete=models.CASCADE, related_name="links")
+    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, related_name="+")
+    outcome = models.CharField(_("outcome"), max_length=16, choices=DeliveryAttempt.Outcome.choices)
+
+    class Meta:
+        verbose_name = _("event of a delivery attempt")
+        verbose_name_plural = _("events of delivery attempts")
+
+    def __str__(self) -> str:
+        return f"{self.event_id} in {self.attempt_id}: {self.outcome}"
 
 
 class PixelState(models.Model):

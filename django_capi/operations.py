@@ -19,7 +19,7 @@ from .conf import capi_settings
 from .constants import ActionSource
 from .context import USER_DATA_KEYS
 from .delivery import SEND_MARGIN, DrainReport, drain
-from .models import DeliveryAttempt, OutboxEvent
+from .models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from .signals import outbox_committed, send_on_commit
 from .validation import MAX_EVENT_AGE, MAX_PHYSICAL_STORE_EVENT_AGE, max_event_age
 
@@ -185,9 +185,19 @@ def purge(
     deleted = 0
     while ids := list(old_delivered.values_list("pk", flat=True)[:batch_size]):
         with transaction.atomic(using=using):
-            DeliveryAttempt.objects.using(using).filter(event_id__in=ids).delete()
-            rows.filter(pk__in=ids).update(payload={}, warnings=[], last_error="")
+            AttemptEvent.objects.using(using).filter(event_id__in=ids).delete()
+            rows.filter(pk__in=ids).update(
+                payload={}, warnings=[], last_error="", last_attempt=None
+            )
         deleted += len(ids)
+    # Requests as old as the deliveries purged and linked to no event any more: no kept
+    # event's history needs them.
+    attempts = DeliveryAttempt.objects.using(using)
+    done = attempts.filter(
+        attempted_at__lt=now - timedelta(days=delivered_after_days), links__isnull=True
+    )
+    while attempt_ids := list(done.values_list("pk", flat=True)[:batch_size]):
+        attempts.filter(pk__in=attempt_ids).delete()
     scrubbed = 0
     while True:
         with transaction.atomic(using=using):

@@ -10,6 +10,13 @@ A row is leased while ``leased_until`` is set. ``lease_token`` stays on the row 
 write-back as the stamp of its last owner, which is how a write-back learns exactly which
 rows it wrote.
 
+Claims read only what delivery needs, the payload as the JSON text the database holds: it
+goes into the request as it is, never decoded and encoded again.
+
+History: each request is one ``DeliveryAttempt`` row. A write-back stamps the rows it writes
+with it (``last_attempt``, in the same UPDATE); only events the request did not deliver are
+linked to it row by row (``AttemptEvent``), so a delivered event costs no INSERT of its own.
+
 Deadlocks: every multi-row UPDATE that may wait for another locks its rows in primary-key
 order first (``_update``), and the per-pixel sweeps (postpone, resume) skip rows another
 worker holds instead of waiting for them; two workers can then never wait for each other.
@@ -20,17 +27,20 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any, Protocol, cast
 
 from django.db import connections, router, transaction
-from django.db.models import F, QuerySet
-from django.db.models.functions import Now
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import F, QuerySet, TextField
+from django.db.models.functions import Cast, Now
+from django.db.models.lookups import In
 from django.db.models.sql import Query
-from django.utils import timezone
+from django.db.models.sql.compiler import SQLCompiler
 
-from .models import DeliveryAttempt, OutboxEvent
+from .models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from .text import storable
 
 PENDING = OutboxEvent.Status.PENDING
@@ -71,20 +81,55 @@ class Answer(Protocol):
     def error(self) -> AnswerError | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class LeasedRow:
+    """What delivery needs of a claimed row; ``payload`` is its JSON text as stored."""
+
+    pk: int
+    pixel_id: str
+    event_time: datetime
+    action_source: str
+    attempts: int
+    bisect_group: uuid.UUID | None
+    payload: str
+
+
+#: The columns of a ``LeasedRow`` but its payload, in its order.
+LEASED_COLUMNS = [field.name for field in fields(LeasedRow) if field.name != "payload"]
+
+
 @dataclass(frozen=True)
 class Lease:
     """Rows one worker owns until their ``leased_until``."""
 
     token: uuid.UUID
     using: str
-    rows: list[OutboxEvent]
+    rows: list[LeasedRow]
     #: The database's clock at the claim; ``now()`` moves it on by this process's monotonic
     #: clock, so decisions never depend on this host's wall clock.
     db_now: datetime
+    #: This process's monotonic clock when the claim began: the lease lasts at least its
+    #: ``lease_seconds`` from then (``now()`` runs ahead by the claim's own few ms at most).
     claimed_at: float = field(default_factory=time.monotonic)
 
     def now(self) -> datetime:
         return self.db_now + timedelta(seconds=time.monotonic() - self.claimed_at)
+
+
+class _AmongIds(In):
+    """``pk IN (ids)``, as one array parameter on PostgreSQL: a thousand placeholders cost
+    the driver (which binds them in Python) more than the query costs the server."""
+
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
+    ) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        return f"{lhs} = ANY(%s)", [*lhs_params, list(self.rhs)]
+
+
+def _among(ids: Collection[int]) -> _AmongIds:
+    """The rows whose primary key is one of ``ids``, for ``QuerySet.filter``."""
+    return _AmongIds(F("pk"), list(ids))
 
 
 def database_now(using: str) -> datetime:
@@ -118,6 +163,8 @@ def claim(
         # A claim inside the caller's transaction would keep its row locks (and the
         # transaction) open while events travel to Meta.
         raise RuntimeError("the outbox must be drained outside a transaction")
+    # Taken before the lease is: a lease measured from here never seems longer than it is.
+    started = time.monotonic()
     token = uuid.uuid4()
     due = OutboxEvent.objects.using(using).filter(status=PENDING, next_attempt_at__lte=Now())
     if exclude_pixels:
@@ -132,30 +179,50 @@ def claim(
         "next_attempt_at": lease_end,
         "attempts": F("attempts") + 1,
     }
+    columns = (*LEASED_COLUMNS, "text")
     if connections[using].features.has_select_for_update_skip_locked:
         # PostgreSQL, MySQL: concurrent claims skip each other's rows instead of waiting.
+        # The rows are read as they are locked (their attempt is counted below).
         with transaction.atomic(using=using):
-            ids = list(oldest_first.select_for_update(skip_locked=True)[:limit])
-            if ids:
-                OutboxEvent.objects.using(using).filter(pk__in=ids).update(**changes)
+            db_now = database_now(using)  # the transaction's clock, which the UPDATE uses
+            read = list(
+                _readable(due.order_by("next_attempt_at", "pk"))
+                .select_for_update(skip_locked=True)
+                .values_list(*columns)[:limit]
+            )
+            if read:
+                ids = [values[0] for values in read]
+                OutboxEvent.objects.using(using).filter(_among(ids)).update(**changes)
+        counted = 1
     else:
         # SQLite: the UPDATE re-checks that each candidate is still due, under the database
-        # lock, so two claims never take the same row (compare-and-set).
+        # lock, so two claims never take the same row (compare-and-set); the rows it took
+        # are read after it.
+        db_now = database_now(using)
         ids = list(oldest_first[:limit])
         if ids:
-            due.filter(pk__in=ids).update(**changes)
-    rows = list(
-        OutboxEvent.objects.using(using)
-        .filter(pk__in=ids, lease_token=token)
-        .annotate(db_now=Now())
-        .order_by("pixel_id", "pk")
+            due.filter(_among(ids)).update(**changes)
+        mine = OutboxEvent.objects.using(using).filter(_among(ids), lease_token=token)
+        read = list(_readable(mine).values_list(*columns)) if ids else []
+        counted = 0
+    rows = sorted((_leased(values, counted) for values in read), key=attrgetter("pixel_id", "pk"))
+    return Lease(token=token, using=using, rows=rows, db_now=db_now, claimed_at=started)
+
+
+def _readable(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
+    """``rows`` with the payload as its stored JSON text."""
+    return rows.annotate(text=Cast("payload", TextField()))
+
+
+def _leased(values: Sequence[Any], counted: int) -> LeasedRow:
+    """A ``LeasedRow`` of the values read, with ``counted`` more attempts than they show."""
+    pk, pixel_id, event_time, action_source, attempts, bisect_group, payload = values
+    return LeasedRow(
+        pk, pixel_id, event_time, action_source, attempts + counted, bisect_group, payload
     )
-    # Nothing claimed means nothing to decide, so this host's clock is good enough then.
-    db_now = rows[0].db_now if rows else timezone.now()
-    return Lease(token=token, using=using, rows=list(rows), db_now=db_now)
 
 
-def keep(lease: Lease, rows: Sequence[OutboxEvent], lease_seconds: int) -> list[OutboxEvent]:
+def keep(lease: Lease, rows: Sequence[LeasedRow], lease_seconds: int) -> list[LeasedRow]:
     """Extend the lease of ``rows`` and return those still owned: rows taken over by another
     worker after this lease lapsed must not be sent again."""
     lease_end = Now() + timedelta(seconds=lease_seconds)
@@ -165,7 +232,9 @@ def keep(lease: Lease, rows: Sequence[OutboxEvent], lease_seconds: int) -> list[
     return [row for row in rows if row.pk in still]
 
 
-def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: Answer) -> list[int]:
+def mark_delivered(
+    lease: Lease, rows: Sequence[LeasedRow], result: Answer, *, attempt: int | None = None
+) -> list[int]:
     return _write(
         lease,
         rows,
@@ -173,19 +242,20 @@ def mark_delivered(lease: Lease, rows: Sequence[OutboxEvent], result: Answer) ->
         delivered_at=Now(),
         last_error="",
         bisect_group=None,
-        **_answer(result),
+        **_answer(result, attempt),
     )
 
 
 def mark_failed(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    rows: Sequence[LeasedRow],
     *,
     reason: OutboxEvent.FailureReason,
     error: str,
     result: Answer | None = None,
+    attempt: int | None = None,
 ) -> list[int]:
-    answer = _answer(result) if result is not None else {}
+    answer = _answer(result, attempt) if result is not None else {}
     return _write(
         lease,
         rows,
@@ -199,12 +269,13 @@ def mark_failed(
 
 def retry_later(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    rows: Sequence[LeasedRow],
     *,
     delay: timedelta,
     error: str,
     result: Answer,
     bisect_group: uuid.UUID | None = None,
+    attempt: int | None = None,
 ) -> list[int]:
     """Back to ``pending`` after ``delay``; the attempt counts. Rows given a ``bisect_group``
     are sent together, apart from other rows, next time (see ``OutboxEvent.bisect_group``)."""
@@ -214,17 +285,18 @@ def retry_later(
         next_attempt_at=Now() + delay,
         last_error=error,
         bisect_group=bisect_group,
-        **_answer(result),
+        **_answer(result, attempt),
     )
 
 
 def release(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    rows: Sequence[LeasedRow],
     *,
     delay: timedelta,
     error: str,
     result: Answer,
+    attempt: int | None = None,
 ) -> list[int]:
     """Back to ``pending`` after ``delay`` without spending an attempt: the events were not
     at fault (the pixel is rate limited or its token is broken)."""
@@ -234,7 +306,7 @@ def release(
         next_attempt_at=Now() + delay,
         attempts=F("attempts") - 1,
         last_error=error,
-        **_answer(result),
+        **_answer(result, attempt),
     )
 
 
@@ -266,38 +338,46 @@ def abandon(lease: Lease, *, delay: timedelta) -> int:
     return _update(held, leased_until=None, next_attempt_at=Now() + delay)
 
 
-def record_attempts(
+def record_attempt(
     lease: Lease,
-    rows: Sequence[OutboxEvent],
+    pixel_id: str,
     *,
     result: Answer,
     outcome: DeliveryAttempt.Outcome,
     batch_size: int,
-) -> None:
+    undelivered: Sequence[tuple[Sequence[LeasedRow], DeliveryAttempt.Outcome]] = (),
+) -> int:
+    """Record one request and Meta's answer; link the rows it did not deliver to it, each
+    group with what became of it. Returns the record's id, for the write-backs."""
     error = result.error
-    DeliveryAttempt.objects.using(lease.using).bulk_create(
-        DeliveryAttempt(
-            event_id=row.pk,
-            outcome=outcome,
-            batch_size=batch_size,
-            http_status=result.http_status,
-            error_code=error.code if error else None,
-            error_subcode=error.subcode if error else None,
-            error_type=storable(error.type)[:100] if error else "",
-            error_title=storable(error.title)[:200] if error else "",
-            error_message=storable(error.message) if error else "",
-            fbtrace_id=storable(result.fbtrace_id)[:64],
-            events_received=_count(result.events_received),
-            duration_ms=min(max(result.duration_ms, 0), MAX_COUNT),
-            messages=[storable(message) for message in result.messages],
-        )
-        for row in rows
+    attempt = DeliveryAttempt.objects.using(lease.using).create(
+        pixel_id=pixel_id,
+        outcome=outcome,
+        batch_size=batch_size,
+        http_status=result.http_status,
+        error_code=error.code if error else None,
+        error_subcode=error.subcode if error else None,
+        error_type=storable(error.type)[:100] if error else "",
+        error_title=storable(error.title)[:200] if error else "",
+        error_message=storable(error.message) if error else "",
+        fbtrace_id=storable(result.fbtrace_id)[:64],
+        events_received=_count(result.events_received),
+        duration_ms=min(max(result.duration_ms, 0), MAX_COUNT),
+        messages=[storable(message) for message in result.messages],
     )
+    links = [
+        AttemptEvent(attempt_id=attempt.pk, event_id=row.pk, outcome=event_outcome)
+        for rows, event_outcome in undelivered
+        for row in rows
+    ]
+    if links:
+        AttemptEvent.objects.using(lease.using).bulk_create(links, batch_size=1000)
+    return int(attempt.pk)
 
 
-def _owned(lease: Lease, rows: Sequence[OutboxEvent]) -> QuerySet[OutboxEvent]:
+def _owned(lease: Lease, rows: Sequence[LeasedRow]) -> QuerySet[OutboxEvent]:
     return OutboxEvent.objects.using(lease.using).filter(
-        pk__in=[row.pk for row in rows],
+        _among([row.pk for row in rows]),
         lease_token=lease.token,
         leased_until__isnull=False,
         status=PENDING,
@@ -317,10 +397,10 @@ def _update(rows: QuerySet[OutboxEvent], *, skip_locked: bool = False, **changes
         ids = list(locked.values_list("pk", flat=True))
         if not ids:
             return 0
-        return OutboxEvent.objects.using(rows.db).filter(pk__in=ids).update(**changes)
+        return OutboxEvent.objects.using(rows.db).filter(_among(ids)).update(**changes)
 
 
-def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[int]:
+def _write(lease: Lease, rows: Sequence[LeasedRow], **changes: Any) -> list[int]:
     """Apply ``changes`` to the rows this lease still owns; return the ids it wrote."""
     ids = [row.pk for row in rows]
     written = _update(_owned(lease, rows), leased_until=None, **changes)
@@ -329,14 +409,15 @@ def _write(lease: Lease, rows: Sequence[OutboxEvent], **changes: Any) -> list[in
     # Some rows were taken over; ours are those still stamped with this lease, now unleased.
     return list(
         OutboxEvent.objects.using(lease.using)
-        .filter(pk__in=ids, lease_token=lease.token, leased_until=None)
+        .filter(_among(ids), lease_token=lease.token, leased_until=None)
         .values_list("pk", flat=True)
     )
 
 
-def _answer(result: Answer) -> dict[str, Any]:
+def _answer(result: Answer, attempt: int | None) -> dict[str, Any]:
     error = result.error
     return {
+        "last_attempt_id": attempt,
         "last_attempt_at": Now(),
         "last_http_status": result.http_status,
         "last_error_code": error.code if error else None,

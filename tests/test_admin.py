@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
-from django_capi.models import DeliveryAttempt, OutboxEvent
+from django_capi.models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from tests.factories import OrderFactory, OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,14 +67,14 @@ def test_filters_and_date_hierarchy_work(viewer):
 
 def test_the_detail_shows_the_payload_and_attempts_and_cannot_edit(viewer):
     row = OutboxEventFactory.create()
-    DeliveryAttempt.objects.create(
-        event=row,
+    attempt = DeliveryAttempt.objects.create(
         outcome="retry",
         batch_size=1,
         http_status=503,
         error_message="<script>x</script>",
         duration_ms=12,
     )
+    AttemptEvent.objects.create(attempt=attempt, event=row, outcome="retry")
     url = reverse("admin:django_capi_outboxevent_change", args=[row.pk])
     html = viewer.get(url).content.decode()
     assert f"&quot;event_id&quot;: &quot;{row.event_id}&quot;" in html  # pretty-printed, escaped
@@ -88,8 +88,7 @@ def test_the_detail_shows_the_payload_and_attempts_and_cannot_edit(viewer):
 
 def test_the_attempt_history_shows_metas_messages_escaped(viewer):
     row = OutboxEventFactory.create()
-    DeliveryAttempt.objects.create(
-        event=row,
+    attempt = DeliveryAttempt.objects.create(
         outcome="delivered",
         batch_size=1,
         http_status=200,
@@ -97,6 +96,7 @@ def test_the_attempt_history_shows_metas_messages_escaped(viewer):
         messages=["fbc was <b>modified</b>", "low match quality"],
         duration_ms=12,
     )
+    OutboxEvent.objects.filter(pk=row.pk).update(last_attempt=attempt)
     url = reverse("admin:django_capi_outboxevent_change", args=[row.pk])
     html = viewer.get(url).content.decode()
     assert "<li>fbc was &lt;b&gt;modified&lt;/b&gt;</li><li>low match quality</li>" in html

@@ -33,7 +33,7 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.test import Client
 
-from django_capi.models import DeliveryAttempt, OutboxEvent
+from django_capi.models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from django_capi.testing import (
     Chaos,
     ConnectionReset,
@@ -215,12 +215,15 @@ def unexplained_attempts(leased_at_kill: Counter[int]) -> tuple[int, list[str]]:
     ended their story, one per logged retry, one per kill that may have held their lease.
     Rate limits and token errors give their attempt back. Returns (token-window rows checked,
     offenders)."""
-    rows = OutboxEvent.objects.annotate(
-        retries=Count("attempt_log", filter=Q(attempt_log__outcome=Outcome.RETRY)),
-        token_errors=Count("attempt_log", filter=Q(attempt_log__outcome=Outcome.TOKEN_INVALID)),
-    ).values_list("pk", "event_id", "attempts", "retries", "token_errors")
+    # Each request that did not deliver an event is linked to it with that event's outcome.
+    links = AttemptEvent.objects.values("event_id").annotate(
+        retries=Count("pk", filter=Q(outcome=Outcome.RETRY)),
+        token_errors=Count("pk", filter=Q(outcome=Outcome.TOKEN_INVALID)),
+    )
+    history = {link["event_id"]: (link["retries"], link["token_errors"]) for link in links}
     offenders, token_rows = [], 0
-    for pk, event_id, attempts, retries, token_errors in rows:
+    for pk, event_id, attempts in OutboxEvent.objects.values_list("pk", "event_id", "attempts"):
+        retries, token_errors = history.get(pk, (0, 0))
         token_rows += bool(token_errors)
         allowed = 1 + retries + leased_at_kill[pk]
         if attempts > allowed:

@@ -7,6 +7,7 @@ import json
 import pytest
 import requests
 from django.test import override_settings
+from django.views.debug import ExceptionReporter
 
 from django_capi.client import (
     ErrorKind,
@@ -111,8 +112,52 @@ def test_the_token_travels_in_the_body_never_the_url():
     assert result.error is not None and result.error.subcode == 2804003
     (response,) = client.sent
     assert response.request.url == f"{url}/v26.0/1/events"
-    assert b"access_token=secret-token" in response.request.body
-    assert response.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert response.request.headers["Content-Type"] == "application/json"
+    body = json.loads(response.request.body)
+    assert body == {"data": [event], "access_token": "secret-token"}
+    assert "secret-token" not in repr(response.request.body)
+
+
+def test_stored_json_text_is_sent_as_the_event_itself():
+    stored = '{"event_name": "Lead", "event_time": 1, "user_data": {"em": "\u00e9"}}'
+    with GraphEmulator() as emulator:
+        conf = {
+            "PIXEL_ID": "1",
+            "ACCESS_TOKEN": "test-token-not-real",
+            "GRAPH_API_URL": emulator.url,
+            "TEST_EVENT_CODE": "TEST1",
+        }
+        with override_settings(DJANGO_CAPI=conf):
+            client = RecordingClient(capi_settings())
+        client.post_events("1", [stored, {"event_name": "Purchase"}])
+        client.close()
+    body = json.loads(client.sent[0].request.body)
+    assert body["data"] == [json.loads(stored), {"event_name": "Purchase"}]
+    assert body["test_event_code"] == "TEST1"
+
+
+def test_a_debug_page_of_a_failed_post_shows_no_token(rf):
+    class Broken(GraphClient):
+        def create_session(self):
+            session = super().create_session()
+            session.post = self.explode
+            return session
+
+        def explode(self, *args, **kwargs):
+            raise RuntimeError("the adapter broke")
+
+    conf = {"PIXEL_ID": "1", "ACCESS_TOKEN": "secret-token", "GRAPH_API_URL": "http://x"}
+    with override_settings(DJANGO_CAPI=conf):
+        client = Broken(capi_settings())
+    with pytest.raises(RuntimeError) as raised:
+        client.post_events("1", [{"event_name": "Lead"}])
+    reporter = ExceptionReporter(rf.get("/"), raised.type, raised.value, raised.tb)
+    # The frames past this test's own (whose source holds the token): the client's, the hook's.
+    frames = [f for f in reporter.get_traceback_frames() if f["filename"] != __file__]
+    assert [f["function"] for f in frames][:2] == ["sensitive_variables_wrapper", "post_events"]
+    shown = str([(name, value) for frame in frames for name, value in frame["vars"]])
+    assert "body" in shown
+    assert "secret-token" not in shown
 
 
 def test_a_2xx_that_is_not_the_graph_api_is_not_a_delivery():

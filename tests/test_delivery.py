@@ -18,7 +18,7 @@ from django.utils import timezone
 from django_capi import delivery, outbox, signals
 from django_capi.client import ErrorKind, GraphClient, GraphFailure, GraphResult
 from django_capi.delivery import drain
-from django_capi.models import DeliveryAttempt, OutboxEvent, PixelState
+from django_capi.models import AttemptEvent, DeliveryAttempt, OutboxEvent, PixelState
 from django_capi.testing import (
     ConnectionReset,
     Delay,
@@ -67,10 +67,16 @@ def test_pending_rows_are_delivered_with_metas_answer(capi_graph):
         assert (row.attempts, row.last_http_status, row.leased_until) == (1, 200, None)
         assert (row.last_events_received, row.last_error_type) == (3, "")
         assert row.last_duration_ms is not None
-    attempt = DeliveryAttempt.objects.first()
+    attempt = DeliveryAttempt.objects.get()  # one record for the request
     assert (attempt.outcome, attempt.http_status, attempt.events_received) == ("delivered", 200, 3)
-    assert attempt.batch_size == 3
+    assert (attempt.batch_size, attempt.pixel_id) == (3, PIXEL)
     assert attempt.duration_ms >= 0
+    # A delivered event costs no row of its own: its history is the request it points at.
+    assert not AttemptEvent.objects.exists()
+    for row in rows:
+        assert list(DeliveryAttempt.objects.for_event(row.__class__.objects.get(pk=row.pk))) == [
+            attempt
+        ]
 
 
 def test_a_second_drain_sends_nothing_again(capi_graph):
@@ -147,7 +153,7 @@ def test_transient_failures_retry_later_by_the_database_clock(capi_graph, short_
         assert row.leased_until is None
         assert row.next_attempt_at > timezone.now() + timedelta(milliseconds=500)
         assert row.last_error
-    assert DeliveryAttempt.objects.filter(outcome="retry").count() == 2
+    assert AttemptEvent.objects.filter(outcome="retry").count() == 2
     make_due()
     assert drain().delivered == 2
     assert statuses() == {"delivered": 2}
@@ -184,7 +190,7 @@ def test_stale_rows_never_leave_the_machine(capi_graph):
     stale.refresh_from_db()
     assert (stale.status, stale.failure_reason) == ("failed", "expired")
     assert stale.last_http_status is None
-    assert not DeliveryAttempt.objects.filter(event=stale).exists()
+    assert not DeliveryAttempt.objects.for_event(stale).exists()
     assert sorted(capi_graph.event_ids()) == sorted(row.event_id for row in [*fresh, store])
 
 
@@ -285,7 +291,7 @@ def test_the_token_appears_in_no_log_row_or_request_record(capi_graph, caplog):
         drain()
     token = "test-token-not-real"
     assert token not in caplog.text
-    for model in (OutboxEvent, DeliveryAttempt, PixelState):
+    for model in (OutboxEvent, DeliveryAttempt, AttemptEvent, PixelState):
         assert token not in str(list(model.objects.values()))
 
 
@@ -466,8 +472,9 @@ def test_metas_messages_are_kept_on_the_attempt(capi_graph):
     answer = {"events_received": 2, "messages": messages, "fbtrace_id": "trace"}
     capi_graph.script(HttpStatus(200, answer))
     assert drain().delivered == 2
-    attempts = DeliveryAttempt.objects.all()
-    assert [attempt.messages for attempt in attempts] == [messages, messages]
+    for row in OutboxEvent.objects.all():
+        attempts = DeliveryAttempt.objects.for_event(row)
+        assert [attempt.messages for attempt in attempts] == [messages]
 
 
 HOSTILE_ANSWERS = {
@@ -521,7 +528,7 @@ def test_a_worker_survives_any_answer_and_leaves_no_row_leased(capi_graph, answe
         assert row.leased_until is None
         assert row.attempts <= 1
         assert row.status in ("pending", "delivered", "failed")
-    assert DeliveryAttempt.objects.count() >= 2  # the answer was recorded, cleaned
+    assert DeliveryAttempt.objects.count() >= 1  # the answer was recorded, cleaned
     PixelState.objects.all().delete()
     make_due()
     drain()
@@ -554,7 +561,7 @@ def test_rows_claimed_past_max_attempts_are_failed_not_sent_again(capi_graph, se
         assert (row.status, row.failure_reason, row.attempts) == ("failed", "exhausted", 4)
 
 
-@pytest.mark.parametrize("broken", ["release", "postpone_pixel", "record_attempts"])
+@pytest.mark.parametrize("broken", ["release", "postpone_pixel", "record_attempt"])
 def test_the_setup_alert_goes_out_once_whatever_fails_while_the_circuit_opens(
     capi_graph, monkeypatch, broken
 ):
@@ -593,22 +600,44 @@ def test_a_worker_stalled_past_its_lease_before_posting_does_not_send_again(
         "READ_TIMEOUT": 0.3,
     }
     OutboxEventFactory.create_batch(20)
-    keep = outbox.keep
+    claim = outbox.claim
     stalled = []
 
-    def keep_then_stall(lease, rows, lease_seconds):
-        kept = keep(lease, rows, lease_seconds)
+    def claim_then_stall(**kwargs):
+        lease = claim(**kwargs)
         if not stalled:
             stalled.append(lease)
-            # The process stops right after renewing (a pause, swapped out) until the lease
+            # The process stops right after claiming (a pause, swapped out) until the lease
             # has lapsed; meanwhile another worker takes the rows over and sends them.
             while OutboxEvent.objects.filter(leased_until__gt=Now()).exists():
                 time.sleep(0.05)
             assert drain().delivered == 20
-        return kept
+        return lease
 
-    monkeypatch.setattr(outbox, "keep", keep_then_stall)
+    monkeypatch.setattr(outbox, "claim", claim_then_stall)
     drain()
     assert len(capi_graph.event_ids()) == 20
     assert capi_graph.duplicates == []
     assert statuses() == {"delivered": 20}
+
+
+def test_each_request_is_one_record_and_each_event_keeps_its_history(capi_graph):
+    rows = OutboxEventFactory.create_batch(8)
+    bad = rows[5]
+    OutboxEvent.objects.filter(pk=bad.pk).update(
+        payload={**bad.payload, "user_data": {"em": "not-hashed@example.com"}}
+    )
+    report = drain()
+    assert DeliveryAttempt.objects.count() == report.requests
+    assert sum(DeliveryAttempt.objects.values_list("batch_size", flat=True)) == sum(
+        len(request.events) for request in capi_graph.requests
+    )
+    bad.refresh_from_db()
+    history = [a.outcome for a in DeliveryAttempt.objects.for_event(bad).order_by("pk")]
+    assert history == ["bisected", "bisected", "bisected", "rejected"]
+    assert bad.last_attempt_id == DeliveryAttempt.objects.get(outcome="rejected").pk
+    first = OutboxEvent.objects.get(pk=rows[0].pk)
+    history = [a.outcome for a in DeliveryAttempt.objects.for_event(first).order_by("pk")]
+    assert history == ["bisected", "delivered"]  # its half went through at once
+    # Only what a request did not deliver is linked row by row.
+    assert set(AttemptEvent.objects.values_list("outcome", flat=True)) == {"bisected", "rejected"}

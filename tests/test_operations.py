@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from django_capi import operations
-from django_capi.models import DeliveryAttempt, OutboxEvent
+from django_capi.models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from tests.factories import OrderFactory, OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -142,9 +142,9 @@ def test_purge_keeps_only_the_dedup_key_of_old_deliveries_and_scrubs_in_batches(
     OutboxEvent.objects.filter(pk=rows[3].pk).update(status=Status.FAILED, created_at=ten_days)
     # Pending: needs everything to be sent.
     OutboxEvent.objects.filter(pk=rows[4].pk).update(created_at=ten_days)
-    DeliveryAttempt.objects.create(
-        event_id=rows[0].pk, outcome="delivered", batch_size=1, duration_ms=1
-    )
+    attempt = DeliveryAttempt.objects.create(outcome="retry", batch_size=1, duration_ms=1)
+    AttemptEvent.objects.create(attempt=attempt, event_id=rows[0].pk, outcome="retry")
+    DeliveryAttempt.objects.update(attempted_at=long_ago)
     out = StringIO()
     call_command("capi_purge", "--dry-run", stdout=out)
     assert (
@@ -173,3 +173,20 @@ def test_a_purged_delivery_still_stops_a_second_purchase():
     call_command("capi_purge", stdout=StringIO())
     order.save()  # a refund note, months later: still "paid"
     assert OutboxEvent.objects.count() == 1
+
+
+def test_purge_keeps_the_requests_a_kept_event_is_linked_to():
+    old, young = OutboxEventFactory.create_batch(2)
+    long_ago = timezone.now() - timedelta(days=40)
+    OutboxEvent.objects.filter(pk=old.pk).update(status=Status.DELIVERED, delivered_at=long_ago)
+    retried = DeliveryAttempt.objects.create(outcome="retry", batch_size=2, duration_ms=1)
+    AttemptEvent.objects.bulk_create(
+        AttemptEvent(attempt=retried, event=row, outcome="retry") for row in (old, young)
+    )
+    delivered = DeliveryAttempt.objects.create(outcome="delivered", batch_size=1, duration_ms=1)
+    OutboxEvent.objects.filter(pk=old.pk).update(last_attempt=delivered)
+    DeliveryAttempt.objects.update(attempted_at=long_ago)
+    call_command("capi_purge", stdout=StringIO())
+    assert list(DeliveryAttempt.objects.all()) == [retried]  # the pending event's history
+    assert list(AttemptEvent.objects.values_list("event_id", flat=True)) == [young.pk]
+    assert OutboxEvent.objects.get(pk=old.pk).last_attempt_id is None
