@@ -5,7 +5,9 @@
 For each service asked for: when a server answers at URL it is used as it is; otherwise one
 is started from this machine's binaries (PostgreSQL's ``initdb`` and ``pg_ctl`` in a temporary
 folder, ``redis-server`` with nothing on disk), on URL's port when it is free, and stopped when
-COMMAND ends. COMMAND gets ``DATABASE_URL`` and ``CELERY_BROKER_URL`` pointing at what answered.
+COMMAND ends. COMMAND gets ``DATABASE_URL`` and ``CAPI_TEST_REDIS_URL`` pointing at what answered
+(not ``CELERY_BROKER_URL``: Celery reads that one into every app, and the tests build apps
+that must have no broker).
 When neither is possible it stops with one line saying what to install: never a silent skip.
 """
 
@@ -33,7 +35,7 @@ class ServiceError(Exception):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.services", description=__doc__)
     parser.add_argument("--postgres", metavar="URL", help="PostgreSQL URL for DATABASE_URL")
-    parser.add_argument("--redis", metavar="URL", help="Redis URL for CELERY_BROKER_URL")
+    parser.add_argument("--redis", metavar="URL", help="Redis URL for CAPI_TEST_REDIS_URL")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> int:
     try:
         with ExitStack() as stack:
             if args.redis:
-                env["CELERY_BROKER_URL"] = stack.enter_context(redis_at(args.redis))
+                env["CAPI_TEST_REDIS_URL"] = stack.enter_context(redis_at(args.redis))
             if args.postgres:
                 env["DATABASE_URL"] = stack.enter_context(postgres_at(args.postgres))
             return subprocess.call(command, env=env)
@@ -94,7 +96,7 @@ def redis_at(url: str) -> Iterator[str]:
     if server is None:
         raise ServiceError(
             f"nothing answers at {_safe(url)} and redis-server is not installed: "
-            "install Redis (Debian: apt-get install redis-server) or point CELERY_BROKER_URL at one"
+            "install Redis (Debian: apt-get install redis-server) or point REDIS_URL at one"
         )
     port = _free_port(parts.port or 6379)
     process = subprocess.Popen(

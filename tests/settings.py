@@ -66,5 +66,7 @@ DJANGO_CAPI = {
     **json.loads(os.environ.get("CAPI_TEST_SETTINGS", "{}")),
 }
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")
+# tests/services.py names the Redis it found or started; never CELERY_BROKER_URL in the
+# environment, which Celery would read into the apps the tests build without a broker.
+CELERY_BROKER_URL = env.str("CAPI_TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
 CELERY_TASK_IGNORE_RESULT = True
