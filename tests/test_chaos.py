@@ -42,6 +42,7 @@ from django_capi.testing import (
     GraphError,
     HttpStatus,
 )
+from tests.database_dump import dump_database
 from tests.factories import OutboxEventFactory
 from tests.processes import manage, start, wait_until
 
@@ -229,15 +230,6 @@ def unexplained_attempts(leased_at_kill: Counter[int]) -> tuple[int, list[str]]:
         if attempts > allowed:
             offenders.append(f"{event_id}: {attempts} attempts, {retries} retries logged")
     return token_rows, offenders
-
-
-def dump_database() -> str:
-    lines = []
-    with connection.cursor() as cursor:
-        for table in connection.introspection.table_names(cursor):
-            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608
-            lines.extend(repr(row) for row in cursor.fetchall())
-    return "\n".join(lines)
 
 
 def admin_pages(settings) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import connection, transaction
+from django.db import transaction
 from django.template import Context, Template
 from django.test import Client, RequestFactory
 
@@ -26,6 +26,7 @@ from django_capi import ModelEvent, OutboxEvent, browser_context, register, send
 from django_capi.context import use_browser_context
 from django_capi.registry import registered_events
 from django_capi.testing import rules
+from tests.database_dump import dump_database
 from tests.shop.models import Lead, Order, Product
 
 from .values import CORPUS, PII
@@ -215,16 +216,6 @@ def secrets_of(kind: str, value: Any) -> list[str]:
     return found
 
 
-def dump_database() -> str:
-    """Every value of every table, as text: what a backup of the database would hold."""
-    lines = []
-    with connection.cursor() as cursor:
-        for table in connection.introspection.table_names(cursor):
-            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608
-            lines.extend(repr(row) for row in cursor.fetchall())
-    return "\n".join(lines).lower()
-
-
 class Findings:
     """What went wrong for one value, collected over every door so one report shows all."""
 
@@ -363,7 +354,7 @@ def drive(kind: str, value: Any, shop: dict[str, Any], corpus_event: ModelEvent[
     for row in OutboxEvent.objects.filter(pk__gte=first_row):
         check_row(row, findings)
     secrets = secrets_of(kind, value)
-    dump = dump_database() if secrets else ""  # nothing to look for otherwise
+    dump = dump_database().lower() if secrets else ""  # nothing to look for otherwise
     for secret in secrets:
         if secret in dump:
             findings.problems.append(f"raw personal data stored: {secret[:40]!r}")
