@@ -10,6 +10,8 @@ The public API (everything else may change between releases):
   event recorded later (``CapiMiddleware`` collects them; ``{% load capi %}`` renders the
   Pixel).
 - ``normalize_user_data``: Meta's normalization and hashing of customer data.
+- ``ExtInfo``: the 16 ``extinfo`` values of an app event's ``app_data``, by name
+  (``send_event(..., action_source="app", app_data={...})``, ``ModelEvent.app_data``).
 - ``OutboxEvent``: the outbox row, with its delivery status.
 
 Names are imported lazily so that ``import django_capi`` works before Django's app registry
@@ -30,10 +32,12 @@ _PUBLIC = {
     "send_event": "events",
     "browser_context": "browser",
     "normalize_user_data": "events",
+    "ExtInfo": "sources",
     "OutboxEvent": "models",
 }
 
 __all__ = [
+    "ExtInfo",
     "ModelEvent",
     "OutboxEvent",
     "__version__",
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
     from .registry import ModelEvent as ModelEvent
     from .registry import event_id_for as event_id_for
     from .registry import register as register
+    from .sources import ExtInfo as ExtInfo
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ from django.db.models.expressions import DatabaseDefault
 from django.http import HttpRequest
 from django.utils import timezone
 
-from . import context, normalize, validation
+from . import context, normalize, sources, validation
 from .browser import browser_context
 from .conf import capi_settings
 from .constants import ActionSource
@@ -59,6 +59,12 @@ class EventDraft:
     phone_region: str | None = None
     #: Limited Data Use: ``{"country": …, "state": …}``, or None.
     limited_data_use: Mapping[str, int] | None = None
+    #: Meta's ``app_data`` of an app event (``sources.AppData``).
+    app_data: Mapping[str, object] | None = None
+    #: ``whatsapp``, ``messenger`` or ``instagram`` for a business-messaging event.
+    messaging_channel: str | None = None
+    #: The event this one refers to: ``event_name``, ``event_time``, ``order_id``, ``event_id``.
+    original_event_data: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,6 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     problems = validation.check_event_name(draft.event_name)
     problems += validation.check_event_id(draft.event_id)
     problems += validation.check_action_source(draft.action_source)
-    problems += validation.check_app_data(draft.action_source)
     if not isinstance(draft.user_data, Mapping) or not isinstance(draft.browser, Mapping):
         raise EventValidationError("user_data and request_context must be dicts")
     region_problems = validation.check_phone_region(draft.phone_region)
@@ -97,6 +102,19 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     except UnknownUserDataKey as exc:
         raise EventValidationError(exc.problems) from None
     warnings = list(user_data.problems)
+    # App, messaging, offline and CRM events: Meta's rules per action source.
+    app_data = sources.clean_app_data(draft.app_data, draft.action_source, problems, warnings)
+    messaging_channel = sources.clean_messaging_channel(
+        draft.messaging_channel,
+        draft.action_source,
+        draft.event_name,
+        user_data,
+        problems,
+        warnings,
+    )
+    original_event_data = sources.clean_original_event_data(
+        draft.original_event_data, problems, warnings
+    )
     # Explicit URLs and contexts stored before scrubbing existed: no raw email reaches the row.
     event_source_url = context.scrub_url(
         draft.event_source_url or draft.browser.get("event_source_url")
@@ -121,6 +139,8 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         custom_data = validation.clean_custom_data(draft.custom_data, draft.event_name, warnings)
     except EventValidationError as exc:
         problems += exc.problems
+    sources.clean_order_id(custom_data, problems)
+    warnings += sources.crm_warnings(draft.action_source, user_data, custom_data)
     problems += validation.check_limited_data_use(draft.limited_data_use)
     if problems:
         raise EventValidationError(problems, warnings=warnings)
@@ -142,6 +162,12 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         payload["data_processing_options_state"] = draft.limited_data_use["state"]
     if custom_data:
         payload["custom_data"] = custom_data
+    if app_data is not None:
+        payload["app_data"] = app_data
+    if messaging_channel is not None:
+        payload["messaging_channel"] = messaging_channel
+    if original_event_data is not None:
+        payload["original_event_data"] = original_event_data
     return BuiltEvent(
         payload=payload,
         event_time=datetime.fromtimestamp(event_time, tz=UTC),
@@ -394,6 +420,9 @@ def send_event(
     request: HttpRequest | None = None,
     limited_data_use: Mapping[str, int] | None = None,
     using: str | None = None,
+    app_data: Mapping[str, object] | None = None,
+    messaging_channel: str | None = None,
+    original_event_data: Mapping[str, object] | None = None,
 ) -> OutboxEvent | None:
     """Record an event that is not a model save (AddToCart, a CRM status change, …).
 
@@ -406,6 +435,11 @@ def send_event(
     number. ``limited_data_use`` overrides the ``LIMITED_DATA_USE`` setting for this event.
     ``using`` is the database alias of the row; by default the alias of the transaction the
     call runs in when exactly one is open, else the router's choice for ``OutboxEvent``.
+
+    Beyond the website: ``app_data`` (Meta's dict; ``extinfo`` may be a ``django_capi.ExtInfo``)
+    for ``action_source="app"``, ``messaging_channel`` (``"whatsapp"``, ``"messenger"``,
+    ``"instagram"``) for ``"business_messaging"``, and ``original_event_data`` where an event
+    refers to an earlier one.
     """
     if event_id is None:
         event_id = str(uuid.uuid4())
@@ -436,6 +470,9 @@ def send_event(
         event_source_url=event_source_url,
         browser=browser,
         limited_data_use=limited_data_use or capi_settings().limited_data_use,
+        app_data=app_data,
+        messaging_channel=messaging_channel,
+        original_event_data=original_event_data,
     )
     return record_event(
         event_name=event_name,

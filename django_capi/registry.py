@@ -82,6 +82,22 @@ class ModelEvent(Generic[M]):
         the ``LIMITED_DATA_USE`` setting."""
         return capi_settings().limited_data_use
 
+    def app_data(self, instance: M) -> Mapping[str, object] | None:
+        """Meta's ``app_data``, required for ``action_source = "app"``:
+        ``advertiser_tracking_enabled``, ``application_tracking_enabled`` and ``extinfo``
+        (Meta's 16 strings, or a ``django_capi.ExtInfo`` that names them)."""
+        return None
+
+    def messaging_channel(self, instance: M) -> str | None:
+        """``"whatsapp"``, ``"messenger"`` or ``"instagram"``: required for
+        ``action_source = "business_messaging"``."""
+        return None
+
+    def original_event_data(self, instance: M) -> Mapping[str, object] | None:
+        """The earlier event this one refers to (``event_name``, ``event_time``,
+        ``order_id``, ``event_id``), where Meta asks for it."""
+        return None
+
     def event_id(self, instance: M) -> str:
         """The id the Pixel shares for deduplication; stable for (model, pk, event name)."""
         return default_event_id(instance, self.event_name, model=self.model)
@@ -244,6 +260,9 @@ def _build(
         browser=browser,
         phone_region=model_event.phone_region,
         limited_data_use=_call(model_event, "limited_data_use", instance),
+        app_data=_call(model_event, "app_data", instance),
+        messaging_channel=_call(model_event, "messaging_channel", instance),
+        original_event_data=_call(model_event, "original_event_data", instance),
     )
     return build_event(draft, default_phone_region=capi_settings().default_phone_region)
 

@@ -81,19 +81,6 @@ def check_action_source(action_source: object) -> list[str]:
     return []
 
 
-def check_app_data(action_source: object) -> list[str]:
-    if action_source == ActionSource.APP:
-        # Meta rejects app events without app_data [SEP], [APPD]; issue 12 adds it here.
-        return [
-            (
-                "action_source 'app' needs app_data (advertiser_tracking_enabled, "
-                "application_tracking_enabled and the 16 extinfo values), which Meta requires "
-                "for app events; send_event and ModelEvent cannot send app_data yet"
-            )
-        ]
-    return []
-
-
 def check_phone_region(phone_region: object) -> list[str]:
     if phone_region is None:
         return []

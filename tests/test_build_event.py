@@ -138,7 +138,7 @@ def test_dropped_values_become_warnings_not_failures():
             "custom_data['at'] is a set, which JSON cannot carry",
         ),
         ({"custom_data": {"value": None, "currency": "EUR"}}, "Purchase needs custom_data value"),
-        ({"action_source": "app"}, "action_source 'app' needs app_data"),
+        ({"action_source": "app"}, "app event without app_data (Meta requires app_data"),
         ({"custom_data": ["value", 1]}, "custom_data must be a dict"),
         ({"event_time": 1_700_000_000_000}, "event_time looks like milliseconds"),
         ({"event_time": "yesterday"}, "event_time must be a datetime or Unix seconds"),
@@ -353,15 +353,14 @@ def test_business_messaging_keys_of_metas_examples_are_known():
         "em": "a@b.co",
     }
     built = build_event(
-        draft(action_source="business_messaging", event_source_url=None, user_data=user_data)
+        draft(
+            action_source="business_messaging",
+            messaging_channel="whatsapp",
+            event_source_url=None,
+            user_data=user_data,
+        )
     )
     assert set(built.payload["user_data"]) == set(user_data)
-
-
-def test_an_app_event_fails_because_send_event_cannot_send_app_data_yet():
-    message = problems_of(action_source="app", event_source_url=None)
-    assert "action_source 'app' needs app_data" in message
-    assert "cannot send app_data yet" in message
 
 
 def test_a_malformed_fbp_cookie_is_dropped_and_the_event_goes():

@@ -95,6 +95,7 @@ def test_the_public_api():
         "normalize_user_data",
         "OutboxEvent",
         "browser_context",
+        "ExtInfo",
     }
     for name in django_capi.__all__:
         assert getattr(django_capi, name) is not None

@@ -352,6 +352,7 @@ def validate_event(event: Mapping[str, Any], now: float) -> None:
             )
     if action_source == "app":
         _check_app_data(event.get("app_data"))
+    _check_messaging_channel(event)
     _check_custom_data(event)
     _check_other_fields(event)
 
@@ -462,14 +463,76 @@ def _check_user_data_value(key: str, value: object) -> None:
         raise Rejection(INVALID_CUSTOMER_INFORMATION, f"{where} is blank.")
 
 
+#: App Data Parameters [APPD]: extinfo positions marked "Required" besides the list itself.
+EXTINFO_REQUIRED = {0: "extinfo version", 4: "OS version"}
+MESSAGING_CHANNELS = frozenset({"whatsapp", "messenger", "instagram"})
+
+
 def _check_app_data(app_data: object) -> None:
     if not isinstance(app_data, dict):
         raise Rejection(MISSING_PARAMETER, "App events require app_data.")
+    if "advertiser_tracking_enabled" not in app_data:
+        raise Rejection(
+            MISSING_PARAMETER, "App events require app_data.advertiser_tracking_enabled."
+        )
+    # application_tracking_enabled: "Required" on one version of Meta's page, "Optional" on
+    # the current one; the emulator follows the current one.
+    for key in ("advertiser_tracking_enabled", "application_tracking_enabled"):
+        if key in app_data and app_data[key] not in (True, False):  # 0 and 1 compare equal
+            raise Rejection(INVALID_PARAMETER, f"app_data.{key} must be a boolean (0 or 1).")
     extinfo = app_data.get("extinfo")
-    if not (isinstance(extinfo, list) and len(extinfo) == 16 and extinfo[0] in ("a2", "i2")):
+    if not (
+        isinstance(extinfo, list)
+        and len(extinfo) == 16
+        and all(
+            isinstance(item, str) or (_is_number(item) and not isinstance(item, bool))
+            for item in extinfo
+        )
+        and extinfo[0] in ("a2", "i2")
+    ):
         raise Rejection(
             INVALID_PARAMETER,
-            "app_data.extinfo must list all 16 values, starting with 'a2' or 'i2'.",
+            "app_data.extinfo must list all 16 values as strings (empty for unknown ones), "
+            "starting with 'a2' (Android) or 'i2' (iOS).",
+        )
+    for position, name in EXTINFO_REQUIRED.items():
+        if not str(extinfo[position]).strip():
+            raise Rejection(
+                INVALID_PARAMETER, f"app_data.extinfo[{position}] ({name}) is required."
+            )
+
+
+def _check_messaging_channel(event: Mapping[str, Any]) -> None:
+    channel = event.get("messaging_channel")
+    if channel is None:
+        if event["action_source"] == "business_messaging":
+            raise Rejection(
+                MISSING_PARAMETER,
+                "Business messaging events require messaging_channel "
+                "(whatsapp, messenger or instagram).",
+            )
+        return
+    if channel not in MESSAGING_CHANNELS:
+        raise Rejection(
+            INVALID_PARAMETER, "messaging_channel must be whatsapp, messenger or instagram."
+        )
+
+
+def _check_original_event_data(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise Rejection(INVALID_PARAMETER, "original_event_data must be an object.")
+    for key in ("event_name", "order_id", "event_id"):
+        if key in value and not (isinstance(value[key], str) and value[key].strip()):
+            raise Rejection(
+                INVALID_PARAMETER, f"original_event_data.{key} must be a non-empty string."
+            )
+    if "event_time" in value and (
+        isinstance(value["event_time"], bool) or not isinstance(value["event_time"], int)
+    ):
+        raise Rejection(
+            INVALID_PARAMETER, "original_event_data.event_time must be Unix seconds (integer)."
         )
 
 
@@ -526,9 +589,11 @@ def _check_other_fields(event: Mapping[str, Any]) -> None:
     for key in ("original_event_data", "attribution_data", "app_data"):
         if key in event and not isinstance(event[key], dict):
             raise Rejection(INVALID_PARAMETER, f"{key} must be an object.")
-    for key in ("messaging_channel", "advanced_measurement_table"):
-        if key in event and not isinstance(event[key], str):
-            raise Rejection(INVALID_PARAMETER, f"{key} must be a string.")
+    _check_original_event_data(event.get("original_event_data"))
+    if "advanced_measurement_table" in event and not isinstance(
+        event["advanced_measurement_table"], str
+    ):
+        raise Rejection(INVALID_PARAMETER, "advanced_measurement_table must be a string.")
     if "customer_segmentation" in event and event["customer_segmentation"] not in (
         CUSTOMER_SEGMENTS
     ):
