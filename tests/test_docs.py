@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,6 +43,9 @@ CHECKED_BY = {
     ),
     "DJANGO_CAPI = {": "test_the_consent_block_extends_the_quickstart_settings",
     "from django_capi import send_event": "test_the_send_event_block_records_an_event",
+    "# Beyond the website: an app purchase, a WhatsApp lead, a store sale, a CRM lead stage": (
+        "test_the_beyond_the_website_block_delivers_every_event"
+    ),
     ">>> from django_capi import normalize_user_data": (
         "test_the_normalization_example_prints_what_the_readme_says"
     ),
@@ -124,6 +128,43 @@ def test_the_send_event_block_records_an_event():
     row = OutboxEvent.objects.get(event_name="AddToCart")
     assert row.status == "pending", row.last_error
     assert row.payload["custom_data"]["content_ids"] == ["sku-1"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_beyond_the_website_block_delivers_every_event(capi_graph):
+    from django.utils import timezone
+
+    from django_capi.delivery import drain
+
+    sale = SimpleNamespace(
+        sold_at=timezone.now() - timedelta(days=40),
+        number=1042,
+        email="Shopper@Example.com",
+        phone="+1 650 555 1212",
+        total=Decimal("25.00"),
+    )
+    run_block(
+        "# Beyond the website: an app purchase, a WhatsApp lead, a store sale, a CRM lead stage",
+        {
+            "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ",
+            "sale": sale,
+            "lead": SimpleNamespace(meta_lead_id=525645896321548),
+        },
+    )
+    rows = OutboxEvent.objects.order_by("id")
+    assert [(row.action_source, row.status, row.warnings) for row in rows] == [
+        ("app", "pending", []),
+        ("business_messaging", "pending", []),
+        ("physical_store", "pending", []),
+        ("system_generated", "pending", []),
+    ], [row.last_error for row in rows]
+    drain()
+    assert set(OutboxEvent.objects.values_list("status", flat=True)) == {"delivered"}
+    received = {event.data["action_source"]: event.data for event in capi_graph.received_events()}
+    assert received["app"]["app_data"]["extinfo"][:5] == ["i2", "com.example.shop", "", "", "17.4"]
+    assert received["business_messaging"]["messaging_channel"] == "whatsapp"
+    assert received["physical_store"]["custom_data"]["order_id"] == "1042"
+    assert received["system_generated"]["user_data"] == {"lead_id": 525645896321548}
 
 
 def test_the_quickstart_capi_module_is_the_example_shops():
