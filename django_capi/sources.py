@@ -191,7 +191,7 @@ def clean_app_data(
                 warnings.append(f"app_data[{key!r}] is not a field Meta documents; sent as it is")
             plain = _plain_json(value, f"app_data[{key!r}]", problems)
             if plain is not None:
-                cleaned[key] = plain
+                cleaned[storable(key)] = plain
     if app:
         if "advertiser_tracking_enabled" not in app_data:
             problems.append(
@@ -385,7 +385,7 @@ def clean_original_event_data(
             )
             plain = _plain_json(item, where, problems)
             if plain is not None:
-                cleaned[str(key)] = plain
+                cleaned[storable(str(key))] = plain
     return cleaned or None
 
 

@@ -121,7 +121,9 @@ drafts = st.builds(
     event_id=st.one_of(st.uuids().map(str), hostile_text),
     event_time=event_times,
     action_source=st.one_of(
-        st.sampled_from(["website", "email", "app", "system_generated", "physical_store"]),
+        st.sampled_from(
+            ["website", "email", "app", "system_generated", "physical_store", "business_messaging"]
+        ),
         hostile_text,
     ),
     user_data=st.one_of(known_user_data, user_data, values),
@@ -151,6 +153,35 @@ drafts = st.builds(
         st.dictionaries(hostile_text, values, max_size=3),
     ),
     phone_region=st.sampled_from([None, "US", "GB"]),
+    app_data=st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.one_of(
+                st.sampled_from(
+                    ["advertiser_tracking_enabled", "extinfo", "url_schemes", "campaign_ids"]
+                ),
+                hostile_text,
+            ),
+            st.one_of(
+                values,
+                st.lists(st.one_of(hostile_text, st.integers(), st.floats()), max_size=17),
+            ),
+            max_size=4,
+        ),
+        values,
+    ),
+    messaging_channel=st.one_of(
+        st.none(), st.sampled_from(["whatsapp", "messenger", "instagram"]), hostile_text, values
+    ),
+    original_event_data=st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.one_of(st.sampled_from(["event_name", "event_time", "order_id"]), hostile_text),
+            st.one_of(values, event_times),
+            max_size=4,
+        ),
+        values,
+    ),
     limited_data_use=st.one_of(
         st.none(),
         st.just({"country": 1, "state": 1000}),
