@@ -12,6 +12,9 @@ Errors (events cannot be recorded or delivered):
   so its events cannot be recorded in its transaction.
 - ``django_capi.E005``: ``send_event`` writes on a database without the outbox table (the
   router sends ``OutboxEvent`` writes where it does not migrate it).
+- ``django_capi.E006``: a ``ModelEvent`` whose ``action_source`` needs a hook it does not
+  define (``"app"`` without ``app_data()``, ``"business_messaging"`` without
+  ``messaging_channel()``): Meta rejects every such event, so each row would fail.
 
 Warnings (events go out, but worse than they could):
 
@@ -53,7 +56,7 @@ from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, api_version_end, cap
 from .exceptions import CapiConfigurationError
 from .models import OutboxEvent
 from .outbox import databases as outbox_databases
-from .registry import registered_models
+from .registry import ModelEvent, all_events, registered_models
 
 #: ``manage.py check --tag django_capi`` runs only these checks.
 TAG = "django_capi"
@@ -269,6 +272,32 @@ def check_databases(
                 "it: send_event() would fail there.",
                 hint=hint,
                 id="django_capi.E005",
+            )
+        )
+    return messages
+
+
+#: The hook each action source cannot do without: Meta rejects the event otherwise [APPD],
+#: [BMSG].
+REQUIRED_HOOKS = {"app": "app_data", "business_messaging": "messaging_channel"}
+
+
+@register(TAG)
+def check_model_events(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> Messages:
+    """E006."""
+    messages: Messages = []
+    for event in all_events():
+        hook = REQUIRED_HOOKS.get(event.action_source)
+        if hook is None or getattr(type(event), hook) is not getattr(ModelEvent, hook):
+            continue
+        name = type(event).__qualname__
+        messages.append(
+            Error(
+                f"{name} has action_source {event.action_source!r} but no {hook}() hook: Meta "
+                f"requires {hook} for these events, so every one would fail.",
+                hint=f"Define {name}.{hook}(self, instance) (README: Beyond the website).",
+                obj=type(event),
+                id="django_capi.E006",
             )
         )
     return messages

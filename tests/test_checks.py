@@ -254,6 +254,44 @@ def test_an_outbox_on_the_models_database_is_fine():
         assert checks.check_databases() == []
 
 
+# --- model events ------------------------------------------------------------------------------
+
+
+def test_an_app_or_messaging_event_without_its_required_hook_is_an_error(isolated_registry):
+    from django_capi import ModelEvent, register
+    from tests.shop.models import Order
+
+    @register(Order)
+    class AppInstall(ModelEvent[Order]):
+        event_name = "AppInstall"
+        action_source = "app"
+
+    @register(Order)
+    class ChatLead(ModelEvent[Order]):
+        event_name = "LeadSubmitted"
+        action_source = "business_messaging"
+
+    @register(Order)
+    class ChatPurchase(ModelEvent[Order]):
+        event_name = "Purchase2"
+        action_source = "business_messaging"
+
+        def messaging_channel(self, instance: Order) -> str:
+            return "whatsapp"
+
+    messages = checks.check_model_events()
+    assert sorted((m.id, m.obj.__name__) for m in messages) == [
+        ("django_capi.E006", "AppInstall"),
+        ("django_capi.E006", "ChatLead"),
+    ]
+    assert "no app_data() hook" in next(m.msg for m in messages if m.obj is AppInstall)
+    assert all("Beyond the website" in (m.hint or "") for m in messages)
+
+
+def test_the_registered_shop_events_need_no_extra_hook():
+    assert checks.check_model_events() == []
+
+
 # --- API version -----------------------------------------------------------------------------
 
 
