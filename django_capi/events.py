@@ -146,9 +146,10 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         raise EventValidationError(problems, warnings=warnings)
 
     payload: dict[str, Any] = {
-        "event_name": draft.event_name,
+        # As record_event stores them: NUL and lone surrogates become U+FFFD.
+        "event_name": storable(draft.event_name),
         "event_time": event_time,
-        "event_id": draft.event_id,
+        "event_id": storable(draft.event_id),
         "action_source": draft.action_source,
         "user_data": dict(user_data),
     }
