@@ -90,7 +90,8 @@ class ModelEvent(Generic[M]):
 
     def messaging_channel(self, instance: M) -> str | None:
         """``"whatsapp"``, ``"messenger"`` or ``"instagram"``: required for
-        ``action_source = "business_messaging"``."""
+        ``action_source = "business_messaging"``. A class attribute of that name (a string)
+        does as well, as ``action_source`` does."""
         return None
 
     def original_event_data(self, instance: M) -> Mapping[str, object] | None:
@@ -261,7 +262,11 @@ def _build(
         phone_region=model_event.phone_region,
         limited_data_use=_call(model_event, "limited_data_use", instance),
         app_data=_call(model_event, "app_data", instance),
-        messaging_channel=_call(model_event, "messaging_channel", instance),
+        messaging_channel=(
+            model_event.messaging_channel
+            if isinstance(model_event.messaging_channel, str)
+            else _call(model_event, "messaging_channel", instance)
+        ),
         original_event_data=_call(model_event, "original_event_data", instance),
     )
     return build_event(draft, default_phone_region=capi_settings().default_phone_region)

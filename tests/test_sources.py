@@ -570,6 +570,11 @@ def test_the_emulator_accepts_what_build_event_sends():
             "messaging_channel must be whatsapp, messenger or instagram.",
         ),
         (
+            lambda e: e.update(messaging_channel={"name": "whatsapp"}),
+            rules.INVALID_PARAMETER,
+            "messaging_channel must be whatsapp, messenger or instagram.",
+        ),
+        (
             lambda e: e.update(original_event_data={"event_time": "2026-11-20"}),
             rules.INVALID_PARAMETER,
             "original_event_data.event_time must be Unix seconds",
@@ -657,6 +662,24 @@ def test_model_event_hooks_send_app_and_messaging_events(capi_graph, isolated_re
         "event_name": "Contact",
         "event_id": f"chat-{order.pk}",
     }
+
+
+@pytestmark_db
+def test_the_channel_may_be_a_class_attribute(isolated_registry):
+    @register(Order)
+    class MessengerLead(ModelEvent[Order]):
+        event_name = "LeadSubmitted"
+        action_source = "business_messaging"
+        messaging_channel = "messenger"  # type: ignore[assignment]
+
+        def user_data(self, instance: Order) -> Mapping[str, object]:
+            return {"page_id": "1234", "page_scoped_user_id": str(instance.pk)}
+
+    Order.objects.create(email="a@b.co", total=12)
+    row = OutboxEvent.objects.get()
+    assert row.status == Status.PENDING, row.last_error
+    assert row.payload["messaging_channel"] == "messenger"
+    assert row.warnings == []
 
 
 @pytestmark_db

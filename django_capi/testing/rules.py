@@ -512,7 +512,7 @@ def _check_messaging_channel(event: Mapping[str, Any]) -> None:
                 "(whatsapp, messenger or instagram).",
             )
         return
-    if channel not in MESSAGING_CHANNELS:
+    if not isinstance(channel, str) or channel not in MESSAGING_CHANNELS:
         raise Rejection(
             INVALID_PARAMETER, "messaging_channel must be whatsapp, messenger or instagram."
         )
