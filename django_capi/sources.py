@@ -53,11 +53,12 @@ _APP_DATA_FLAGS = ("advertiser_tracking_enabled", "application_tracking_enabled"
 #: ``messaging_channel`` of business-messaging events [BMSG].
 MESSAGING_CHANNELS = ("whatsapp", "messenger", "instagram")
 #: The ``user_data`` ids Meta's examples send for each channel [BMSG]: the business account
-#: (or Page) and the person's id in that channel (or the ad click's).
-CHANNEL_KEYS: dict[str, tuple[str, ...]] = {
-    "whatsapp": ("whatsapp_business_account_id", "ctwa_clid"),
-    "messenger": ("page_id", "page_scoped_user_id"),
-    "instagram": ("instagram_business_account_id", "ig_sid"),
+#: (or Page) and the person's id in that channel (or the ad click's); either name of a pair
+#: will do.
+CHANNEL_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "whatsapp": (("whatsapp_business_account_id",), ("ctwa_clid",)),
+    "messenger": (("page_id",), ("page_scoped_user_id",)),
+    "instagram": (("instagram_business_account_id", "ig_account_id"), ("ig_sid",)),
 }
 #: The event names Meta supports for business messaging [BMSG].
 MESSAGING_EVENTS = frozenset(
@@ -333,7 +334,11 @@ def clean_messaging_channel(
             f"{action_source} event"
         )
         return name
-    missing = [key for key in CHANNEL_KEYS[name] if key not in user_data]
+    missing = [
+        " or ".join(names)
+        for names in CHANNEL_KEYS[name]
+        if not any(key in user_data for key in names)
+    ]
     if missing:
         warnings.append(
             f"{name} event without {' and '.join(missing)} in user_data: Meta attributes "

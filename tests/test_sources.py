@@ -289,6 +289,17 @@ def test_a_channel_without_its_ids_or_with_an_unlisted_event_is_sent_with_warnin
     assert any("'Subscribe' is not among the event names" in w for w in built.warnings)
 
 
+def test_instagram_takes_either_name_of_its_business_account():
+    user_data = {"ig_account_id": "17841400", "ig_sid": "5432"}
+    built = build_event(messaging(messaging_channel="instagram", user_data=user_data))
+    assert built.warnings == []
+    built = build_event(messaging(messaging_channel="instagram", user_data={"ig_sid": "5432"}))
+    (warning,) = built.warnings
+    assert warning.startswith(
+        "instagram event without instagram_business_account_id or ig_account_id in user_data"
+    )
+
+
 def test_a_channel_on_another_source_is_sent_with_a_warning():
     built = build_event(messaging(action_source="chat"))
     assert built.payload["messaging_channel"] == "whatsapp"
