@@ -5,6 +5,11 @@ Each ``clean_*`` function returns the value as Meta receives it, appends to ``pr
 Meta documents that it rejects, and to ``warnings`` what it would take anyway (meta-capi.md
 §10). Messages name keys and positions, never a value: they are stored on the outbox row.
 
+Tags are those of meta-capi.md, plus [APPD], Meta's App Data Parameters page
+(developers.facebook.com/documentation/ads-commerce/conversions-api/parameters/app-data), and
+[CRM], the Conversion Leads payload specification (…/conversions-api/conversion-leads-integration/
+payload-specification).
+
 Pure: no settings, no models, no database.
 """
 
@@ -429,7 +434,8 @@ def clean_order_id(custom_data: dict[str, Any], problems: list[str]) -> None:
 def crm_warnings(
     action_source: str, user_data: Mapping[str, object], custom_data: Mapping[str, object]
 ) -> list[str]:
-    """Meta's payload for CRM lead stages (Conversion Leads) names the CRM in custom_data."""
+    """Meta's payload for CRM lead stages (Conversion Leads) names the CRM in custom_data
+    [CRM]; it asks, it documents no rejection."""
     if action_source != ActionSource.SYSTEM_GENERATED or "lead_id" not in user_data:
         return []
     missing = [key for key in ("event_source", "lead_event_source") if key not in custom_data]
