@@ -162,7 +162,7 @@ class Command(BaseCommand):
 
         def log(record: RecordedRequest) -> None:
             with lock:
-                self.stdout.write(_describe(record))
+                self.stdout.write(describe_request(record))
                 self.stdout.flush()
 
         def log_faults(description: str) -> None:
@@ -254,7 +254,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def _describe(record: RecordedRequest) -> str:
+def describe_request(record: RecordedRequest) -> str:
     """One log line; built from the redacted record, so it never holds the token."""
     stamp = time.strftime("%H:%M:%S", time.localtime(record.time))
     where = f"{record.method} {record.path}"
