@@ -85,6 +85,18 @@ def test_the_changelog_keeps_a_changelog_and_covers_this_version():
         assert heading in {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
 
 
+def test_the_readme_starts_with_try_it_and_installs_from_source():
+    readme = (ROOT / "README.md").read_text()
+    sections = re.findall(r"^## (.+)$", readme, flags=re.MULTILINE)
+    assert sections[0] == "Try it"
+    try_it = readme.split("## Try it\n", 1)[1].split("\n## ", 1)[0]
+    assert "make demo" in try_it
+    assert "make test" in try_it
+    assert "pip install ./django-capi" in try_it
+    # Not on a package index yet: no instruction may install it from one.
+    assert not re.search(r"pip install \"?django-capi", readme)
+
+
 @pytest.mark.django_db
 def test_models_and_migrations_agree():
     call_command("makemigrations", "django_capi", "--check", "--dry-run", stdout=StringIO())
