@@ -195,6 +195,18 @@ def test_the_control_endpoint_shows_opens_and_lifts_a_window_on_top_of_the_base(
         assert emulator.requests == []
 
 
+def test_clear_faults_and_reset_end_the_conditions_too():
+    from django_capi.testing import GraphEmulator
+
+    emulator = GraphEmulator(conditions=Conditions(fail_rate=1))
+    emulator.open_window(Conditions(token_invalid=True))
+    emulator.clear_faults()
+    assert emulator.conditions == Conditions()
+    emulator.conditions = Conditions(latency_ms=1)
+    emulator.reset()
+    assert emulator.conditions == Conditions()
+
+
 def test_a_window_with_for_seconds_ends_by_itself():
     from django_capi.testing import GraphEmulator
 

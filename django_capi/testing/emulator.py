@@ -268,9 +268,15 @@ class GraphEmulator:
             self._always = fault
 
     def clear_faults(self) -> None:
+        """End every fault: the script, ``fail_always``, the conditions and their window."""
         with self._lock:
-            self._script.clear()
-            self._always = None
+            self._clear_faults_locked()
+
+    def _clear_faults_locked(self) -> None:
+        self._script.clear()
+        self._always = None
+        self._base = Conditions()
+        self._window = self._window_ends = None
 
     @property
     def conditions(self) -> Conditions:
@@ -374,8 +380,7 @@ class GraphEmulator:
             self._requests.clear()
             self._events.clear()
             self._first_seen.clear()
-            self._script.clear()
-            self._always = None
+            self._clear_faults_locked()
 
     # request handling (called from server threads)
 
