@@ -13,6 +13,7 @@ nothing; other unusable parameters get Django's "incorrect lookup parameters" an
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, cast
 
 from django.contrib import admin, messages
@@ -183,9 +184,9 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "event_name",
         "status_badge",
         "pixel_id",
-        "attempts",
+        "tries",
         "created_at",
-        "next_attempt_at",
+        "next_attempt",
         "delivered_at",
         "error_title",
         "source_link",
@@ -228,7 +229,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             {
                 "fields": (
                     "attempts",
-                    "next_attempt_at",
+                    "next_attempt",
                     "delivered_at",
                     "last_attempt_at",
                     "last_http_status",
@@ -296,6 +297,18 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             colour,
             obj.get_status_display(),
         )
+
+    @admin.display(description=_("tries"), ordering="attempts")
+    def tries(self, obj: OutboxEvent) -> int:
+        return obj.attempts  # "attempts" in a narrower header: the list fits 1280 px
+
+    @admin.display(description=_("next attempt"), ordering="next_attempt_at")
+    def next_attempt(self, obj: OutboxEvent) -> datetime | str:
+        # Only a pending row is ever tried again; the others keep the time they last had in
+        # the column, which would read as a retry to come.
+        if obj.status != OutboxEvent.Status.PENDING:
+            return str(self.get_empty_value_display())
+        return obj.next_attempt_at  # the admin shows it in the current time zone
 
     @admin.display(description=_("last error"))
     def error_title(self, obj: OutboxEvent) -> str:

@@ -69,10 +69,14 @@ def drain(
     time_limit: float | None = None,
     max_batches: int | None = None,
     only: Collection[int] | None = None,
+    on_batch: Callable[[DrainReport], None] | None = None,
+    quiet: bool = False,
 ) -> DrainReport:
     """Deliver due events of one database until none are left (or a limit is reached). Safe
     to run in many processes at once: each batch is leased to one of them. Must not run
-    inside a transaction. ``only`` restricts it to those row ids (the admin's "send now")."""
+    inside a transaction. ``only`` restricts it to those row ids (the admin's "send now").
+    ``on_batch`` sees the running total after each batch (``capi_drain``'s progress);
+    ``quiet`` leaves the summary unlogged, for a caller that prints it itself."""
     using = using or router.db_for_write(OutboxEvent)
     own_client = client is None
     client = client or GraphClient()
@@ -86,13 +90,17 @@ def drain(
             batches += 1
             if batch.claimed == 0:
                 break
+            if on_batch is not None:
+                on_batch(report)
             if batches == max_batches or (deadline is not None and time.monotonic() >= deadline):
-                report.unfinished += 1
+                # A batch short of the limit took every row that was due: nothing is left.
+                if batch.claimed >= client.conf.batch_size:
+                    report.unfinished += 1
                 break
     finally:
         if own_client:
             client.close()
-    if report.claimed:
+    if report.claimed and not quiet:
         logger.info("django-capi drain of %r: %s", using, report)
     return report
 

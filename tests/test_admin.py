@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -306,3 +307,25 @@ def test_other_unusable_parameters_get_the_admins_error_page(viewer, params):
 def test_parameters_django_checks_itself_still_show_the_page(viewer, params):
     OutboxEventFactory.create_batch(2)
     assert viewer.get(reverse(CHANGELIST), params).status_code == 200
+
+
+def test_a_failed_row_shows_no_next_attempt_in_the_list_or_its_page(viewer):
+    failed = OutboxEventFactory(failed=True, next_attempt_at=timezone.now() + timedelta(days=3))
+    pending = OutboxEventFactory(backing_off=True)
+    response = viewer.get(reverse(CHANGELIST))
+    model_admin = response.context["cl"].model_admin
+    assert model_admin.next_attempt(failed) == "-"
+    assert model_admin.next_attempt(pending) == pending.next_attempt_at
+    cells = re.findall(r'<td class="field-next_attempt[^"]*">(.*?)</td>', response.content.decode())
+    assert len(cells) == 2
+    assert sorted(cell == "-" for cell in cells) == [False, True]  # the failed row's is blank
+    assert str(pending.next_attempt_at.year) in next(cell for cell in cells if cell != "-")
+
+    page = viewer.get(reverse("admin:django_capi_outboxevent_change", args=[failed.pk]))
+    field = re.search(
+        r'field-next_attempt.*?<div class="readonly">(.*?)</div>',
+        page.content.decode(),
+        re.DOTALL,
+    )
+    assert field is not None
+    assert field.group(1).strip() == "-"

@@ -14,6 +14,7 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
 from django_capi.management.commands import capi_doctor
+from django_capi.management.commands.capi_fakegraph import describe_request
 from django_capi.models import Installation
 from django_capi.testing import GraphError, HttpStatus
 
@@ -140,8 +141,37 @@ def test_a_graph_api_out_of_reach_is_a_cross(healthy, settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "GRAPH_API_URL": f"http://127.0.0.1:{port}"}
     output, error = doctor("--check-token")
     assert error is not None
-    assert "✗ Meta refused the token: could not reach the Graph API" in output
+    assert f"✗ cannot reach the Graph API at http://127.0.0.1:{port}, so the token was not " in (
+        output
+    )
+    assert "checked: could not reach the Graph API" in output
+    assert "refused" not in output  # Meta said nothing: nothing answered
     assert "fix: This host cannot reach the Graph API" in output
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_the_summary_is_printed_once(healthy):
+    healthy.access_tokens = ["a-different-token"]
+    output, error = doctor("--check-token")
+    assert error is not None
+    # Django prints the CommandError's message; the output does not repeat it.
+    assert (output + str(error)).count("1 problem(s) ✗") == 1
+    output, error = doctor()
+    assert error is None
+    assert output.count("All good.") + output.count("warning(s)") == 1
+
+
+@pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+def test_the_token_check_is_a_token_check_in_the_emulators_log(healthy):
+    output, error = doctor("--check-token")
+    assert error is None
+    assert "✓ Meta accepts the token" in output
+    (probe,) = healthy.requests
+    assert probe.token_check
+    line = describe_request(probe)
+    assert "token check POST" in line
+    assert "token and pixel accepted (no events sent)" in line
+    assert "error" not in line
 
 
 @pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)

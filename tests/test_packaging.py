@@ -1,7 +1,9 @@
 """What users install: the wheel's contents and migrations that match the models."""
 
+import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from io import StringIO
 from pathlib import Path
@@ -46,6 +48,53 @@ def test_the_wheel_carries_code_migrations_and_type_marker(tmp_path):
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Python: >=3.11" in text
     assert "Requires-Dist: django>=5.2" in text
+
+
+@pytest.mark.slow
+def test_the_sdist_ships_the_package_and_changelog_and_no_partial_test_suite(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    (sdist,) = tmp_path.glob("django_capi-*.tar.gz")
+    top = f"django_capi-{django_capi.__version__}/"
+    with tarfile.open(sdist) as archive:
+        names = {name.removeprefix(top) for name in archive.getnames()}
+    assert {"README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml"} <= names
+    package = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "django_capi").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert package <= names
+    # The suite needs the repository around it (settings, example project, services): a
+    # piece of it would not run, so none of it is shipped.
+    assert not [name for name in names if name.startswith(("tests", "example_project", "bench"))]
+
+
+def test_the_changelog_keeps_a_changelog_and_covers_this_version():
+    text = (ROOT / "CHANGELOG.md").read_text()
+    assert text.startswith("# Changelog\n")
+    assert "[Keep a Changelog](https://keepachangelog.com/" in text
+    sections = re.findall(r"^## \[([^\]]+)\]", text, flags=re.MULTILINE)
+    assert sections[0] == "Unreleased"
+    assert django_capi.__version__ in text
+    for heading in re.findall(r"^### (.+)$", text, flags=re.MULTILINE):
+        assert heading in {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
+
+
+def test_the_readme_starts_with_try_it_and_installs_from_source():
+    readme = (ROOT / "README.md").read_text()
+    sections = re.findall(r"^## (.+)$", readme, flags=re.MULTILINE)
+    assert sections[0] == "Try it"
+    try_it = readme.split("## Try it\n", 1)[1].split("\n## ", 1)[0]
+    assert "make demo" in try_it
+    assert "make test" in try_it
+    assert "pip install ./django-capi" in try_it
+    # Not on a package index yet: no instruction may install it from one.
+    assert not re.search(r"pip install \"?django-capi", readme)
 
 
 @pytest.mark.django_db

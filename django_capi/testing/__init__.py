@@ -2,7 +2,8 @@
 
 ``GraphEmulator`` serves ``POST /{version}/{pixel_id}/events`` on 127.0.0.1 with Meta's
 validation, whole-request rejection and 48-hour deduplication; ``script()`` feeds it faults
-(``GraphError``, ``HttpStatus``, ``Delay``, ``ConnectionReset``, ``WithHeaders``). The
+(``GraphError``, ``HttpStatus``, ``Delay``, ``ConnectionReset``, ``WithHeaders``), and
+``Conditions`` sets standing faults (rates, latency, a refused token, rejected events). The
 ``capi_graph`` pytest fixture (registered by the package's pytest plugin) points
 ``DJANGO_CAPI`` at one for a test.
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_ACCESS_TOKEN",
     "REDACTED_TOKEN",
     "Chaos",
+    "Conditions",
     "ConnectionReset",
     "Delay",
     "Fault",
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from .emulator import ReceivedEvent as ReceivedEvent
     from .emulator import RecordedRequest as RecordedRequest
     from .faults import Chaos as Chaos
+    from .faults import Conditions as Conditions
     from .faults import ConnectionReset as ConnectionReset
     from .faults import Delay as Delay
     from .faults import Fault as Fault
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 
 _FAULTS = {
     "Chaos",
+    "Conditions",
     "ConnectionReset",
     "Delay",
     "Fault",

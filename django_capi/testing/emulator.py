@@ -7,6 +7,8 @@ and scriptable failures. Standard library only, and nothing here needs Django.
 
 from __future__ import annotations
 
+import json
+import random
 import re
 import threading
 import time
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 from . import rules
 from .faults import (
     Chaos,
+    Conditions,
     ConnectionReset,
     Delay,
     Fault,
@@ -39,6 +42,9 @@ from .server import Server, parse_params
 REDACTED_TOKEN = "[redacted access_token]"  # noqa: S105 - a placeholder
 #: Accepted when no token is given: obviously fake, never a real Meta token.
 DEFAULT_ACCESS_TOKEN = "capi-emulator-token"  # noqa: S105 - a fake
+
+#: The emulator's own control endpoint (not Graph's): GET, POST and DELETE standing faults.
+FAULTS_PATH = "/_faults"
 
 _EDGE = re.compile(r"/(v\d+\.\d+)/(\d+)/events")
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_.|\-]{1,4096}")
@@ -90,6 +96,17 @@ class RecordedRequest:
     def error(self) -> dict[str, Any] | None:
         error = self.response.get("error") if isinstance(self.response, dict) else None
         return error if isinstance(error, dict) else None
+
+    @property
+    def token_check(self) -> bool:
+        """A request to the events edge with an empty ``data``: how ``capi_doctor
+        --check-token`` asks whether the token may post, with nothing to record."""
+        if self.pixel_id is None:
+            return False
+        try:
+            return rules.decode_data(self.params.get("data")) == []
+        except rules.Rejection:
+            return False
 
 
 @dataclass(frozen=True)
@@ -143,8 +160,12 @@ class GraphEmulator:
         port: int = 0,
         pixel_ids: Iterable[str] | None = None,
         on_request: Callable[[RecordedRequest], None] | None = None,
+        conditions: Conditions | None = None,
+        seed: int | None = None,
+        on_faults: Callable[[str], None] | None = None,
     ) -> None:
         self.now = now
+        self.on_faults = on_faults
         self.host = host
         self.on_request = on_request
         self._port = port
@@ -153,6 +174,10 @@ class GraphEmulator:
         self._pixel_ids = None if pixel_ids is None else frozenset(pixel_ids)
         self._script: deque[Fault] = deque()
         self._always: Fault | None = None
+        self._base = conditions or Conditions()
+        self._window: Conditions | None = None
+        self._window_ends: float | None = None
+        self._random = random.Random(seed)  # noqa: S311 - a demo's dice, not a secret
         self._requests: list[RecordedRequest] = []
         self._events: list[ReceivedEvent] = []
         self._first_seen: dict[tuple[str, str, str], float] = {}
@@ -243,9 +268,59 @@ class GraphEmulator:
             self._always = fault
 
     def clear_faults(self) -> None:
+        """End every fault: the script, ``fail_always``, the conditions and their window."""
         with self._lock:
-            self._script.clear()
-            self._always = None
+            self._clear_faults_locked()
+
+    def _clear_faults_locked(self) -> None:
+        self._script.clear()
+        self._always = None
+        self._base = Conditions()
+        self._window = self._window_ends = None
+
+    @property
+    def conditions(self) -> Conditions:
+        """The standing faults in force: an open window's, else the base ones."""
+        with self._lock:
+            return self._conditions_locked()
+
+    @conditions.setter
+    def conditions(self, conditions: Conditions) -> None:
+        """The base conditions, in force whenever no window is open."""
+        with self._lock:
+            self._base = conditions
+
+    def open_window(self, conditions: Conditions, seconds: float | None = None) -> None:
+        """Put ``conditions`` in force for ``seconds`` (until :meth:`lift_window` when
+        ``None``); then the base conditions apply again."""
+        with self._lock:
+            self._window = conditions
+            self._window_ends = None if seconds is None else time.monotonic() + seconds
+
+    def lift_window(self) -> None:
+        with self._lock:
+            self._window = self._window_ends = None
+
+    def faults_state(self) -> dict[str, Any]:
+        """What ``GET /_faults`` answers: the conditions in force, the base ones, and the
+        seconds left in the window (``None``: no window, or one without an end)."""
+        with self._lock:
+            active = self._conditions_locked()
+            window = self._window is not None
+            left = None if self._window_ends is None else self._window_ends - time.monotonic()
+            base = self._base
+        return {
+            "active": active.as_json(),
+            "base": base.as_json(),
+            "window": window,
+            "window_seconds_left": None if left is None else round(max(left, 0.0), 1),
+            "describe": active.describe(),
+        }
+
+    def _conditions_locked(self) -> Conditions:
+        if self._window_ends is not None and time.monotonic() >= self._window_ends:
+            self._window = self._window_ends = None
+        return self._window if self._window is not None else self._base
 
     @property
     def pending_faults(self) -> int:
@@ -305,8 +380,7 @@ class GraphEmulator:
             self._requests.clear()
             self._events.clear()
             self._first_seen.clear()
-            self._script.clear()
-            self._always = None
+            self._clear_faults_locked()
 
     # request handling (called from server threads)
 
@@ -315,6 +389,8 @@ class GraphEmulator:
         a request to a wrong path cannot swallow the fault a test meant for the next send."""
         arrived = self.now()
         split = urlsplit(target)
+        if split.path == FAULTS_PATH:
+            return self._control(method, body)
         params, body_error = parse_params(split.query, _header(headers, "Content-Type"), body)
         token = params.get("access_token")
         if token is None:
@@ -352,12 +428,39 @@ class GraphEmulator:
             self.on_request(record)
         return reply
 
+    def _control(self, method: str, body: bytes) -> Reply:
+        """``/_faults``: GET shows the standing faults; POST opens a window of the faults
+        in its JSON object (fields left out keep their base value; ``for_seconds`` ends it);
+        DELETE lifts the window. Not a Graph request: never recorded."""
+        if method == "POST":
+            try:
+                data = json.loads(body or b"{}")
+                seconds = data.pop("for_seconds", None) if isinstance(data, dict) else None
+                if seconds is not None and not _positive(seconds):
+                    raise ValueError("for_seconds must be a positive number")
+                with self._lock:
+                    base = self._base
+                conditions = Conditions.from_json(data, base)
+            except ValueError as exc:  # JSONDecodeError included
+                return _control_reply(400, {"error": str(exc)})
+            self.open_window(conditions, seconds)
+        elif method == "DELETE":
+            self.lift_window()
+        elif method != "GET":
+            return _control_reply(405, {"error": "use GET, POST or DELETE"})
+        state = self.faults_state()
+        if method != "GET" and self.on_faults is not None:
+            self.on_faults(state["describe"])
+        return _control_reply(200, state)
+
     def _pause(self, seconds: float) -> None:
         self._stopping.wait(seconds)
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
             fault = self._script.popleft() if self._script else self._always
+            if fault is None:
+                return self._conditions_locked().draw(self._random.random())
         return fault.draw() if isinstance(fault, Chaos) else fault
 
     def _apply(self, fault: Fault | None, request: _Request, token: object) -> Reply:
@@ -396,6 +499,10 @@ class GraphEmulator:
         try:
             events = rules.decode_data(request.params.get("data"))
             rules.validate_request(request.params, events, request.arrived)
+            conditions = self.conditions
+            for event in events:
+                if conditions.rejects(event):
+                    raise conditions.rejection(event)
         except rules.Rejection as rejection:
             return rejection_reply(rejection)
         self._accept(request, events)
@@ -430,6 +537,15 @@ class GraphEmulator:
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _control_reply(status: int, payload: dict[str, Any]) -> Reply:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Reply(status, payload, body, {"Content-Type": "application/json"})
 
 
 def _token_set(tokens: Iterable[str]) -> frozenset[str]:

@@ -6,13 +6,14 @@ handle, a proxy's bare status, a slow answer, a dropped connection, rate-limit h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 from . import rules
 
@@ -244,3 +245,147 @@ def http_status_reply(fault: HttpStatus) -> Reply:
         payload = body.decode(errors="replace")
         content_type = "text/html; charset=utf-8"
     return Reply(fault.status, payload, body, {"Content-Type": content_type, **fault.headers})
+
+
+# --- standing conditions (capi_fakegraph options and POST /_faults) ------------------------
+
+#: What a 5xx of ``fail_rate`` looks like: Graph's own transient failure, HTTP 500.
+FAIL = GraphError(2)
+#: ``rate_limit_rate``: Graph's rate-limit error with the wait (1 minute) in its header.
+RATE_LIMITED = GraphError(
+    613, headers=business_use_case_usage("0", estimated_time_to_regain_access=1)
+)
+#: ``token_invalid``: the answer to a token that expired.
+TOKEN_EXPIRED = GraphError(190, 463)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Standing faults, for demos and manual testing rather than for scripting one request:
+    a latency on every answer, shares of requests that fail (HTTP 500, code 2), time out
+    (answered after ``timeout_seconds`` with a 504, nothing received) or are rate limited
+    (code 613), a token that is refused (190/463), and events Meta rejects by name.
+
+    ``reject_event_names`` with ``reject_rate`` rejects that share of those events (all
+    events when no name is given), chosen by ``event_id``: the same event is always
+    rejected, so the sender can isolate it by halving the batch as it does for Meta. Rates
+    are shares of requests (or events) from 0 to 1; ``fail_rate``, ``timeout_rate`` and
+    ``rate_limit_rate`` add up to 1 at most."""
+
+    latency_ms: float = 0.0
+    fail_rate: float = 0.0
+    timeout_rate: float = 0.0
+    timeout_seconds: float = 60.0
+    rate_limit_rate: float = 0.0
+    token_invalid: bool = False
+    reject_event_names: frozenset[str] = frozenset()
+    reject_rate: float = 0.0
+
+    #: The names :meth:`from_json` and :meth:`as_json` use.
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "latency_ms",
+        "fail_rate",
+        "timeout_rate",
+        "timeout_seconds",
+        "rate_limit_rate",
+        "token_invalid",
+        "reject_event_names",
+        "reject_rate",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("fail_rate", "timeout_rate", "rate_limit_rate", "reject_rate"):
+            rate = getattr(self, name)
+            if not 0 <= rate <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, not {rate!r}")
+        if self.fail_rate + self.timeout_rate + self.rate_limit_rate > 1:
+            raise ValueError("fail_rate + timeout_rate + rate_limit_rate must not exceed 1")
+        if self.latency_ms < 0 or self.timeout_seconds < 0:
+            raise ValueError("latency_ms and timeout_seconds cannot be negative")
+
+    def draw(self, roll: float) -> Fault | None:
+        """The fault of one request, given a uniform ``roll`` in [0, 1)."""
+        fault: Fault | None = None
+        if self.token_invalid:
+            fault = TOKEN_EXPIRED
+        elif roll < self.fail_rate:
+            fault = FAIL
+        elif roll < self.fail_rate + self.timeout_rate:
+            fault = Delay(self.timeout_seconds, then=HttpStatus(504, "Gateway Time-out"))
+        elif roll < self.fail_rate + self.timeout_rate + self.rate_limit_rate:
+            fault = RATE_LIMITED
+        if self.latency_ms > 0:
+            fault = Delay(self.latency_ms / 1000, then=fault)
+        return fault
+
+    def rejects(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` is one of the events these conditions reject."""
+        if self.reject_rate <= 0:
+            return False
+        if self.reject_event_names and event.get("event_name") not in self.reject_event_names:
+            return False
+        key = event.get("event_id")
+        if not isinstance(key, str):
+            key = json.dumps(event, sort_keys=True, default=str)
+        # Stable across processes and retries, unlike hash().
+        share = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8]) / 2**64
+        return share < self.reject_rate
+
+    def rejection(self, event: Mapping[str, Any]) -> rules.Rejection:
+        names = " ".join(sorted(self.reject_event_names)) or "any"
+        return rules.Rejection(
+            rules.INVALID_PARAMETER,
+            f"The emulator rejects this {event.get('event_name')} event on purpose "
+            f"(reject_event_names: {names}, reject_rate: {self.reject_rate:g}).",
+        )
+
+    @classmethod
+    def from_json(cls, data: object, base: Conditions | None = None) -> Conditions:
+        """Conditions from a JSON object of :data:`FIELDS`; the fields it leaves out keep
+        their value in ``base``. A ``ValueError`` says what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("send a JSON object")  # noqa: TRY004 - one error type for callers
+        unknown = sorted(set(data) - set(cls.FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name == "token_invalid":
+                if not isinstance(value, bool):
+                    raise ValueError("token_invalid must be true or false")
+            elif name == "reject_event_names":
+                if isinstance(value, str):
+                    value = [value]
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError("reject_event_names must be a list of event names")
+                value = frozenset(value)
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number")
+            values[name] = value
+        if "reject_event_names" in values and "reject_rate" not in values:
+            # Names alone reject all of them; an empty list stops rejecting.
+            values["reject_rate"] = 1.0 if values["reject_event_names"] else 0.0
+        return replace(base or cls(), **values)
+
+    def as_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.FIELDS}
+        data["reject_event_names"] = sorted(self.reject_event_names)
+        return data
+
+    def describe(self) -> str:
+        """One line for a log: what goes wrong, or "no faults"."""
+        parts = []
+        if self.latency_ms:
+            parts.append(f"latency {self.latency_ms:g} ms")
+        if self.fail_rate:
+            parts.append(f"{self.fail_rate:.0%} HTTP 500")
+        if self.timeout_rate:
+            parts.append(f"{self.timeout_rate:.0%} time out ({self.timeout_seconds:g} s)")
+        if self.rate_limit_rate:
+            parts.append(f"{self.rate_limit_rate:.0%} rate limited")
+        if self.token_invalid:
+            parts.append("token refused")
+        if self.reject_rate:
+            names = ", ".join(sorted(self.reject_event_names)) or "all"
+            parts.append(f"{self.reject_rate:.0%} of {names} events rejected")
+        return "; ".join(parts) or "no faults"

@@ -108,9 +108,11 @@ class Command(BaseCommand):
         for line in report.lines:
             self.stdout.write(line)
         summary = f"{report.failures} problem(s) ✗, {report.warnings} warning(s) !"
-        self.stdout.write(f"\n{summary}" if report.failures or report.warnings else "\nAll good.")
         if report.failures:
+            # Django prints the error's message: the summary's one line, on stderr.
+            self.stdout.write("")
             raise CommandError(f"{summary}: see the fixes above.")
+        self.stdout.write(f"\n{summary}" if report.warnings else "\nAll good.")
 
     # --- sections ---------------------------------------------------------------------------
 
@@ -295,7 +297,16 @@ class Command(BaseCommand):
             report.add(OK, f"Meta accepts the token for pixel {conf.pixel_id}")
             return
         fix = graph_failure_fix(error, result.http_status, conf.pixel_id)
-        mark = FAIL if error.kind is ErrorKind.SETUP or result.http_status is None else WARN
+        if result.http_status is None:
+            # Nothing answered: Meta said nothing about the token, but no event gets out.
+            report.add(
+                FAIL,
+                f"cannot reach the Graph API at {_without_userinfo(conf.graph_api_url)}, so the "
+                f"token was not checked: {error.describe(result.http_status)}",
+                fix=fix,
+            )
+            return
+        mark = FAIL if error.kind is ErrorKind.SETUP else WARN
         what = "refused the token" if mark == FAIL else "could not check the token"
         report.add(mark, f"Meta {what}: {error.describe(result.http_status)}", fix=fix)
 
@@ -322,6 +333,12 @@ def _from_checks(report: Report, messages: Messages, *ids: str) -> bool:
                 mark = FAIL if message.level >= ERROR else WARN
                 report.add(mark, f"{message.msg} [{key}]", fix=message.hint or "")
     return found
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL without a ``user:password@`` a proxy setup may have put in it."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def _unapplied_migrations(alias: str) -> list[Any]:

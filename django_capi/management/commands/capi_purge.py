@@ -18,11 +18,32 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--delivered-days", type=int, help="Override the setting.")
-        parser.add_argument("--scrub-days", type=int, help="Override the setting.")
-        parser.add_argument("--database", default=None)
-        parser.add_argument("--batch-size", type=int, default=1000)
-        parser.add_argument("--dry-run", action="store_true")
+        parser.add_argument(
+            "--delivered-days",
+            type=int,
+            help="Empty delivered events older than this many days (default: the setting "
+            "PURGE_DELIVERED_AFTER_DAYS).",
+        )
+        parser.add_argument(
+            "--scrub-days",
+            type=int,
+            help="Remove IP, user agent, fbc and fbp from events that can no longer be sent "
+            "after this many days (default: the setting SCRUB_BROWSER_DATA_AFTER_DAYS).",
+        )
+        parser.add_argument(
+            "--database",
+            default=None,
+            help="The database alias (default: where the router writes outbox events).",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=1000,
+            help="Rows per statement, so the table is never locked for long (default 1000).",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Count what would go; change nothing."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         conf = capi_settings()

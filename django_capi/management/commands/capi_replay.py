@@ -23,15 +23,26 @@ class Command(BaseCommand):
             choices=[OutboxEvent.Status.FAILED, OutboxEvent.Status.CANCELLED],
             help="Which rows to replay (default: failed).",
         )
-        parser.add_argument("--reason", choices=OutboxEvent.FailureReason.values)
+        parser.add_argument(
+            "--reason",
+            choices=OutboxEvent.FailureReason.values,
+            help="Only events that failed for this reason (the admin's failure reason filter).",
+        )
         parser.add_argument("--event-name", help="Only events with this name.")
         parser.add_argument("--since", help="Created at or after (YYYY-MM-DD or ISO time).")
         parser.add_argument("--until", help="Created before (YYYY-MM-DD or ISO time).")
-        parser.add_argument("--database", default="default")
+        parser.add_argument(
+            "--database", default="default", help="The database alias (default: default)."
+        )
         parser.add_argument(
             "--dry-run", action="store_true", help="Say what would be replayed; change nothing."
         )
-        parser.add_argument("--batch-size", type=int, default=1000)
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=1000,
+            help="Rows replayed per transaction, with a progress line each (default 1000).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         rows = OutboxEvent.objects.using(options["database"]).filter(status=options["status"])

@@ -34,7 +34,7 @@ class Command(BaseCommand):
             "--event-name",
             choices=["PageView", "Lead"],
             default="PageView",
-            help="Default: PageView.",
+            help="The event to send (default: PageView).",
         )
         parser.add_argument(
             "--url",
