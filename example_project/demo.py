@@ -12,6 +12,7 @@ group of its own; Ctrl-C (or SIGTERM) stops every one of them, children included
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -103,10 +104,8 @@ class Stack:
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in self.processes.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
         for process in self.processes.values():
             # Whatever is left in a group (a stuck pool child too) is killed.
             _signal_group(process, signal.SIGKILL)
@@ -116,10 +115,8 @@ class Stack:
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone
         os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass  # the whole group is gone
 
 
 def wait_for_port(port: int, stack: Stack, timeout: float = 60) -> None:
@@ -163,11 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         env["CAPI_GRAPH_API_URL"] = f"http://127.0.0.1:{args.graph_port}"
     prepare(env)
     stack = Stack(env)
-    logs = {name: var / f"{name}.log" for name in ("graph-emulator", "celery-worker", "celery-beat")}
+    logs = {
+        name: var / f"{name}.log" for name in ("graph-emulator", "celery-worker", "celery-beat")
+    }
     try:
         if not meta:
             graph = manage("capi_fakegraph", "--port", str(args.graph_port))
-            stack.start("graph-emulator", graph + shlex.split(args.graph_args), logs["graph-emulator"])
+            stack.start(
+                "graph-emulator", graph + shlex.split(args.graph_args), logs["graph-emulator"]
+            )
             wait_for_port(args.graph_port, stack)
         stack.start("celery-worker", worker_command(), logs["celery-worker"])
         stack.start("celery-beat", beat_command(var), logs["celery-beat"])
@@ -206,8 +207,7 @@ def banner(args: argparse.Namespace, meta: bool, logs: dict[str, Path], env: dic
         "",
         "django-capi demo is running.",
         f"  Shop          {shop}/   (add ?fbclid=demo123 to land like a Meta ad click)",
-        f"  Admin         {shop}/admin/   user {ADMIN_USER!r}, password {ADMIN_PASSWORD!r}"
-        " (demo only)",
+        f"  Admin         {shop}/admin/   user {ADMIN_USER!r}, password {ADMIN_PASSWORD!r} (demo)",
         f"  Outbox        {shop}/admin/django_capi/outboxevent/",
         f"  Health page   {shop}/admin/django_capi/outboxevent/health/",
         f"  Events go to  {target}",
@@ -215,10 +215,10 @@ def banner(args: argparse.Namespace, meta: bool, logs: dict[str, Path], env: dic
     ]
     if not meta:
         lines.append(f"  Emulator log  tail -f {_shown(logs['graph-emulator'])}")
+    manage_py = f"{_shown(Path(sys.executable))} {_shown(HERE / 'manage.py')}"
     lines += [
         f"  Celery logs   {_shown(logs['celery-worker'])}, {_shown(logs['celery-beat'])}",
-        f"  Another admin {_shown(Path(sys.executable))} {_shown(HERE / 'manage.py')}"
-        " createsuperuser",
+        f"  Another admin {manage_py} createsuperuser",
         "Ctrl-C stops everything.",
         "",
     ]

@@ -204,7 +204,7 @@ def run(args: argparse.Namespace, chromium: str, var: Path) -> int:
         stack.start("web", demo.web_command(port), var / "web.log")
         demo.wait_for_port(port, stack)
         report = drive(args, chromium, f"http://127.0.0.1:{port}", emulator, stack, HttpStatus)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever broke, show why and the logs
         print(f"demo-check FAILED: {exc}", file=sys.stderr)
         for log in sorted(var.glob("*.log")):
             print(f"--- {log.name} (last lines)", file=sys.stderr)
@@ -290,7 +290,9 @@ def summarize(report: dict[str, Any], emulator: Any, seconds: float) -> bool:
 
     rows = list(OutboxEvent.objects.order_by("pk"))
     problems: list[str] = []
-    print(f"\ndemo-check: {len(report['orders'])} orders, {report['leads']} leads in {seconds:.0f} s")
+    print(
+        f"\ndemo-check: {len(report['orders'])} orders, {report['leads']} leads in {seconds:.0f} s"
+    )
 
     print("\nEvents by status")
     by_status: dict[str, Counter[str]] = defaultdict(Counter)
@@ -298,7 +300,11 @@ def summarize(report: dict[str, Any], emulator: Any, seconds: float) -> bool:
         by_status[row.event_name][row.status] += 1
     for name, counts in sorted(by_status.items()):
         print(f"  {name:<17} " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    problems += [f"{row.event_name} {row.event_id} is {row.status}" for row in rows if row.status != "delivered"]
+    problems += [
+        f"{row.event_name} {row.event_id} is {row.status}"
+        for row in rows
+        if row.status != "delivered"
+    ]
 
     failed = [r for r in emulator.requests if r.status == 503]
     print(
@@ -336,13 +342,15 @@ def summarize(report: dict[str, Any], emulator: Any, seconds: float) -> bool:
         f"their Pixel twin; {len(set(pixel) - twinned)} Pixel events without a server twin"
     )
     problems += [f"{pair} has no Pixel twin" for pair in sorted(twinned - matched)]
-    problems += [f"the Pixel sent {pair} the server never recorded" for pair in set(pixel) - twinned]
+    problems += [
+        f"the Pixel sent {pair} the server never recorded" for pair in set(pixel) - twinned
+    ]
     for shopper in report["shoppers"]:
         problems += [f"a page tried to reach {url}" for url in shopper.blocked]
         problems += [f"JavaScript error: {error}" for error in shopper.page_errors]
 
     print("\nMatch keys received (share of events)")
-    first = [e for e in emulator.received_events(include_duplicates=False)]
+    first = emulator.received_events(include_duplicates=False)
     by_name: dict[str, list[Any]] = defaultdict(list)
     for event in first:
         by_name[event.event_name].append(event.data.get("user_data", {}))

@@ -160,7 +160,9 @@ def checkout(request):
         return redirect("payment", pk=order.pk)
     pixel_events = []
     if request.method == "GET":
-        pixel_events.append(send_event("InitiateCheckout", custom_data=contents_data(lines), request=request))
+        pixel_events.append(
+            send_event("InitiateCheckout", custom_data=contents_data(lines), request=request)
+        )
     return render(
         request,
         "shop/checkout.html",

@@ -6,94 +6,119 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('shop', '0002_order_browser_context'),
+        ("shop", "0002_order_browser_context"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Product',
+            name="Product",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sku', models.CharField(max_length=40, unique=True)),
-                ('slug', models.SlugField(unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('price', models.DecimalField(decimal_places=2, max_digits=10)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("sku", models.CharField(max_length=40, unique=True)),
+                ("slug", models.SlugField(unique=True)),
+                ("name", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                ("price", models.DecimalField(decimal_places=2, max_digits=10)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AlterModelOptions(
-            name='order',
-            options={'ordering': ['-pk']},
+            name="order",
+            options={"ordering": ["-pk"]},
         ),
         migrations.AddField(
-            model_name='lead',
-            name='created_at',
+            model_name="lead",
+            name="created_at",
             field=models.DateTimeField(auto_now_add=True, default=django.utils.timezone.now),
             preserve_default=False,
         ),
         migrations.AddField(
-            model_name='lead',
-            name='first_name',
+            model_name="lead",
+            name="first_name",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AddField(
-            model_name='lead',
-            name='message',
+            model_name="lead",
+            name="message",
             field=models.TextField(blank=True),
         ),
         migrations.AddField(
-            model_name='order',
-            name='city',
+            model_name="order",
+            name="city",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AddField(
-            model_name='order',
-            name='country',
-            field=models.CharField(blank=True, help_text='ISO 3166-1 alpha-2', max_length=2),
+            model_name="order",
+            name="country",
+            field=models.CharField(blank=True, help_text="ISO 3166-1 alpha-2", max_length=2),
         ),
         migrations.AddField(
-            model_name='order',
-            name='first_name',
+            model_name="order",
+            name="first_name",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AddField(
-            model_name='order',
-            name='last_name',
+            model_name="order",
+            name="last_name",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AddField(
-            model_name='order',
-            name='paid_at',
+            model_name="order",
+            name="paid_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='order',
-            name='postal_code',
+            model_name="order",
+            name="postal_code",
             field=models.CharField(blank=True, max_length=20),
         ),
         migrations.AddField(
-            model_name='order',
-            name='street',
+            model_name="order",
+            name="street",
             field=models.CharField(blank=True, max_length=200),
         ),
         migrations.AlterField(
-            model_name='order',
-            name='status',
-            field=models.CharField(choices=[('new', 'awaiting payment'), ('paid', 'paid')], default='new', max_length=20),
+            model_name="order",
+            name="status",
+            field=models.CharField(
+                choices=[("new", "awaiting payment"), ("paid", "paid")],
+                default="new",
+                max_length=20,
+            ),
         ),
         migrations.CreateModel(
-            name='OrderLine',
+            name="OrderLine",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('quantity', models.PositiveIntegerField()),
-                ('price', models.DecimalField(decimal_places=2, max_digits=10)),
-                ('order', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='lines', to='shop.order')),
-                ('product', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='shop.product')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("quantity", models.PositiveIntegerField()),
+                ("price", models.DecimalField(decimal_places=2, max_digits=10)),
+                (
+                    "order",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="lines",
+                        to="shop.order",
+                    ),
+                ),
+                (
+                    "product",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="shop.product"
+                    ),
+                ),
             ],
         ),
     ]

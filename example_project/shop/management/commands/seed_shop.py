@@ -8,7 +8,13 @@ from django.core.management.base import BaseCommand
 from shop.models import Product
 
 PRODUCTS = [
-    ("TEE-01", "organic-t-shirt", "Organic T-shirt", "19.90", "Soft cotton, grown without pesticides."),
+    (
+        "TEE-01",
+        "organic-t-shirt",
+        "Organic T-shirt",
+        "19.90",
+        "Soft cotton, grown without pesticides.",
+    ),
     ("MUG-01", "enamel-mug", "Enamel mug", "12.50", "Camp-fire proof, dishwasher safe."),
     ("BAG-01", "canvas-tote", "Canvas tote bag", "15.00", "Carries a week of groceries."),
     ("CAP-01", "wool-beanie", "Wool beanie", "24.00", "Merino wool, one size fits most."),
