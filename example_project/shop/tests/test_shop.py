@@ -197,6 +197,7 @@ def test_the_contact_form_records_a_lead_with_its_pixel_twin(shopper):
     [row] = rows("Lead")
     assert pixel_ids(response.content.decode(), "Lead") == [row.event_id]
     assert row.payload["action_source"] == "website"
+    assert (row.status, row.warnings) == ("pending", [])
     assert row.payload["user_data"]["fbc"].endswith(f".{FBCLID}")
     assert {"em", "fn"} <= set(row.payload["user_data"])
     assert Lead.objects.get().first_name == "Grace"
