@@ -32,7 +32,7 @@ class Order(models.Model):
     street = models.CharField(max_length=200, blank=True)
     city = models.CharField(max_length=100, blank=True)
     postal_code = models.CharField(max_length=20, blank=True)
-    country = models.CharField(max_length=2, blank=True, help_text="ISO 3166-1 alpha-2")
+    country = models.CharField(max_length=2, blank=True, help_text="Two letters, such as US or DE.")
     total = models.DecimalField(max_digits=10, decimal_places=2)
     status = models.CharField(max_length=20, choices=Status, default=Status.NEW)
     # django_capi.browser_context(request) at checkout (click id, fbp, IP, user agent, page),
