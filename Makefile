@@ -59,7 +59,7 @@ test-postgres: install browser-deps
 test: browser-deps lint typecheck migrations test-sqlite test-postgres
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache example_project/var
 
 # The example shop at http://127.0.0.1:8000/ with the Graph API emulator, a Celery worker and
 # beat (README "Try it"). GRAPH_ARGS="..." passes options to `manage.py capi_fakegraph`.

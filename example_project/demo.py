@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 #: Demo only: the admin user `make demo` creates (or resets) on every start.
@@ -202,7 +203,10 @@ def banner(args: argparse.Namespace, meta: bool, logs: dict[str, Path], env: dic
             f"the local Graph API emulator on port {args.graph_port} (set "
             f"{', '.join(REAL_META_VARIABLES)} to use Meta's Test Events instead)"
         )
-    broker = env.get("CELERY_BROKER_URL") or f"kombu's filesystem transport in {_shown(var_dir())}"
+    broker = f"kombu's filesystem transport in {_shown(var_dir())}"
+    if env.get("CELERY_BROKER_URL"):
+        url = urlsplit(env["CELERY_BROKER_URL"])
+        broker = f"{url.scheme}://{url.hostname}:{url.port or ''}"  # never its password
     lines = [
         "",
         "django-capi demo is running.",

@@ -58,7 +58,9 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="order",
             name="country",
-            field=models.CharField(blank=True, help_text="Two letters, such as US or DE.", max_length=2),
+            field=models.CharField(
+                blank=True, help_text="Two letters, such as US or DE.", max_length=2
+            ),
         ),
         migrations.AddField(
             model_name="order",
