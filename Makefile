@@ -12,7 +12,7 @@ WITH_SERVICES := $(BIN)/python -m tests.services
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install browser-deps lint typecheck migrations test test-sqlite test-postgres demo clean bench bench-scale chaos
+.PHONY: install install-demo browser-deps lint typecheck migrations test test-sqlite test-postgres demo demo-check clean bench bench-scale chaos
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,16 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# What `make demo` needs and no more (django-capi and Celery; no linters, no browser): its own
+# stamp, so the demo never waits for the test extra.
+install-demo: $(VENV)/.demo-installed
+
+$(VENV)/.demo-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
 # The browser tests (tests/browser) drive Debian's Chromium through the Python playwright
@@ -49,10 +59,18 @@ test-postgres: install browser-deps
 test: browser-deps lint typecheck migrations test-sqlite test-postgres
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache example_project/var
 
-demo: install
-	$(BIN)/python example_project/demo.py
+# The example shop at http://127.0.0.1:8000/ with the Graph API emulator, a Celery worker and
+# beat (README "Try it"). GRAPH_ARGS="..." passes options to `manage.py capi_fakegraph`.
+GRAPH_ARGS ?=
+demo: install-demo
+	$(BIN)/python example_project/demo.py --graph-args "$(GRAPH_ARGS)"
+
+# The same stack, non-interactive, driven by Chromium through a fault window; exits 0 only
+# when every conversion reached the emulator exactly once (tests/test_demo_check.py runs it).
+demo-check: install browser-deps
+	$(BIN)/python example_project/demo_check.py
 
 # Not part of `make test` (its smoke is): django-capi against Meta's SDK, side by side, written
 # to docs/benchmarks.md in a few minutes (bench/README.md). BENCH_ARGS="--help" lists options.

@@ -12,10 +12,24 @@ class OrderPaid(ModelEvent[Order]):
         return instance.status == "paid"
 
     def user_data(self, instance):
-        return {"em": instance.email, "ph": instance.phone}
+        # Raw values: django-capi normalizes and hashes them before anything is stored.
+        return {
+            "em": instance.email,
+            "ph": instance.phone,
+            "fn": instance.first_name,
+            "ln": instance.last_name,
+            "ct": instance.city,
+            "zp": instance.postal_code,
+            "country": instance.country,
+        }
 
     def custom_data(self, instance):
-        return {"value": instance.total, "currency": "EUR"}
+        return {
+            "value": instance.total,
+            "currency": "EUR",
+            "contents": instance.contents(),
+            "order_id": str(instance.pk),
+        }
 
     def event_source_url(self, instance):
         return f"https://shop.example.com{instance.get_absolute_url()}"
@@ -29,7 +43,6 @@ class OrderPaid(ModelEvent[Order]):
 @register(Lead)
 class NewLead(ModelEvent[Lead]):
     event_name = "Lead"  # should_send defaults to "the row was just created"
-    action_source = "system_generated"
 
     def user_data(self, instance):
-        return {"em": instance.email}
+        return {"em": instance.email, "fn": instance.first_name}
