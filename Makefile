@@ -53,8 +53,10 @@ test-sqlite: install browser-deps
 	DATABASE_URL=sqlite:///:memory: $(WITH_SERVICES) --redis $(REDIS_URL) -- \
 	  $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
 
+# The demo tests run the example shop on its own SQLite database: the SQLite pass covers them.
 test-postgres: install browser-deps
-	$(WITH_SERVICES) --postgres $(POSTGRES_URL) --redis $(REDIS_URL) -- $(BIN)/pytest $(PYTEST_ARGS)
+	$(WITH_SERVICES) --postgres $(POSTGRES_URL) --redis $(REDIS_URL) -- \
+	  $(BIN)/pytest -m "not demo" $(PYTEST_ARGS)
 
 test: browser-deps lint typecheck migrations test-sqlite test-postgres
 

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 @pytest.mark.browser
 def test_every_conversion_of_the_demo_arrives_exactly_once_with_its_pixel_twin():
     # The script makes its own SQLite database and broker; the suite's must not leak in.
