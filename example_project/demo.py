@@ -57,6 +57,11 @@ def prepare(env: dict[str, str]) -> None:
     )
 
 
+def graph_command(port: int) -> list[str]:
+    """The Graph API emulator; port 0 picks a free one (its first line says which)."""
+    return manage("capi_fakegraph", "--port", str(port))
+
+
 def worker_command() -> list[str]:
     # One process: the demo's outbox is on SQLite, which serializes writers anyway.
     return celery(
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if not meta:
-            graph = manage("capi_fakegraph", "--port", str(args.graph_port))
+            graph = graph_command(args.graph_port)
             stack.start(
                 "graph-emulator", graph + shlex.split(args.graph_args), logs["graph-emulator"]
             )

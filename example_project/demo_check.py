@@ -1,14 +1,16 @@
 """`make demo-check`: `make demo`'s stack, driven without anyone at the keyboard.
 
-It starts the shop, a Celery worker and beat (on kombu's filesystem broker) on free ports
-with a fresh SQLite database in a temporary folder, and runs the Graph API emulator inside
-this script, so it can break it and see everything it received. Then, in Debian's Chromium
-(the test suite's, driven by Playwright): shoppers land from an ad (``?fbclid=…``), view a
-product, add it to the cart and check out, paying by card or by bank transfer; the payment
-provider's webhook pays the transfers during a window of 503s from "Meta"; visitors send the
-contact form. Once the window is lifted it waits for the emulator to have everything,
-prints a summary, and exits 0 only when every conversion arrived exactly once, each server
-event has its Pixel twin with the same event_id, and every event was delivered.
+It starts what `make demo` starts, on free ports with a fresh SQLite database in a temporary
+folder: the Graph API emulator (`manage.py capi_fakegraph`), a Celery worker and beat (on
+kombu's filesystem broker) and the shop, each in a process group of its own, all stopped at
+the end. Then, in Debian's Chromium (the test suite's, driven by Playwright): shoppers land
+from an ad (``?fbclid=…``), view a product, add it to the cart and check out, paying by card
+or by bank transfer; a fault window is opened through the emulator's control endpoint
+(``POST /_faults``: every request answered HTTP 500) while the payment provider's webhook pays
+the transfers and visitors send the contact form, then lifted (``DELETE /_faults``). It waits
+until the emulator has everything (``GET /_received``), prints a summary, and exits 0 only
+when every conversion arrived exactly once, each server event has its Pixel twin with the
+same event_id, and every event was delivered.
 
     python example_project/demo_check.py [--shoppers 4] [--timeout 60]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -30,6 +33,8 @@ from urllib.parse import urlsplit
 
 import demo
 import requests
+
+from django_capi.testing.emulator import FAULTS_PATH, RECEIVED_PATH
 
 ROOT = demo.HERE.parent
 #: Stands in for Meta's fbevents.js and records every fbq call (the browser tests' own).
@@ -46,7 +51,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-ACCESS_TOKEN = "demo-token"  # noqa: S105 - the demo settings' fake token
+#: How the emulator answers a request its ``fail_rate`` fails: HTTP 500, Graph's code 2.
+FAULT_STATUS = 500
+#: ``capi_fakegraph``'s first line names the URL it listens on.
+LISTENING = re.compile(r"Graph API emulator listening on (http://\S+)")
 MATCH_KEYS = ("fbc", "fbp", "client_ip_address", "client_user_agent")
 #: Events the browser sees, each with its Pixel twin (PageView is the Pixel's alone).
 TWINNED = ("ViewContent", "AddToCart", "InitiateCheckout", "Purchase", "Lead")
@@ -169,10 +177,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, chromium: str, var: Path) -> int:
-    from django_capi.testing import GraphEmulator
-    from django_capi.testing.faults import HttpStatus
-
-    emulator = GraphEmulator(access_tokens=[ACCESS_TOKEN]).start()
     port = free_port()
     env = {
         key: value
@@ -181,29 +185,29 @@ def run(args: argparse.Namespace, chromium: str, var: Path) -> int:
     }
     env |= {
         "SHOP_VAR_DIR": str(var),
-        "CAPI_GRAPH_API_URL": emulator.url,
         # A sweep every 2 s and retries within 1-2 s: the fault window heals in seconds.
         "SHOP_SWEEP_SECONDS": "2",
         "SHOP_RETRY_BASE_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    # This process reads the shop's database for the summary.
-    os.environ |= {k: env[k] for k in ("SHOP_VAR_DIR", "CAPI_GRAPH_API_URL")}
-    os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
-    for name in (*demo.REAL_META_VARIABLES, "DATABASE_URL"):
-        os.environ.pop(name, None)
-    import django
-
-    django.setup()
     demo.prepare(env)
-    stack = demo.Stack(env)
+    stack = demo.Stack(env)  # holds env itself: the emulator's URL added below reaches the rest
     started = time.monotonic()
     try:
+        graph_log = var / "graph-emulator.log"
+        stack.start("graph-emulator", demo.graph_command(0), graph_log)
+        graph = Emulator(wait_for_emulator(graph_log, stack))
+        pid = stack.processes["graph-emulator"].pid
+        print(f"Graph API emulator: capi_fakegraph on {graph.url} (pid {pid})", flush=True)
+        env["CAPI_GRAPH_API_URL"] = graph.url
+        setup_django(env)
         stack.start("celery-worker", demo.worker_command(), var / "celery-worker.log")
         stack.start("celery-beat", demo.beat_command(var), var / "celery-beat.log")
         stack.start("web", demo.web_command(port), var / "web.log")
         demo.wait_for_port(port, stack)
-        report = drive(args, chromium, f"http://127.0.0.1:{port}", emulator, stack, HttpStatus)
+        report = drive(args, chromium, f"http://127.0.0.1:{port}", graph, stack)
+        # Read before the stack stops: the emulator keeps what it received in memory.
+        received = graph.received()
     except Exception as exc:  # noqa: BLE001 - whatever broke, show why and the logs
         print(f"demo-check FAILED: {exc}", file=sys.stderr)
         for log in sorted(var.glob("*.log")):
@@ -212,18 +216,70 @@ def run(args: argparse.Namespace, chromium: str, var: Path) -> int:
         return 1
     finally:
         stack.stop()
-        emulator.stop()
-    ok = summarize(report, emulator, time.monotonic() - started)
+    ok = summarize(report, received, time.monotonic() - started)
     return 0 if ok else 1
+
+
+def setup_django(env: dict[str, str]) -> None:
+    """This process reads the shop's database for the summary, with the stack's settings."""
+    os.environ |= {k: env[k] for k in ("SHOP_VAR_DIR", "CAPI_GRAPH_API_URL")}
+    os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
+    for name in (*demo.REAL_META_VARIABLES, "DATABASE_URL"):
+        os.environ.pop(name, None)
+    import django
+
+    django.setup()
+
+
+def wait_for_emulator(log: Path, stack: demo.Stack, timeout: float = 60) -> str:
+    """The URL ``capi_fakegraph --port 0`` says it listens on: the port is its own pick, so
+    no other process can take it between choosing and binding."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.exited():
+            raise RuntimeError(f"{', '.join(stack.exited())} exited during start-up")
+        if match := LISTENING.search(log.read_text(errors="replace")):
+            return match[1]
+        time.sleep(0.1)
+    raise RuntimeError(f"capi_fakegraph did not say where it listens after {timeout:.0f} s")
+
+
+class Emulator:
+    """The running ``capi_fakegraph``, through its own HTTP endpoints (docs/emulator.md)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self.session.request(method, f"{self.url}{path}", json=body, timeout=10)
+        if response.status_code != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text}")
+        return response.json()
+
+    def open_faults(self, **fields: Any) -> dict[str, Any]:
+        state: dict[str, Any] = self._call("POST", FAULTS_PATH, fields)
+        return state
+
+    def lift_faults(self) -> dict[str, Any]:
+        state: dict[str, Any] = self._call("DELETE", FAULTS_PATH)
+        return state
+
+    def received(self) -> dict[str, Any]:
+        state: dict[str, Any] = self._call("GET", RECEIVED_PATH)
+        return state
+
+    def refused(self) -> int:
+        """Graph requests the fault window answered (HTTP 500, Graph's transient code 2)."""
+        return sum(r["status"] == FAULT_STATUS for r in self.received()["requests"])
 
 
 def drive(
     args: argparse.Namespace,
     chromium: str,
     base_url: str,
-    emulator: Any,
+    graph: Emulator,
     stack: demo.Stack,
-    http_status: Any,
 ) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
@@ -245,9 +301,11 @@ def drive(
                 report["orders"][order] = "card" if card else "transfer"
                 if not card:
                     transfers.append((shopper, order))
-            # "Meta" answers 503 for a while: the webhook's Purchases and the leads hit it.
-            emulator.fail_always(http_status(503, "<html>503 Service Unavailable</html>"))
+            # "Meta" fails every request for a while: the webhook's Purchases and the leads hit
+            # it. for_seconds only guards against this script dying with the window open.
+            opened = graph.open_faults(fail_rate=1, for_seconds=args.timeout * 2)
             window = time.monotonic()
+            report["faults"] = [f"POST {FAULTS_PATH}: {opened['describe']}"]
             for _, order in transfers:
                 response = requests.post(f"{base_url}/payments/{order}/paid/", timeout=10)
                 response.raise_for_status()
@@ -257,18 +315,16 @@ def drive(
                 shopper.goto(f"/?fbclid=DemoCheckLead{n}")
                 shopper.contact(customer(n + 10)["First name"], f"lead.{n}@example.com")
                 report["leads"] += 1
-            wait_until(
-                lambda: any(r.status == 503 for r in emulator.requests),
-                args.timeout,
-                "a request inside the fault window",
-                stack,
-            )
-            emulator.clear_faults()
+            wait_until(lambda: graph.refused() > 0, args.timeout, "a refused request", stack)
+            lifted = graph.lift_faults()
             report["fault_window"] = time.monotonic() - window
+            report["faults"].append(f"DELETE {FAULTS_PATH}: {lifted['describe']}")
+            if lifted["window"]:
+                raise RuntimeError(f"DELETE {FAULTS_PATH} left the window open: {lifted}")
             # The shoppers who paid by transfer come back: their Purchase's Pixel twin shows.
             for shopper, order in transfers:
                 shopper.goto(f"/orders/{order}/")
-            wait_until(lambda: _all_delivered(emulator), args.timeout, "every delivery", stack)
+            wait_until(lambda: _all_delivered(graph), args.timeout, "every delivery", stack)
         finally:
             for shopper in report["shoppers"]:
                 shopper.context.close()
@@ -276,15 +332,15 @@ def drive(
     return report
 
 
-def _all_delivered(emulator: Any) -> bool:
+def _all_delivered(graph: Emulator) -> bool:
     from django_capi import OutboxEvent
 
     rows = OutboxEvent.objects.values_list("event_id", "status")
-    received = set(emulator.event_ids())
+    received = {event["event_id"] for event in graph.received()["events"]}
     return all(status == "delivered" and event_id in received for event_id, status in rows)
 
 
-def summarize(report: dict[str, Any], emulator: Any, seconds: float) -> bool:
+def summarize(report: dict[str, Any], received_state: dict[str, Any], seconds: float) -> bool:
     from django_capi import OutboxEvent
     from shop.models import Lead, Order
 
@@ -306,13 +362,17 @@ def summarize(report: dict[str, Any], emulator: Any, seconds: float) -> bool:
         if row.status != "delivered"
     ]
 
-    failed = [r for r in emulator.requests if r.status == 503]
+    failed = [r for r in received_state["requests"] if r["status"] == FAULT_STATUS]
     print(
-        f"\nFault window: {report['fault_window']:.1f} s of 503s, {len(failed)} request(s) "
-        f"refused, {sum(r.attempts > 1 for r in rows)} event(s) delivered on a retry"
+        f"\nFault window: {report['fault_window']:.1f} s of HTTP {FAULT_STATUS}s, "
+        f"{len(failed)} request(s) refused, {sum(r.attempts > 1 for r in rows)} event(s) "
+        "delivered on a retry"
     )
+    for change in report["faults"]:
+        print(f"  {change}")
 
-    received = Counter((e.event_name, e.event_id) for e in emulator.received_events())
+    events = received_state["events"]
+    received = Counter((e["event_name"], e["event_id"]) for e in events)
     server = Counter((row.event_name, row.event_id) for row in rows)
     twice = [key for key, n in received.items() if n > 1]
     unknown = [key for key in received if key not in server]
@@ -350,10 +410,10 @@ def summarize(report: dict[str, Any], emulator: Any, seconds: float) -> bool:
         problems += [f"JavaScript error: {error}" for error in shopper.page_errors]
 
     print("\nMatch keys received (share of events)")
-    first = emulator.received_events(include_duplicates=False)
     by_name: dict[str, list[Any]] = defaultdict(list)
-    for event in first:
-        by_name[event.event_name].append(event.data.get("user_data", {}))
+    for event in events:
+        if not event["duplicate"]:
+            by_name[event["event_name"]].append(event["data"].get("user_data", {}))
     print(f"  {'event':<17} " + " ".join(f"{key:>17}" for key in MATCH_KEYS))
     for name, users in sorted(by_name.items()):
         shares = [sum(bool(u.get(key)) for u in users) / len(users) for key in MATCH_KEYS]

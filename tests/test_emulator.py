@@ -710,6 +710,55 @@ def test_records_and_reset(graph: GraphEmulator, clock: ManualClock) -> None:
     assert graph.duplicates == []  # the history went too
 
 
+def test_received_endpoint_lists_events_and_requests_and_is_never_recorded(
+    graph: GraphEmulator,
+) -> None:
+    from django_capi.testing.emulator import RECEIVED_PATH
+
+    graph.script(HttpStatus(503))
+    post(graph, [make_event()])  # refused: nothing received
+    post(graph, [make_event(), make_event(event_id="order-2")], test_event_code="TEST1")
+    post(graph, [make_event()])  # a duplicate, as Meta counts it
+    post(graph, [make_event(event_name="Nope", action_source="nowhere")])  # rejected
+    url = f"{graph.url}{RECEIVED_PATH}"
+
+    listing = requests.get(url, timeout=5)
+
+    assert listing.status_code == 200
+    assert listing.headers["Content-Type"] == "application/json"
+    state = listing.json()
+    assert [(e["event_name"], e["event_id"], e["duplicate"]) for e in state["events"]] == [
+        ("Purchase", "order-1", False),
+        ("Purchase", "order-2", False),
+        ("Purchase", "order-1", True),
+    ]
+    first = state["events"][0]
+    assert (first["pixel_id"], first["api_version"], first["test_event_code"]) == (
+        PIXEL,
+        "v25.0",
+        "TEST1",
+    )
+    assert first["received_at"] == NOW
+    assert first["data"] == make_event()
+    assert [(r["status"], r["events"]) for r in state["requests"]] == [
+        (503, 1),
+        (200, 2),
+        (200, 1),
+        (400, 1),
+    ]
+    assert state["requests"][0]["error"] is None
+    assert state["requests"][3]["error"]["code"] == 100
+    assert state["requests"][1]["path"] == f"/v25.0/{PIXEL}/events"
+    assert TOKEN not in listing.text  # a request's parameters are never listed
+    # Read-only, and not a Graph request: neither the GET nor a refused POST is recorded.
+    refused = requests.post(url, json={"events": []}, timeout=5)
+    assert refused.status_code == 405
+    assert "read-only" in refused.json()["error"]
+    assert len(graph.requests) == 4
+    assert len(graph.received_events()) == 3
+    assert requests.get(url, timeout=5).json() == state
+
+
 # --- faults ------------------------------------------------------------------------------
 
 

@@ -45,6 +45,8 @@ DEFAULT_ACCESS_TOKEN = "capi-emulator-token"  # noqa: S105 - a fake
 
 #: The emulator's own control endpoint (not Graph's): GET, POST and DELETE standing faults.
 FAULTS_PATH = "/_faults"
+#: The emulator's own read-only view of what it received, for a process that only has HTTP.
+RECEIVED_PATH = "/_received"
 
 _EDGE = re.compile(r"/(v\d+\.\d+)/(\d+)/events")
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_.|\-]{1,4096}")
@@ -369,6 +371,39 @@ class GraphEmulator:
             )
         ]
 
+    def received_state(self) -> dict[str, Any]:
+        """What ``GET /_received`` answers: every received event (duplicates flagged) and a
+        short line per Graph request (its status and error, never its parameters)."""
+        with self._lock:
+            events, requests = list(self._events), list(self._requests)
+        return {
+            "events": [
+                {
+                    "pixel_id": event.pixel_id,
+                    "api_version": event.api_version,
+                    "event_name": event.event_name,
+                    "event_id": event.event_id,
+                    "duplicate": event.duplicate,
+                    "received_at": event.received_at,
+                    "test_event_code": event.test_event_code,
+                    "data": event.data,
+                }
+                for event in events
+            ],
+            "requests": [
+                {
+                    "time": request.time,
+                    "method": request.method,
+                    "path": request.path,
+                    "pixel_id": request.pixel_id,
+                    "status": request.status,
+                    "events": len(request.events),
+                    "error": request.error,
+                }
+                for request in requests
+            ],
+        }
+
     @property
     def duplicates(self) -> list[ReceivedEvent]:
         with self._lock:
@@ -391,6 +426,10 @@ class GraphEmulator:
         split = urlsplit(target)
         if split.path == FAULTS_PATH:
             return self._control(method, body)
+        if split.path == RECEIVED_PATH:
+            if method != "GET":
+                return _control_reply(405, {"error": "read-only: use GET"})
+            return _control_reply(200, self.received_state())
         params, body_error = parse_params(split.query, _header(headers, "Content-Type"), body)
         token = params.get("access_token")
         if token is None:

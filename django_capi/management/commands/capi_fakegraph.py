@@ -22,6 +22,7 @@ from django_capi.exceptions import CapiConfigurationError
 from django_capi.testing.emulator import (
     DEFAULT_ACCESS_TOKEN,
     FAULTS_PATH,
+    RECEIVED_PATH,
     GraphEmulator,
     RecordedRequest,
 )
@@ -40,6 +41,8 @@ Faults at runtime, without a restart: {FAULTS_PATH} on the emulator's own port.
                    reject_rate (fields left out keep their value from the options), and
                    for_seconds to end it by itself
   DELETE {FAULTS_PATH}  lift the window: the options' faults apply again
+  GET    {RECEIVED_PATH}  what it received, as JSON (read-only): the events, duplicates
+                   flagged, and each request's status and error
 For example:
   curl -X POST -d '{{"fail_rate": 1, "for_seconds": 30}}' http://127.0.0.1:8111{FAULTS_PATH}
 """
