@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import sys
@@ -167,13 +168,22 @@ def main(argv: list[str] | None = None) -> int:
         print("demo-check: chromium is not installed: run `make browser-deps`", file=sys.stderr)
         return 2
     var = Path(tempfile.mkdtemp(prefix="capi-demo-check-"))
+    # SIGTERM unwinds like Ctrl-C, so every process group started is stopped either way.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args, chromium, var)
+    except KeyboardInterrupt:
+        print("demo-check interrupted: the stack is stopped.", file=sys.stderr)
+        return 130
     finally:
         if args.keep:
             print(f"Logs and database kept in {var}")
         else:
             shutil.rmtree(var, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace, chromium: str, var: Path) -> int:
@@ -215,7 +225,14 @@ def run(args: argparse.Namespace, chromium: str, var: Path) -> int:
             print("\n".join(log.read_text(errors="replace").splitlines()[-25:]), file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the stopping short and orphan a group.
+        previous = (
+            signal.signal(signal.SIGINT, signal.SIG_IGN),
+            signal.signal(signal.SIGTERM, signal.SIG_IGN),
+        )
         stack.stop()
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     ok = summarize(report, received, time.monotonic() - started)
     return 0 if ok else 1
 
