@@ -339,3 +339,11 @@ def test_capi_fakegraph_applies_its_options_and_logs_window_changes_and_token_ch
 def test_capi_fakegraph_refuses_impossible_options(args, message):
     with pytest.raises(CommandError, match=message):
         call_command("capi_fakegraph", *args)
+
+
+def test_capi_fakegraph_help_documents_its_control_and_listing_endpoints():
+    from django_capi.management.commands.capi_fakegraph import Command
+
+    text = Command().create_parser("manage.py", "capi_fakegraph").format_help()
+    assert "DELETE /_faults  lift the window" in text
+    assert "GET    /_received  the events, duplicates flagged" in text

@@ -41,10 +41,11 @@ Faults at runtime, without a restart: {FAULTS_PATH} on the emulator's own port.
                    reject_rate (fields left out keep their value from the options), and
                    for_seconds to end it by itself
   DELETE {FAULTS_PATH}  lift the window: the options' faults apply again
-  GET    {RECEIVED_PATH}  what it received, as JSON (read-only): the events, duplicates
-                   flagged, and each request's status and error
 For example:
   curl -X POST -d '{{"fail_rate": 1, "for_seconds": 30}}' http://127.0.0.1:8111{FAULTS_PATH}
+What it received, read-only (never recorded as a request):
+  GET    {RECEIVED_PATH}  the events, duplicates flagged, and each request's status and
+                     error, as JSON
 """
 
 
