@@ -102,7 +102,7 @@ def drain_batch(
 ) -> DrainReport:
     """Claim one lease's worth of rows and deliver them, pixel by pixel."""
     conf = client.conf
-    gate = pixels.gate(using, conf.access_token)
+    gate = pixels.gate(using, conf)
     lease = outbox.claim(
         limit=conf.batch_size,
         lease_seconds=conf.lease_seconds,
@@ -403,7 +403,7 @@ class _PixelDelivery:
         opened = pixels.open_circuit(
             self.lease.using,
             self.pixel_id,
-            token=self.conf.access_token,
+            fingerprint=pixels.setup_fingerprint(self.conf.credentials(self.pixel_id)),
             probe_seconds=probe,
             error=error,
         )
