@@ -300,9 +300,12 @@ def classify(
     subcode = _int_or_none(error_body.get("error_subcode"))
     is_transient = error_body.get("is_transient")
     message = _text(error_body.get("error_user_msg")) or _text(error_body.get("message"))
-    if code in AUTH_CODES or (code == INVALID_PARAMETER and subcode == UNSUPPORTED_POST_SUBCODE):
-        kind = ErrorKind.SETUP
-    elif _is_appsecret_proof_error(code, subcode, message):
+    setup = (
+        code in AUTH_CODES
+        or (code == INVALID_PARAMETER and subcode == UNSUPPORTED_POST_SUBCODE)
+        or _is_appsecret_proof_error(code, subcode, message)
+    )
+    if setup:
         kind = ErrorKind.SETUP
     elif code in RATE_LIMIT_CODES or http_status == 429:
         kind = ErrorKind.RATE_LIMIT

@@ -369,25 +369,22 @@ def _pixels(value: object, default: PixelSettings) -> dict[str, PixelSettings]:
             )
         base = default if raw_id == default.pixel_id else None
 
-        def read(key: str, inherited: str | None, entry: Mapping[str, object] = entry) -> object:
-            return entry[key] if key in entry else inherited
-
         pixels[raw_id] = PixelSettings(
             pixel_id=raw_id,
             access_token=_optional_str(
                 _in_pixel(raw_id, "ACCESS_TOKEN"),
-                read("ACCESS_TOKEN", base.access_token if base else None),
+                entry.get("ACCESS_TOKEN", base.access_token if base else None),
             ),
             test_event_code=_optional_str(
                 _in_pixel(raw_id, "TEST_EVENT_CODE"),
-                read("TEST_EVENT_CODE", base.test_event_code if base else None),
+                entry.get("TEST_EVENT_CODE", base.test_event_code if base else None),
             ),
             api_version=_api_version(
-                _in_pixel(raw_id, "API_VERSION"), read("API_VERSION", default.api_version)
+                _in_pixel(raw_id, "API_VERSION"), entry.get("API_VERSION", default.api_version)
             ),
             app_secret=_optional_str(
                 _in_pixel(raw_id, "APP_SECRET"),
-                read("APP_SECRET", base.app_secret if base else None),
+                entry.get("APP_SECRET", base.app_secret if base else None),
             ),
         )
     return pixels

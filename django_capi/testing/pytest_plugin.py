@@ -23,10 +23,11 @@ def capi_graph(request: pytest.FixtureRequest) -> Iterator[GraphEmulator]:
     """A running Graph emulator that ``DJANGO_CAPI`` points at for the test.
 
     ``GRAPH_API_URL`` becomes the emulator's URL and ``ACCESS_TOKEN`` a token it accepts (the
-    configured one if set), beside the tokens of the ``PIXELS`` configured; ``WAKE`` becomes ``"none"``, so a commit queues no drain task on
-    the developer's broker (the test calls ``drain()`` itself): nothing leaves the process but
-    requests to the emulator. The other ``DJANGO_CAPI`` keys are kept. Needs pytest-django
-    (its ``settings`` fixture restores the settings after the test).
+    configured one if set; the tokens of ``PIXELS`` are accepted too); ``WAKE`` becomes
+    ``"none"``, so a commit queues no drain task on the developer's broker (the test calls
+    ``drain()`` itself): nothing leaves the process but requests to the emulator. The other
+    ``DJANGO_CAPI`` keys are kept. Needs pytest-django (its ``settings`` fixture restores the
+    settings after the test).
     """
     from django.conf import settings as django_settings
 
