@@ -478,7 +478,7 @@ def _alert_setup_broken(pixel_id: str, error: str) -> None:
     signals.send_safely(signals.token_invalid, pixel_id=pixel_id, error=error)
     from .alerts import mail_admins_once
 
-    mail_admins_once("Meta Conversions API: sending stopped", message)
+    mail_admins_once(f"Meta Conversions API: sending stopped for pixel {pixel_id}", message)
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> timedelta:
