@@ -19,6 +19,7 @@ from django_capi import ModelEvent, register, send_event
 from django_capi.checks import check_settings
 from django_capi.client import ErrorKind, appsecret_proof, classify
 from django_capi.conf import capi_settings
+from django_capi.dashboard import health_figures
 from django_capi.delivery import drain
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.models import OutboxEvent, PixelState
@@ -297,6 +298,8 @@ def test_a_broken_token_on_one_pixel_never_delays_another(capi_graph, settings):
     assert states[SHOP_A].circuit_opened_at is not None
     assert SHOP_B not in states or states[SHOP_B].circuit_opened_at is None
     assert {row.status for row in OutboxEvent.objects.filter(pixel_id=SHOP_A)} == {Status.PENDING}
+    health = {pixel.pixel_id: pixel.state for pixel in health_figures().pixels}
+    assert health == {SHOP_A: "circuit_open", SHOP_B: "healthy", PIXEL: "healthy"}
     assert [message.subject for message in mail.outbox] == [
         f"[Django] Meta Conversions API: sending stopped for pixel {SHOP_A}"
     ]
@@ -312,15 +315,6 @@ def test_a_broken_token_on_one_pixel_never_delays_another(capi_graph, settings):
     assert drain().delivered == 3
     assert sorted(capi_graph.event_ids(SHOP_A)) == sorted(row.event_id for row in broken)
     assert PixelState.objects.get(pixel_id=SHOP_A).circuit_opened_at is None
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_admin_filter_and_the_dashboard_list_every_configured_pixel(settings):
-    from django_capi.dashboard import health_figures
-
-    with_pixels(settings, {SHOP_A: {"ACCESS_TOKEN": TOKEN_A}, SHOP_B: {"ACCESS_TOKEN": TOKEN_B}})
-    pixels = {pixel.pixel_id: pixel.state for pixel in health_figures().pixels}
-    assert pixels == {PIXEL: "healthy", SHOP_A: "healthy", SHOP_B: "healthy"}
 
 
 # --- the app secret proof ----------------------------------------------------------------------
@@ -446,3 +440,117 @@ def test_capi_doctor_lists_and_checks_each_pixel(capi_graph, settings):
     assert f"✗ Meta refused the token for pixel {SHOP_B}: Meta HTTP 401 code 190" in output
     for secret in (TOKEN_A, SECRET):
         assert secret not in output
+
+
+# --- the Pixel: each pixel initialised, each conversion to its own pixel ----------------------
+
+
+def render(source: str, **context: object) -> str:
+    from django.contrib.auth.models import AnonymousUser
+    from django.template import Context, Template
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/", HTTP_USER_AGENT="Mozilla/5.0 Test/1.0")
+    request.user = AnonymousUser()
+    return Template("{% load capi %}" + source).render(Context({"request": request, **context}))
+
+
+def fbq_calls(html: str) -> list[list[object]]:
+    import json
+    import re
+
+    return [json.loads(f"[{args}]") for args in re.findall(r"fbq\((.*?)\);", html, re.DOTALL)]
+
+
+@pytest.fixture
+def brand_leads(settings, isolated_registry):
+    """Two pixels; a Lead of brand A goes to pixel A, any other to the default pixel."""
+    with_pixels(settings, {SHOP_A: {"ACCESS_TOKEN": TOKEN_A}, SHOP_B: {"ACCESS_TOKEN": TOKEN_B}})
+
+    @register(Lead)
+    class BrandLead(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance: Lead) -> Mapping[str, object]:
+            return {"em": instance.email}
+
+        def pixel_id(self, instance: Lead) -> str | None:
+            return SHOP_A if instance.email.endswith("@brand-a.example") else None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_capi_pixel_initialises_the_pixels_of_the_page_and_a_page_view_for_each(brand_leads):
+    lead = LeadFactory(email="x@brand-a.example")
+    html = render("{% capi_pixel lead '222' %}", lead=lead)
+    calls = fbq_calls(html)
+    assert [call[:2] for call in calls if call[0] == "init"] == [
+        ["init", PIXEL],
+        ["init", SHOP_A],
+        ["init", SHOP_B],
+    ]
+    page_views = [call for call in calls if call[0] != "init"]
+    assert [call[:3] for call in page_views] == [
+        ["trackSingle", PIXEL, "PageView"],
+        ["trackSingle", SHOP_A, "PageView"],
+        ["trackSingle", SHOP_B, "PageView"],
+    ]
+    assert len({call[4]["eventID"] for call in page_views}) == 1  # each pixel deduplicates its own
+    for pixel_id in (PIXEL, SHOP_A, SHOP_B):
+        assert f"tr?id={pixel_id}&amp;ev=PageView" in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_conversion_goes_to_its_own_pixel_with_its_own_event_id(brand_leads):
+    with transaction.atomic():
+        brand = LeadFactory(email="x@brand-a.example")
+        other = LeadFactory(email="y@other.example")
+    rows = {row.pixel_id: row for row in OutboxEvent.objects.filter(event_name="Contact")}
+    html = render(
+        "{% capi_pixel brand %}{% capi_event brand 'Contact' %}{% capi_event other 'Contact' %}",
+        brand=brand,
+        other=other,
+    )
+    tracked = [call for call in fbq_calls(html) if call[2] == "Contact"]
+    assert tracked == [
+        ["trackSingle", SHOP_A, "Contact", {}, {"eventID": rows[SHOP_A].event_id}],
+        ["trackSingle", PIXEL, "Contact", {}, {"eventID": rows[PIXEL].event_id}],
+    ]
+    assert rows[SHOP_A].event_id != rows[PIXEL].event_id
+    # An outbox row is fired at its own pixel too.
+    assert fbq_calls(render("{% capi_event row %}", row=rows[SHOP_A])) == [
+        ["init", SHOP_A, {}],  # this page's capi_pixel did not initialise it
+        ["trackSingle", SHOP_A, "Contact", {}, {"eventID": rows[SHOP_A].event_id}],
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pixel_capi_pixel_left_out_is_initialised_by_its_event(brand_leads):
+    with transaction.atomic():
+        brand = LeadFactory(email="x@brand-a.example")
+    calls = fbq_calls(render("{% capi_pixel %}{% capi_event brand 'Contact' %}", brand=brand))
+    assert [call[:2] for call in calls] == [
+        ["init", PIXEL],
+        ["trackSingle", PIXEL],
+        ["init", SHOP_A],
+        ["trackSingle", SHOP_A],
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unconfigured_pixel_is_never_initialised(settings, caplog):
+    html = render("{% capi_pixel '999' %}")
+    assert [call[:2] for call in fbq_calls(html)] == [["init", PIXEL], ["track", "PageView"]]
+    assert "pixel 999 is not configured" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_server_page_views_go_to_each_pixel_with_the_pixels_event_id(settings):
+    with_pixels(settings, {SHOP_A: {"ACCESS_TOKEN": TOKEN_A}}, SERVER_PAGE_VIEW=True)
+    html = render("{% capi_pixel '111' %}")
+    event_id = fbq_calls(html)[-1][4]["eventID"]
+    rows = OutboxEvent.objects.filter(event_name="PageView")
+    assert sorted((row.pixel_id, row.event_id, row.status) for row in rows) == [
+        (SHOP_A, event_id, Status.PENDING),
+        (PIXEL, event_id, Status.PENDING),
+    ]
