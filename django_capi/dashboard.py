@@ -210,14 +210,9 @@ def _failure_reasons(failed: QuerySet[OutboxEvent]) -> list[FailureCount]:
 
 
 def _pixels(db: str, reference: datetime, seen: Iterable[str]) -> list[PixelHealth]:
-    """Every configured pixel, every pixel with a state row, and every pixel with rows
-    created in the coverage window (healthy unless a state row says otherwise). Problems
-    first."""
-    try:
-        configured = set(capi_settings().pixels)
-    except CapiConfigurationError:
-        configured = set()  # the page says so elsewhere; the rows still show
-    pixels = {pixel_id: PixelHealth(pixel_id, "healthy") for pixel_id in {*seen, *configured}}
+    """Every pixel with a state row, and every pixel with rows created in the coverage
+    window (healthy unless a state row says otherwise). Problems first."""
+    pixels = {pixel_id: PixelHealth(pixel_id, "healthy") for pixel_id in seen}
     for state in PixelState.objects.using(db):
         if state.circuit_opened_at is not None:
             status = "circuit_open"
