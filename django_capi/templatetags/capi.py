@@ -181,6 +181,8 @@ def _page_pixels(default: str, extra: Iterable[object]) -> list[str]:
     conf = capi_settings()
     found = [default]
     for item in _flatten(extra):
+        if item is None or item == "":
+            continue  # a variable the page left unset
         if isinstance(item, OutboxEvent):
             found.append(item.pixel_id)
         elif isinstance(item, models.Model):
