@@ -106,7 +106,12 @@ def check_settings(
                 id="django_capi.E001",
             )
         )
-    if conf.access_token is None and (conf.pixel_id is None or conf.pixel_id not in _own_entries()):
+    # The top-level token is the default pixel's (or, with no pixel at all, the only one);
+    # pixels of PIXELS are reported one by one below.
+    if conf.access_token is None and (
+        (conf.pixel_id is None and not conf.pixels)
+        or (conf.pixel_id is not None and conf.pixel_id not in _own_entries())
+    ):
         messages.append(
             Error(
                 "No Conversions API access token is configured: Meta refuses every request.",

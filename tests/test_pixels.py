@@ -554,3 +554,10 @@ def test_server_page_views_go_to_each_pixel_with_the_pixels_event_id(settings):
         (SHOP_A, event_id, Status.PENDING),
         (PIXEL, event_id, Status.PENDING),
     ]
+
+
+def test_pixels_without_a_default_pixel_are_one_error_without_a_false_token_alarm():
+    user = {"PIXELS": {"2": {"ACCESS_TOKEN": "u"}}}
+    with override_settings(DJANGO_CAPI=user):
+        (message,) = check_settings()
+    assert message.id == "django_capi.E001"
