@@ -303,7 +303,7 @@ def classify(
     setup = (
         code in AUTH_CODES
         or (code == INVALID_PARAMETER and subcode == UNSUPPORTED_POST_SUBCODE)
-        or _is_appsecret_proof_error(code, subcode, message)
+        or _is_appsecret_proof_error(code, subcode, f"{_text(error_body.get('message'))} {message}")
     )
     if setup:
         kind = ErrorKind.SETUP
