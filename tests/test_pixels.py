@@ -561,3 +561,31 @@ def test_pixels_without_a_default_pixel_are_one_error_without_a_false_token_alar
     with override_settings(DJANGO_CAPI=user):
         (message,) = check_settings()
     assert message.id == "django_capi.E001"
+
+
+def test_a_debug_page_of_a_failed_post_shows_no_app_secret_nor_proof(rf):
+    from django.views.debug import ExceptionReporter
+
+    from django_capi.client import GraphClient
+
+    class Broken(GraphClient):
+        def create_session(self):
+            session = super().create_session()
+            session.post = self.explode
+            return session
+
+        def explode(self, *args, **kwargs):
+            raise RuntimeError("the adapter broke")
+
+    conf = {"PIXEL_ID": "1", "GRAPH_API_URL": "http://x"}
+    conf["PIXELS"] = {"1": {"ACCESS_TOKEN": "secret-token", "APP_SECRET": "secret-of-the-app"}}
+    with override_settings(DJANGO_CAPI=conf):
+        client = Broken(capi_settings())
+    with pytest.raises(RuntimeError) as raised:
+        client.post_events("1", [{"event_name": "Lead"}])
+    reporter = ExceptionReporter(rf.get("/"), raised.type, raised.value, raised.tb)
+    frames = [f for f in reporter.get_traceback_frames() if f["filename"] != __file__]
+    shown = str([(name, value) for frame in frames for name, value in frame["vars"]])
+    assert "pixel" in shown  # the client's locals are there ...
+    for secret in ("secret-token", "secret-of-the-app", proof("secret-of-the-app", "secret-token")):
+        assert secret not in shown  # ... their secrets are not
