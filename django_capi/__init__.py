@@ -3,8 +3,8 @@
 The public API (everything else may change between releases):
 
 - ``ModelEvent`` and ``register``: declare which model saves are conversions, in a ``capi``
-  module of your app.
-- ``send_event``: record an event that is not a model save.
+  module of your app (its ``pixel_id`` hook picks one of ``DJANGO_CAPI["PIXELS"]``).
+- ``send_event``: record an event that is not a model save (``pixel_id=`` likewise).
 - ``event_id_for``: the ``event_id`` the Pixel must reuse for a model's event.
 - ``browser_context``: a request's IP, user agent, fbc and fbp, to store on an order for an
   event recorded later (``CapiMiddleware`` collects them; ``{% load capi %}`` renders the

@@ -81,9 +81,7 @@ class PixelFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         pixel_ids = set(PixelState.objects.values_list("pixel_id", flat=True))
-        configured = capi_settings().pixel_id
-        if configured:
-            pixel_ids.add(configured)
+        pixel_ids.update(capi_settings().pixels)
         return [(pixel_id, pixel_id) for pixel_id in sorted(pixel_ids)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:

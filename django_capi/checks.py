@@ -6,7 +6,8 @@
 Errors (events cannot be recorded or delivered):
 
 - ``django_capi.E001``: no pixel id (``PIXEL_ID`` or ``CAPI_PIXEL_ID``).
-- ``django_capi.E002``: no access token (``ACCESS_TOKEN`` or ``CAPI_ACCESS_TOKEN``).
+- ``django_capi.E002``: no access token (``ACCESS_TOKEN`` or ``CAPI_ACCESS_TOKEN``), or a pixel of
+  ``PIXELS`` without its ``ACCESS_TOKEN`` (one message per pixel).
 - ``django_capi.E003``: ``DJANGO_CAPI`` fails validation (a bad value or an unknown key).
 - ``django_capi.E004``: a registered model is written on a database without the outbox table,
   so its events cannot be recorded in its transaction.
@@ -108,7 +109,12 @@ def check_settings(
                 id="django_capi.E001",
             )
         )
-    if conf.access_token is None:
+    # The top-level token is the default pixel's (or, with no pixel at all, the only one);
+    # pixels of PIXELS are reported one by one below.
+    if conf.access_token is None and (
+        (conf.pixel_id is None and not conf.pixels)
+        or (conf.pixel_id is not None and conf.pixel_id not in _own_entries())
+    ):
         messages.append(
             Error(
                 "No Conversions API access token is configured: Meta refuses every request.",
@@ -118,29 +124,61 @@ def check_settings(
                 id="django_capi.E002",
             )
         )
-    if conf.test_event_code and not settings.DEBUG:
+    for pixel in conf.pixels.values():
+        if pixel.access_token is None and pixel.pixel_id in _own_entries():
+            messages.append(
+                Error(
+                    f"Pixel {pixel.pixel_id} has no ACCESS_TOKEN: Meta refuses its events.",
+                    hint=f'Set {SETTING_NAME}["PIXELS"]["{pixel.pixel_id}"]["ACCESS_TOKEN"] to '
+                    "a token generated on that pixel's Settings page in Events Manager.",
+                    id="django_capi.E002",
+                )
+            )
+    coded = [pixel.pixel_id for pixel in conf.pixels.values() if pixel.test_event_code]
+    if (conf.test_event_code or coded) and not settings.DEBUG:
+        which = "" if coded in ([], [conf.pixel_id]) else f" (pixels {', '.join(coded)})"
         messages.append(
             CheckWarning(
-                "TEST_EVENT_CODE is set while DEBUG is off: Meta treats every event as a test "
-                "event (shown in Test Events), not as a real conversion.",
-                hint=f'Remove {SETTING_NAME}["TEST_EVENT_CODE"] (and CAPI_TEST_EVENT_CODE) '
-                "in production; use `manage.py capi_test_event --code …` for a one-off test.",
+                f"TEST_EVENT_CODE is set{which} while DEBUG is off: Meta treats every event as a "
+                "test event (shown in Test Events), not as a real conversion.",
+                hint=f'Remove {SETTING_NAME}["TEST_EVENT_CODE"] (and CAPI_TEST_EVENT_CODE, and '
+                "those in PIXELS) in production; use `manage.py capi_test_event --code …` for "
+                "a one-off test.",
                 id="django_capi.W003",
             )
         )
-    end = api_version_end(conf.api_version)
-    if end is not None and end - timezone.now().date() <= API_VERSION_NOTICE:
-        ends = "has not been served since" if end <= timezone.now().date() else "stops on"
-        messages.append(
-            CheckWarning(
-                f"API_VERSION {conf.api_version} {ends} {end.isoformat()}: Meta then refuses "
-                "every request (code 2635) and no event is delivered.",
-                hint=f'Set {SETTING_NAME}["API_VERSION"] to {next(iter(API_VERSIONS))} (or '
-                "remove it: the default is the newest version this release knows).",
-                id="django_capi.W006",
-            )
-        )
+    versions: dict[str, list[str]] = {conf.api_version: []}
+    for pixel in conf.pixels.values():
+        versions.setdefault(pixel.api_version, []).append(pixel.pixel_id)
+    for version, pixel_ids in versions.items():
+        messages += _api_version_warning(version, pixel_ids, conf.pixel_id)
     return messages
+
+
+def _own_entries() -> set[str]:
+    """The pixel ids ``PIXELS`` names (as the settings validated them)."""
+    user = getattr(settings, SETTING_NAME, None) or {}
+    return {str(pixel_id) for pixel_id in user.get("PIXELS") or {}}
+
+
+def _api_version_warning(version: str, pixel_ids: list[str], default: str | None) -> Messages:
+    """W006 for ``version``, naming the pixels that use it when several pixels are set up."""
+    end = api_version_end(version)
+    today = timezone.now().date()
+    if end is None or end - today > API_VERSION_NOTICE:
+        return []
+    ends = "has not been served since" if end <= today else "stops on"
+    which = "" if pixel_ids in ([], [default]) else f" (pixels {', '.join(pixel_ids)})"
+    return [
+        CheckWarning(
+            f"API_VERSION {version}{which} {ends} {end.isoformat()}: Meta then refuses "
+            "every request (code 2635) and no event is delivered.",
+            hint=f'Set {SETTING_NAME}["API_VERSION"]{" (and those in PIXELS)" if which else ""} '
+            f"to {next(iter(API_VERSIONS))} (or remove it: the default is the newest version "
+            "this release knows).",
+            id="django_capi.W006",
+        )
+    ]
 
 
 @register(TAG)

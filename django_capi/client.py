@@ -14,6 +14,8 @@ status, header or body) becomes a classified ``GraphResult`` whose values can be
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import json
 import re
 import time
@@ -24,7 +26,7 @@ from typing import Any
 import requests
 from django.views.decorators.debug import sensitive_variables
 
-from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, capi_settings
+from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, PixelSettings, capi_settings
 from .text import storable
 
 #: Graph error codes for throttling (Meta's "recovery tactic": wait, then retry), and 368,
@@ -40,6 +42,12 @@ INVALID_PARAMETER = 100
 UNSUPPORTED_POST_SUBCODE = 33
 #: "You are calling a deprecated version of the API": every request fails until upgraded.
 DEPRECATED_API_VERSION = 2635
+#: Code 100 naming this parameter, without a subcode: "Invalid appsecret_proof provided in the
+#: API argument" (HTTP 400, GraphMethodException; as answered in facebook-python-business-sdk
+#: issue 528), or "API calls from the server require an appsecret_proof argument" when an app
+#: with "Require App Secret" gets none. The app secret is wrong or missing: a setup error, not
+#: the events' fault.
+APPSECRET_PROOF = "appsecret_proof"
 
 #: Meta's answers are a few hundred bytes; anything longer than this is not read.
 MAX_ANSWER_BYTES = 1 << 20
@@ -122,10 +130,12 @@ class GraphClient:
 
     @sensitive_variables("body")
     def post_events(self, pixel_id: str, events: Sequence[Mapping[str, Any] | str]) -> GraphResult:
-        """Send ``events`` in one request: event objects, or their JSON text as stored (a
-        ``str`` is taken to be one JSON object and sent as it is). Never raises for network
-        or HTTP errors: they come back classified in ``GraphResult.error``."""
-        body = _Body(self._body(events).encode())
+        """Send ``events`` in one request to ``pixel_id``, with that pixel's token, test code,
+        API version and app secret: event objects, or their JSON text as stored (a ``str`` is
+        taken to be one JSON object and sent as it is). Never raises for network or HTTP
+        errors: they come back classified in ``GraphResult.error``."""
+        pixel = self.conf.credentials(pixel_id)
+        body = _Body(self._body(events, pixel).encode())
         started = time.monotonic()
         try:
             # Never follow a redirect: requests would post the body, token included, to
@@ -149,17 +159,27 @@ class GraphClient:
         return parse_response(response, _elapsed_ms(started), body=answer)
 
     @sensitive_variables("fields")
-    def _body(self, events: Sequence[Mapping[str, Any] | str]) -> str:
+    def _body(self, events: Sequence[Mapping[str, Any] | str], pixel: PixelSettings) -> str:
         """``{"data": [...], ...}``: each event's stored JSON text joined as it is, the
-        other fields encoded once."""
+        other fields encoded once. ``appsecret_proof`` travels in the body like the token."""
         data = ",".join(
             event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
             for event in events
         )
-        fields = {"access_token": self.conf.access_token or ""}
-        if self.conf.test_event_code:
-            fields["test_event_code"] = self.conf.test_event_code
+        fields = {"access_token": pixel.access_token or ""}
+        if pixel.app_secret:
+            fields["appsecret_proof"] = appsecret_proof(pixel.app_secret, pixel.access_token)
+        if pixel.test_event_code:
+            fields["test_event_code"] = pixel.test_event_code
         return f'{{"data":[{data}],{json.dumps(fields, separators=(",", ":"))[1:]}'
+
+
+@sensitive_variables("app_secret", "access_token")
+def appsecret_proof(app_secret: str, access_token: str | None) -> str:
+    """Meta's ``appsecret_proof``: the hex HMAC-SHA256 of the access token keyed with the app
+    secret (Graph API, "Securing requests"; meta-capi.md §1.2 [SDK] ``util.py``)."""
+    key, message = app_secret.encode(), (access_token or "").encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class _Body(bytes):
@@ -279,7 +299,13 @@ def classify(
     code = _int_or_none(error_body.get("code"))
     subcode = _int_or_none(error_body.get("error_subcode"))
     is_transient = error_body.get("is_transient")
-    if code in AUTH_CODES or (code == INVALID_PARAMETER and subcode == UNSUPPORTED_POST_SUBCODE):
+    message = _text(error_body.get("error_user_msg")) or _text(error_body.get("message"))
+    setup = (
+        code in AUTH_CODES
+        or (code == INVALID_PARAMETER and subcode == UNSUPPORTED_POST_SUBCODE)
+        or _is_appsecret_proof_error(code, subcode, f"{_text(error_body.get('message'))} {message}")
+    )
+    if setup:
         kind = ErrorKind.SETUP
     elif code in RATE_LIMIT_CODES or http_status == 429:
         kind = ErrorKind.RATE_LIMIT
@@ -291,7 +317,6 @@ def classify(
         # Any other code is about the request, not an event (a retired API version, say):
         # bisecting would fail every event of the backlog for nothing.
         kind = ErrorKind.SETUP
-    message = _text(error_body.get("error_user_msg")) or _text(error_body.get("message"))
     if code == DEPRECATED_API_VERSION:
         message += " (upgrade DJANGO_CAPI['API_VERSION'] to a version Meta serves)"
     return GraphFailure(
@@ -304,6 +329,12 @@ def classify(
         is_transient=is_transient if isinstance(is_transient, bool) else None,
         retry_after=_retry_after(headers or {}) if kind is ErrorKind.RATE_LIMIT else None,
     )
+
+
+def _is_appsecret_proof_error(code: int | None, subcode: int | None, message: str) -> bool:
+    """Meta refuses a missing or wrong proof with code 100 and no subcode; only the message
+    tells it from an invalid event, which carries a subcode of its own."""
+    return code == INVALID_PARAMETER and subcode is None and APPSECRET_PROOF in message
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -374,6 +405,12 @@ def graph_failure_fix(failure: GraphFailure, http_status: int | None, pixel_id: 
         return (
             f"Meta finds no pixel {pixel_id} this token may use: check PIXEL_ID, and that the "
             "token was generated for this pixel."
+        )
+    if _is_appsecret_proof_error(failure.code, failure.subcode, failure.message):
+        return (
+            f"Meta refused the appsecret_proof: set APP_SECRET (for pixel {pixel_id}) to the "
+            "secret of the app that generated its token (App Dashboard, App settings, Basic), "
+            "or remove it if that app does not require one."
         )
     if failure.code == DEPRECATED_API_VERSION:
         return (

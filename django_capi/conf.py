@@ -12,7 +12,7 @@ import importlib.util
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from functools import cache
 from typing import Any
@@ -53,6 +53,13 @@ DEFAULTS: dict[str, Any] = {
     "GRAPH_API_URL": "https://graph.facebook.com",
     "API_VERSION": next(iter(API_VERSIONS)),
     "TEST_EVENT_CODE": None,
+    # The default pixel's app secret: when set, every request carries appsecret_proof, as apps
+    # with "Require App Secret" demand (Graph API "Securing requests").
+    "APP_SECRET": None,
+    # More pixels: {pixel id: {"ACCESS_TOKEN": …, "TEST_EVENT_CODE": …, "API_VERSION": …,
+    # "APP_SECRET": …}}. PIXEL_ID stays the default pixel; its entry here, if any, overrides
+    # the top-level values above.
+    "PIXELS": None,
     # The namespace of default event ids (a UUID); None uses the one stored in each outbox
     # database at migrate time, so two installations never share an order's event id.
     "EVENT_ID_NAMESPACE": None,
@@ -109,7 +116,11 @@ ENVIRONMENT: dict[str, str] = {
     "ACCESS_TOKEN": "CAPI_ACCESS_TOKEN",
     "TEST_EVENT_CODE": "CAPI_TEST_EVENT_CODE",
     "GRAPH_API_URL": "CAPI_GRAPH_API_URL",
+    "APP_SECRET": "CAPI_APP_SECRET",
 }
+
+#: The keys of one ``PIXELS`` entry.
+PIXEL_KEYS = ("ACCESS_TOKEN", "TEST_EVENT_CODE", "API_VERSION", "APP_SECRET")
 
 _API_VERSION = re.compile(r"v\d+\.\d+")
 _PIXEL_ID = re.compile(r"\d{1,32}")
@@ -117,14 +128,29 @@ _URL = re.compile(r"https?://[^\s/?#]+(?::\d+)?/?")
 
 
 @dataclass(frozen=True)
+class PixelSettings:
+    """What sending to one pixel takes. The token and the app secret never show in a repr."""
+
+    pixel_id: str
+    access_token: str | None = field(repr=False)
+    test_event_code: str | None
+    api_version: str
+    app_secret: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
 class CapiSettings:
-    """The validated settings. Per-pixel values sit together so several pixels can come later."""
+    """The validated settings. ``pixel_id``, ``access_token``, ``api_version``,
+    ``test_event_code`` and ``app_secret`` are the default pixel's; ``pixels`` has every
+    configured pixel, the default one included."""
 
     pixel_id: str | None
     access_token: str | None = field(repr=False)
     graph_api_url: str
     api_version: str
     test_event_code: str | None
+    app_secret: str | None = field(repr=False)
+    pixels: Mapping[str, PixelSettings]
     event_id_namespace: uuid.UUID | None
     default_phone_region: str | None
     batch_size: int
@@ -149,8 +175,33 @@ class CapiSettings:
     alert_failure_rate: float
     alert_mail_admins: bool
 
+    def pixel(self, pixel_id: str) -> PixelSettings | None:
+        """The settings of ``pixel_id``; None when it is not configured."""
+        return self.pixels.get(pixel_id)
+
+    def credentials(self, pixel_id: str) -> PixelSettings:
+        """What a request to ``pixel_id`` is sent with: its own settings, or for a pixel not
+        configured (rows recorded before a settings change) the top-level ones, as before
+        ``PIXELS`` existed. Meta then decides whether that token may use the pixel."""
+        return self.pixels.get(pixel_id) or PixelSettings(
+            pixel_id=pixel_id,
+            access_token=self.access_token,
+            test_event_code=self.test_event_code,
+            api_version=self.api_version,
+            app_secret=self.app_secret,
+        )
+
     def events_url(self, pixel_id: str) -> str:
-        return f"{self.graph_api_url}/{self.api_version}/{pixel_id}/events"
+        version = self.credentials(pixel_id).api_version
+        return f"{self.graph_api_url}/{version}/{pixel_id}/events"
+
+    def with_test_event_code(self, code: str | None) -> CapiSettings:
+        """These settings with ``code`` as every pixel's test event code (``capi_test_event``)."""
+        pixels = {
+            pixel_id: replace(pixel, test_event_code=code)
+            for pixel_id, pixel in self.pixels.items()
+        }
+        return replace(self, test_event_code=code, pixels=pixels)
 
 
 def api_version_end(version: str) -> date | None:
@@ -189,12 +240,24 @@ def capi_settings() -> CapiSettings:
         else default
         for key, default in DEFAULTS.items()
     }
-    conf = CapiSettings(
-        pixel_id=_pixel_id(raw["PIXEL_ID"]),
+    default = PixelSettings(
+        pixel_id=_pixel_id("PIXEL_ID", raw["PIXEL_ID"]) or "",
         access_token=_optional_str("ACCESS_TOKEN", raw["ACCESS_TOKEN"]),
-        graph_api_url=_graph_api_url(raw["GRAPH_API_URL"]),
-        api_version=_api_version(raw["API_VERSION"]),
         test_event_code=_optional_str("TEST_EVENT_CODE", raw["TEST_EVENT_CODE"]),
+        api_version=_api_version("API_VERSION", raw["API_VERSION"]),
+        app_secret=_optional_str("APP_SECRET", raw["APP_SECRET"]),
+    )
+    pixels = _pixels(raw["PIXELS"], default)
+    if default.pixel_id:
+        default = pixels[default.pixel_id]
+    conf = CapiSettings(
+        pixel_id=default.pixel_id or None,
+        access_token=default.access_token,
+        graph_api_url=_graph_api_url(raw["GRAPH_API_URL"]),
+        api_version=default.api_version,
+        test_event_code=default.test_event_code,
+        app_secret=default.app_secret,
+        pixels=pixels,
         event_id_namespace=_uuid("EVENT_ID_NAMESPACE", raw["EVENT_ID_NAMESPACE"]),
         default_phone_region=_phone_region(raw["DEFAULT_PHONE_REGION"]),
         batch_size=_int_between("BATCH_SIZE", raw["BATCH_SIZE"], 1, META_MAX_BATCH_SIZE),
@@ -243,8 +306,14 @@ def _clear_cache(*, setting: str, **kwargs: object) -> None:
 
 
 def _bad(key: str, expected: str) -> CapiConfigurationError:
+    """``key`` is a top-level key, or a path already written as subscripts (``_in_pixel``)."""
     # The value is left out on purpose: it may be the access token.
-    return CapiConfigurationError(f"{SETTING_NAME}[{key!r}] must be {expected}")
+    where = key if key.startswith("[") else f"[{key!r}]"
+    return CapiConfigurationError(f"{SETTING_NAME}{where} must be {expected}")
+
+
+def _in_pixel(pixel_id: str, key: str | None = None) -> str:
+    return f"['PIXELS'][{pixel_id!r}]" + ("" if key is None else f"[{key!r}]")
 
 
 def _optional_str(key: str, value: object) -> str | None:
@@ -255,13 +324,70 @@ def _optional_str(key: str, value: object) -> str | None:
     return value.strip() or None
 
 
-def _pixel_id(value: object) -> str | None:
+def _pixel_id(key: str, value: object) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    pixel_id = _optional_str("PIXEL_ID", value)
+    pixel_id = _optional_str(key, value)
     if pixel_id is not None and not _PIXEL_ID.fullmatch(pixel_id):
-        raise _bad("PIXEL_ID", "the pixel's numeric id, e.g. '1234567890123456'")
+        raise _bad(key, "the pixel's numeric id, e.g. '1234567890123456'")
     return pixel_id
+
+
+def is_pixel_id(value: object) -> bool:
+    """Whether ``value`` is shaped like a pixel id (digits), whether configured or not."""
+    return isinstance(value, str) and bool(_PIXEL_ID.fullmatch(value))
+
+
+def _pixels(value: object, default: PixelSettings) -> dict[str, PixelSettings]:
+    """``PIXELS`` validated, with the default pixel in it: its entry there overrides the
+    top-level values key by key. Other pixels take only ``API_VERSION`` from the top level:
+    a token, a test code or an app secret belongs to one pixel (or its app)."""
+    pixels: dict[str, PixelSettings] = {}
+    if default.pixel_id:
+        pixels[default.pixel_id] = default
+    if value is None:
+        return pixels
+    if not isinstance(value, Mapping):
+        raise _bad("PIXELS", "a dict of pixel id to {'ACCESS_TOKEN': …}, or None")
+    for raw_id, entry in value.items():
+        if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+            raw_id = str(raw_id)
+        if not is_pixel_id(raw_id):
+            # The key may be anything, a token pasted in the wrong place included: not shown.
+            raise _bad("PIXELS", "keyed by pixel ids, e.g. '1234567890123456' (digits only)")
+        assert isinstance(raw_id, str)  # noqa: S101 - for mypy
+        if not isinstance(entry, Mapping):
+            raise _bad(
+                _in_pixel(raw_id),
+                "a dict with ACCESS_TOKEN (and optional TEST_EVENT_CODE, API_VERSION, APP_SECRET)",
+            )
+        unknown = sorted(str(key) for key in set(entry) - set(PIXEL_KEYS))
+        if unknown:
+            raise CapiConfigurationError(
+                f"{SETTING_NAME}['PIXELS'][{raw_id!r}] has unknown key(s) "
+                f"{', '.join(map(repr, unknown))}; known keys: {', '.join(PIXEL_KEYS)}"
+            )
+        base = default if raw_id == default.pixel_id else None
+
+        pixels[raw_id] = PixelSettings(
+            pixel_id=raw_id,
+            access_token=_optional_str(
+                _in_pixel(raw_id, "ACCESS_TOKEN"),
+                entry.get("ACCESS_TOKEN", base.access_token if base else None),
+            ),
+            test_event_code=_optional_str(
+                _in_pixel(raw_id, "TEST_EVENT_CODE"),
+                entry.get("TEST_EVENT_CODE", base.test_event_code if base else None),
+            ),
+            api_version=_api_version(
+                _in_pixel(raw_id, "API_VERSION"), entry.get("API_VERSION", default.api_version)
+            ),
+            app_secret=_optional_str(
+                _in_pixel(raw_id, "APP_SECRET"),
+                entry.get("APP_SECRET", base.app_secret if base else None),
+            ),
+        )
+    return pixels
 
 
 def _graph_api_url(value: object) -> str:
@@ -273,10 +399,10 @@ def _graph_api_url(value: object) -> str:
     return url.rstrip("/")
 
 
-def _api_version(value: object) -> str:
-    version = _optional_str("API_VERSION", value)
+def _api_version(key: str, value: object) -> str:
+    version = _optional_str(key, value)
     if version is None or not _API_VERSION.fullmatch(version):
-        raise _bad("API_VERSION", "a Graph API version such as 'v25.0'")
+        raise _bad(key, "a Graph API version such as 'v25.0'")
     return version
 
 

@@ -110,7 +110,7 @@ def drain_batch(
 ) -> DrainReport:
     """Claim one lease's worth of rows and deliver them, pixel by pixel."""
     conf = client.conf
-    gate = pixels.gate(using, conf.access_token)
+    gate = pixels.gate(using, conf)
     lease = outbox.claim(
         limit=conf.batch_size,
         lease_seconds=conf.lease_seconds,
@@ -411,7 +411,7 @@ class _PixelDelivery:
         opened = pixels.open_circuit(
             self.lease.using,
             self.pixel_id,
-            token=self.conf.access_token,
+            fingerprint=pixels.setup_fingerprint(self.conf.credentials(self.pixel_id)),
             probe_seconds=probe,
             error=error,
         )
@@ -486,7 +486,7 @@ def _alert_setup_broken(pixel_id: str, error: str) -> None:
     signals.send_safely(signals.token_invalid, pixel_id=pixel_id, error=error)
     from .alerts import mail_admins_once
 
-    mail_admins_once("Meta Conversions API: sending stopped", message)
+    mail_admins_once(f"Meta Conversions API: sending stopped for pixel {pixel_id}", message)
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> timedelta:

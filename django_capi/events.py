@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from . import context, normalize, sources, validation
 from .browser import browser_context
-from .conf import capi_settings
+from .conf import SETTING_NAME, CapiSettings, capi_settings, is_pixel_id
 from .constants import ActionSource
 from .exceptions import (
     CapiConfigurationError,
@@ -218,8 +218,12 @@ def record_event(
     using: str,
     source: models.Model | None = None,
     error: str | None = None,
+    pixel_id: object = None,
 ) -> OutboxEvent:
     """Write the outbox row for one event in the current transaction on ``using``.
+
+    ``pixel_id`` is the pixel the event goes to: None for ``PIXEL_ID``, else one of the
+    configured pixels (``_resolve_pixel``).
 
     ``event_name`` and ``event_id`` must already be valid: they are the row's unique key with
     the pixel. A second call returns the first row untouched, unless that row failed while
@@ -235,11 +239,10 @@ def record_event(
     where the transaction survives it. The integrator's hooks run in ``in_savepoint``.
     """
     try:
-        pixel_id = capi_settings().pixel_id or ""
+        pixel_id, pixel_error = _resolve_pixel(capi_settings(), pixel_id)
     except CapiConfigurationError as exc:
-        pixel_id, error = "", str(exc)
-    if not pixel_id and error is None:
-        error = "DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set"
+        pixel_id, pixel_error = "", str(exc)
+    error = error or pixel_error
     warnings: list[str] = []
     cleaned_id: str | None = None
     if not (is_storable(event_name) and is_storable(event_id)):
@@ -292,6 +295,33 @@ def record_event(
             "event %s %s for %s not sent: %s", event_name, event_id, _label(source), row.last_error
         )
     return row
+
+
+def _resolve_pixel(conf: CapiSettings, requested: object) -> tuple[str, str | None]:
+    """The pixel id of the row, and why the event cannot be sent to it, if it cannot.
+
+    Only configured pixels (``PIXEL_ID`` and the keys of ``PIXELS``) are sent to: a pixel
+    nobody configured has no token of its own, and the Pixel tag does not initialise it, so
+    its event could never be deduplicated nor (most likely) delivered. The row fails with
+    the fix; once the pixel is configured, saving again (or the same ``send_event``) heals it.
+    """
+    if requested is None:
+        if conf.pixel_id is None:
+            return "", f"{SETTING_NAME}['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set"
+        return conf.pixel_id, None
+    if isinstance(requested, int) and not isinstance(requested, bool):
+        requested = str(requested)
+    if not is_pixel_id(requested):
+        return "", f"pixel_id must be a pixel's numeric id, not this {type(requested).__name__}"
+    assert isinstance(requested, str)  # noqa: S101 - for mypy
+    if conf.pixel(requested) is None:
+        configured = ", ".join(conf.pixels) or "none"
+        return requested, (
+            f"pixel {requested} is not configured (configured: {configured}): add it to "
+            f"{SETTING_NAME}['PIXELS'] with its ACCESS_TOKEN, then save again or repeat the "
+            "send_event to record this event anew"
+        )
+    return requested, None
 
 
 def _cleaned_event_id(event_name: str, event_id: str) -> str:
@@ -424,6 +454,7 @@ def send_event(
     app_data: Mapping[str, object] | None = None,
     messaging_channel: str | None = None,
     original_event_data: Mapping[str, object] | None = None,
+    pixel_id: str | int | None = None,
 ) -> OutboxEvent | None:
     """Record an event that is not a model save (AddToCart, a CRM status change, …).
 
@@ -441,6 +472,8 @@ def send_event(
     for ``action_source="app"``, ``messaging_channel`` (``"whatsapp"``, ``"messenger"``,
     ``"instagram"``) for ``"business_messaging"``, and ``original_event_data`` where an event
     refers to an earlier one.
+    ``pixel_id`` sends the event to another configured pixel than ``PIXEL_ID`` (``PIXELS``);
+    a pixel not configured fails the row, saying so.
     """
     if event_id is None:
         event_id = str(uuid.uuid4())
@@ -482,6 +515,7 @@ def send_event(
         build=lambda: build_event(draft, default_phone_region=capi_settings().default_phone_region),
         using=using or _transaction_alias() or router.db_for_write(OutboxEvent),
         error="; ".join(key_problems) or None,
+        pixel_id=pixel_id,
     )
 
 

@@ -93,7 +93,7 @@ def send_now(events: QuerySet[OutboxEvent]) -> DrainReport | None:
     after the caller's commit, and this returns None.
     """
     using = events.db
-    blocked = pixels.gate(using, capi_settings().access_token).blocked
+    blocked = pixels.gate(using, capi_settings()).blocked
     ids = list(
         events.filter(status=Status.PENDING)
         .exclude(pixel_id__in=blocked)  # paused or circuit open: they would only wait, due

@@ -3,7 +3,9 @@
 When Meta says a token is expired or lacks permission (or the pixel or API version is wrong),
 every further request fails the same way; sending anyway would burn every event's attempts.
 So the pixel's circuit opens: no sends, one alert, a one-event probe every
-``TOKEN_PROBE_SECONDS``, and a probe at once when the configured token changes.
+``TOKEN_PROBE_SECONDS``, and a probe at once when the pixel's configured token (or app
+secret) changes. Each pixel has its own token: one pixel's broken setup never holds back
+another's events.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from django.db.models.functions import Now
 from django.utils.crypto import salted_hmac
 
 from . import outbox
+from .conf import CapiSettings, PixelSettings
 from .models import PixelState
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,14 @@ def token_fingerprint(token: str | None) -> str:
     return salted_hmac("django_capi.token", token or "").hexdigest()[:32]
 
 
+def setup_fingerprint(pixel: PixelSettings) -> str:
+    """Tells a pixel's credentials apart: its token, and its app secret when it has one (a
+    fixed secret must get a probe at once, as a new token does)."""
+    if not pixel.app_secret:
+        return token_fingerprint(pixel.access_token)
+    return token_fingerprint(f"{pixel.access_token or ''}\x00{pixel.app_secret}")
+
+
 @dataclass(frozen=True)
 class PixelGate:
     """Which pixels a drain must leave alone, and which it may only probe."""
@@ -43,14 +54,15 @@ class PixelGate:
     probing: frozenset[str]
 
 
-def gate(using: str, token: str | None) -> PixelGate:
+def gate(using: str, conf: CapiSettings) -> PixelGate:
     """Pixels paused or with an open circuit are blocked; an open circuit whose probe is due,
-    or which was opened under another token, is probed. Its waiting rows become due."""
+    or which was opened under other credentials than the pixel has now, is probed. Its
+    waiting rows become due."""
     states = PixelState.objects.using(using)
-    replaced = states.filter(circuit_opened_at__isnull=False, next_probe_at__gt=Now()).exclude(
-        token_fingerprint=token_fingerprint(token)
-    )
-    for pixel_id in list(replaced.values_list("pixel_id", flat=True)):
+    waiting = states.filter(circuit_opened_at__isnull=False, next_probe_at__gt=Now())
+    for pixel_id, fingerprint in list(waiting.values_list("pixel_id", "token_fingerprint")):
+        if fingerprint == setup_fingerprint(conf.credentials(pixel_id)):
+            continue
         states.filter(pixel_id=pixel_id).update(next_probe_at=Now())
         outbox.resume_pixel(using, pixel_id)
     blocked = states.filter(
@@ -79,10 +91,11 @@ def pause(using: str, pixel_id: str, seconds: float | None, error: str) -> float
 
 
 def open_circuit(
-    using: str, pixel_id: str, *, token: str | None, probe_seconds: int, error: str
+    using: str, pixel_id: str, *, fingerprint: str, probe_seconds: int, error: str
 ) -> bool:
     """Stop sending to ``pixel_id`` until a probe succeeds. True for the one worker that
-    opened it (it raises the alert); False when it was open already."""
+    opened it (it raises the alert); False when it was open already. ``fingerprint`` is the
+    pixel's ``setup_fingerprint`` at the time: new credentials get a probe at once."""
     delay = timedelta(seconds=probe_seconds)
     state, _ = PixelState.objects.using(using).get_or_create(pixel_id=pixel_id)
     this = PixelState.objects.using(using).filter(pk=state.pk)
@@ -91,7 +104,7 @@ def open_circuit(
         opened = bool(this.filter(circuit_opened_at=None).update(circuit_opened_at=Now()))
         this.update(
             next_probe_at=Now() + delay,
-            token_fingerprint=token_fingerprint(token),
+            token_fingerprint=fingerprint,
             last_error=error,
         )
     _postpone(using, pixel_id, delay)

@@ -99,6 +99,10 @@ class ModelEvent(Generic[M]):
         ``order_id``, ``event_id``), where Meta asks for it."""
         return None
 
+    def pixel_id(self, instance: M) -> str | None:
+        """The pixel this event goes to: one of ``PIXELS``; by default (None) ``PIXEL_ID``."""
+        return None
+
     def event_id(self, instance: M) -> str:
         """The id the Pixel shares for deduplication; stable for (model, pk, event name)."""
         return default_event_id(instance, self.event_name, model=self.model)
@@ -173,6 +177,23 @@ def event_id_for(instance: models.Model, event_name: str) -> str:
     return default_event_id(instance, event_name)
 
 
+def pixel_id_for(instance: models.Model, event_name: str) -> str | None:
+    """The pixel ``instance``'s ``event_name`` event goes to (its ``pixel_id`` hook), for the
+    Pixel to fire it there; None for the default pixel, or when the hook fails (the row then
+    goes there too, failed: see ``_capture``)."""
+    for model_event in registered_events(type(instance)):
+        if model_event.event_name == event_name:
+            try:
+                value = model_event.pixel_id(instance)
+            except Exception:
+                logger.exception("%s.pixel_id() raised", type(model_event).__name__)
+                return None
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            return value if isinstance(value, str) else None
+    return None
+
+
 def connect_signals() -> None:
     post_save.connect(_on_post_save, dispatch_uid="django_capi.registry")
 
@@ -203,11 +224,12 @@ def _on_post_save(
 def _capture(
     model_event: ModelEvent[Any], instance: models.Model, *, created: bool, using: str
 ) -> None:
-    def decide() -> tuple[str, Mapping[str, object]] | None:
+    def decide() -> tuple[str, Mapping[str, object], object] | None:
         if not _call(model_event, "should_send", instance, created, as_bool=True):
             return None
         event_id = _event_id(model_event, instance)
-        return event_id, _call(model_event, "request_context", instance) or {}
+        browser = _call(model_event, "request_context", instance) or {}
+        return event_id, browser, _call(model_event, "pixel_id", instance)
 
     error: str | None = None
     try:
@@ -215,10 +237,11 @@ def _capture(
         decided = in_savepoint(using, decide)
     except CapiError as exc:
         error = str(exc)
-        decided = default_event_id(instance, model_event.event_name, model=model_event.model), {}
+        event_id = default_event_id(instance, model_event.event_name, model=model_event.model)
+        decided = event_id, {}, None
     if decided is None:
         return
-    event_id, browser = decided
+    event_id, browser, pixel_id = decided
     if isinstance(browser, Mapping) and browser.get(context.CONSENT_KEY) is False:
         return  # the shopper refused tracking: Meta hears nothing of this order
     record_event(
@@ -229,6 +252,7 @@ def _capture(
         using=using,
         source=instance,
         error=error,
+        pixel_id=pixel_id,
     )
 
 

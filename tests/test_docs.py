@@ -1,6 +1,8 @@
 """The README's examples are the code the tests run."""
 
 import doctest
+import hashlib
+import hmac
 import os
 import re
 import subprocess
@@ -13,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
+from django.db import transaction
 from django.test import RequestFactory, override_settings
 
 from django_capi import OutboxEvent, browser_context, checks, registry
@@ -54,6 +57,15 @@ CHECKED_BY = {
     ),
     "# settings.py, beside DJANGO_CAPI": "test_the_celery_blocks_make_a_working_project",
     "# shop/tests/test_capi.py": "test_the_readme_testing_example_passes_in_the_example_shop",
+    "# settings.py: a second brand with a pixel of its own": (
+        "test_the_several_pixels_blocks_send_each_event_to_its_pixel"
+    ),
+    "from django_capi import ModelEvent, register, send_event": (
+        "test_the_several_pixels_blocks_send_each_event_to_its_pixel"
+    ),
+    ">>> from django_capi.client import appsecret_proof": (
+        "test_the_app_secret_example_prints_metas_proof"
+    ),
 }
 
 
@@ -277,3 +289,40 @@ def test_the_celery_blocks_make_a_working_project(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["celery", "proj", "True"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_several_pixels_blocks_send_each_event_to_its_pixel(isolated_registry, monkeypatch):
+    monkeypatch.setenv("CAPI_ACCESS_TOKEN", "default-token")
+    monkeypatch.setenv("CAPI_BRAND_B_TOKEN", "brand-b-token")
+    monkeypatch.delenv("CAPI_BRAND_B_APP_SECRET", raising=False)
+    settings = run_block("# settings.py: a second brand with a pixel of its own", {})
+    registry._registry.pop(Order, None)  # the block declares the test shop's Purchase itself
+    with override_settings(DJANGO_CAPI={**settings["DJANGO_CAPI"], "WAKE": "none"}):
+        conf = capi_settings()
+        brand_b = conf.pixels["6543210987654321"]
+        assert (brand_b.access_token, brand_b.app_secret) == ("brand-b-token", None)
+        assert conf.access_token == "default-token"
+        namespace = run_block(
+            "from django_capi import ModelEvent, register, send_event", {"Order": Order}
+        )
+        with transaction.atomic():
+            Order.objects.create(email="a@example.com", status="paid", currency="USD")
+            Order.objects.create(email="b@example.com", status="paid", currency="EUR")
+            request = RequestFactory().get("/newsletter/", HTTP_USER_AGENT="UA/1")
+            signup = namespace["newsletter_signup"](request, "c@example.com")
+    purchases = OutboxEvent.objects.filter(event_name="Purchase").order_by("pk")
+    assert [(row.pixel_id, row.status) for row in purchases] == [
+        ("6543210987654321", "pending"),
+        ("1234567890123456", "pending"),
+    ]
+    assert (signup.pixel_id, signup.status) == ("6543210987654321", "pending")
+
+
+def test_the_app_secret_example_prints_metas_proof():
+    block = code_block_starting_with(">>> from django_capi.client import appsecret_proof")
+    test = doctest.DocTestParser().get_doctest(block, {}, "README", "README.md", 0)
+    result = doctest.DocTestRunner().run(test)
+    assert (result.failed, result.attempted) == (0, 2)
+    expected = hmac.new(b"app-secret", b"access-token", hashlib.sha256).hexdigest()
+    assert expected in block

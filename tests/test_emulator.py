@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import json
 import os
 import socket
@@ -1095,3 +1096,41 @@ def test_capi_fakegraph_command_serves_logs_and_stops_cleanly() -> None:
     assert "error 190" in stdout
     assert "stopped" in stdout
     assert "test-token-not-real" not in stdout + stderr
+
+
+# --- the app secret proof ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("proof", "status", "message"),
+    [
+        ("right", 200, None),
+        ("wrong", 400, "Invalid appsecret_proof provided in the API argument"),
+        (None, 400, "API calls from the server require an appsecret_proof argument"),
+    ],
+)
+def test_with_an_app_secret_the_emulator_checks_the_proof_as_meta_does(proof, status, message):
+    secret, token = "emulated-app-secret", "emulated-token"
+    right = hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+    body: dict[str, Any] = {
+        "data": [make_event(event_time=int(time.time()))],
+        "access_token": token,
+    }
+    if proof is not None:
+        body["appsecret_proof"] = right if proof == "right" else right[::-1]
+    with GraphEmulator(access_tokens=(token,), app_secret=secret) as emulator:
+        response = requests.post(emulator.events_url("123"), json=body, timeout=5)
+        assert response.status_code == status
+        if message is None:
+            assert response.json()["events_received"] == 1
+            return
+        error = response.json()["error"]
+        assert (error["code"], error["type"], error["message"]) == (
+            100,
+            "GraphMethodException",
+            message,
+        )
+        assert "error_subcode" not in error
+        assert emulator.received_events() == []
+        emulator.app_secret = None  # an app without "Require App Secret": proofs not checked
+        assert requests.post(emulator.events_url("123"), json=body, timeout=5).status_code == 200

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django import template
@@ -31,7 +32,7 @@ from ..constants import STANDARD_EVENTS
 from ..events import send_event
 from ..models import OutboxEvent
 from ..normalize import normalize_user_data
-from ..registry import ModelEvent, event_id_for, registered_events
+from ..registry import ModelEvent, event_id_for, pixel_id_for, registered_events
 from ..text import is_storable
 from ..validation import check_event_id, clean_custom_data
 
@@ -39,6 +40,8 @@ register = template.Library()
 logger = logging.getLogger(__name__)
 
 FBEVENTS_URL = "https://connect.facebook.net/en_US/fbevents.js"
+#: Where a page keeps the pixels its tags initialised.
+INITIALISED = "_capi_initialised_pixels"
 
 # Characters that could end a <script> element or a JS string early, whatever the value.
 _SCRIPT_ESCAPES = {ord("<"): "\\u003C", ord(">"): "\\u003E", ord("&"): "\\u0026"}
@@ -52,20 +55,29 @@ def js(value: object) -> str:
 
 
 @register.simple_tag(takes_context=True)
-def capi_pixel(context: template.Context) -> SafeString:
+def capi_pixel(context: template.Context, *pixels: object) -> SafeString:
     """Meta's Pixel base code: ``init`` (with advanced matching for a signed-in user), a
-    ``PageView`` with its own ``eventID`` and the ``<noscript>`` image."""
+    ``PageView`` with its own ``eventID`` and the ``<noscript>`` image.
+
+    The default pixel is always initialised; ``pixels`` adds others: pixel ids, outbox rows
+    or model instances (the pixels of their registered events), or lists of them. With
+    several pixels each gets its own ``PageView`` (``trackSingle``), so that a pixel's events
+    never reach another."""
     request: HttpRequest | None = context.get("request")
     conf = capi_settings()
     if not conf.pixel_id or not has_consent(request):
         return SafeString("")
+    pixel_ids = _page_pixels(conf.pixel_id, pixels)
+    initialised = _initialised(context, request)
+    initialised.update(pixel_ids)
     event_id = str(uuid.uuid4())
     if conf.server_page_view and request is not None:
-        try:
-            send_event("PageView", event_id=event_id, request=request)
-        except Exception:
-            # The browser's PageView still counts; only its server twin is missing.
-            logger.exception("capi_pixel: recording the server PageView raised")
+        for pixel_id in pixel_ids:
+            try:
+                send_event("PageView", event_id=event_id, request=request, pixel_id=pixel_id)
+            except Exception:
+                # The browser's PageView still counts; only its server twin is missing.
+                logger.exception("capi_pixel: recording the server PageView raised")
     calls = []
     if conf.limited_data_use is not None:
         ldu = conf.limited_data_use
@@ -74,10 +86,16 @@ def capi_pixel(context: template.Context) -> SafeString:
             f"fbq({js('dataProcessingOptions')}, {js(['LDU'])}, "
             f"{js(ldu['country'])}, {js(ldu['state'])});"
         )
-    calls += [
-        f"fbq({js('init')}, {js(conf.pixel_id)}, {js(_advanced_matching(request))});",
-        f"fbq({js('track')}, {js('PageView')}, {{}}, {js({'eventID': event_id})});",
-    ]
+    matching = _advanced_matching(request)
+    calls += [f"fbq({js('init')}, {js(pixel_id)}, {js(matching)});" for pixel_id in pixel_ids]
+    options = js({"eventID": event_id})
+    if len(conf.pixels) > 1 or len(pixel_ids) > 1:
+        calls += [
+            f"fbq({js('trackSingle')}, {js(pixel_id)}, {js('PageView')}, {{}}, {options});"
+            for pixel_id in pixel_ids
+        ]
+    else:
+        calls.append(f"fbq({js('track')}, {js('PageView')}, {{}}, {options});")
     script = (
         "!function(f,b,e,v,n,t,s){if(f.fbq)return;n=f.fbq=function(){n.callMethod?"
         "n.callMethod.apply(n,arguments):n.queue.push(arguments)};if(!f._fbq)f._fbq=n;"
@@ -85,14 +103,20 @@ def capi_pixel(context: template.Context) -> SafeString:
         "t.src=v;s=b.getElementsByTagName(e)[0];s.parentNode.insertBefore(t,s)}"
         f"(window,document,'script',{js(FBEVENTS_URL)});" + "".join(calls)
     )
+    images = [
+        format_html(
+            '<img height="1" width="1" style="display:none" alt="" '
+            'src="https://www.facebook.com/tr?id={}&amp;ev=PageView&amp;eid={}&amp;noscript=1">',
+            pixel_id,
+            event_id,
+        )
+        for pixel_id in pixel_ids
+    ]
     return format_html(
-        '<script{}>{}</script><noscript><img height="1" width="1" style="display:none" '
-        'alt="" src="https://www.facebook.com/tr?id={}&amp;ev=PageView&amp;eid={}&amp;noscript=1">'
-        "</noscript>",
+        "<script{}>{}</script><noscript>{}</noscript>",
         _nonce(context, request),
         mark_safe(script),  # noqa: S308 - every value in it went through js()
-        conf.pixel_id,
-        event_id,
+        mark_safe("".join(images)),  # noqa: S308 - each built by format_html
     )
 
 
@@ -101,13 +125,20 @@ def capi_event(
     context: template.Context, source: models.Model, event_name: str | None = None
 ) -> SafeString:
     """``fbq('track', name, custom_data, {eventID})`` for the outbox row of ``source``'s
-    ``event_name`` event, or for ``source`` itself when it is an ``OutboxEvent``."""
+    ``event_name`` event, or for ``source`` itself when it is an ``OutboxEvent``. With several
+    pixels, ``fbq('trackSingle', pixel, …)`` to the event's own pixel (initialised first if
+    ``{% capi_pixel %}`` did not)."""
     request: HttpRequest | None = context.get("request")
     if source is None or not has_consent(request):
         return SafeString("")
-    event: tuple[str, str, Any] | None
+    event: tuple[str, str, Any, str | None] | None
     if isinstance(source, OutboxEvent):
-        event = (source.event_name, source.event_id, source.payload.get("custom_data", {}))
+        event = (
+            source.event_name,
+            source.event_id,
+            source.payload.get("custom_data", {}),
+            source.pixel_id,
+        )
     elif isinstance(source, models.Model):
         if not event_name:
             raise template.TemplateSyntaxError("capi_event needs an event name for a model")
@@ -117,9 +148,27 @@ def capi_event(
         event = None
     if event is None:
         return SafeString("")
-    name, event_id, custom_data = event
-    method = "track" if name in STANDARD_EVENTS else "trackCustom"
-    call = f"fbq({js(method)}, {js(name)}, {js(custom_data)}, {js({'eventID': event_id})});"
+    name, event_id, custom_data, pixel_id = event
+    conf = capi_settings()
+    pixel_id = pixel_id or conf.pixel_id
+    if not pixel_id or conf.pixel(pixel_id) is None:
+        # Its server twin has no pixel to go to either (the row failed, saying so).
+        logger.warning("capi_event: pixel %s of %r is not configured", pixel_id, name)
+        return SafeString("")
+    standard = name in STANDARD_EVENTS
+    options = js({"eventID": event_id})
+    initialised = _initialised(context, request)
+    if len(conf.pixels) == 1 and initialised <= {pixel_id}:
+        method = "track" if standard else "trackCustom"
+        call = f"fbq({js(method)}, {js(name)}, {js(custom_data)}, {options});"
+    else:
+        # Several pixels: "track" would send the conversion to every one of them.
+        call = ""
+        if pixel_id not in initialised:
+            initialised.add(pixel_id)
+            call = f"fbq({js('init')}, {js(pixel_id)}, {js(_advanced_matching(request))});"
+        method = "trackSingle" if standard else "trackSingleCustom"
+        call += f"fbq({js(method)}, {js(pixel_id)}, {js(name)}, {js(custom_data)}, {options});"
     return format_html(
         "<script{}>{}</script>",
         _nonce(context, request),
@@ -127,9 +176,57 @@ def capi_event(
     )
 
 
-def _model_event(source: models.Model, name: str) -> tuple[str, str, dict[str, Any]] | None:
-    """Name, event id and custom data of ``source``'s ``name`` event, or None (and a warning
-    saying why) when the Pixel must not fire it."""
+def _page_pixels(default: str, extra: Iterable[object]) -> list[str]:
+    """The default pixel, then each configured pixel ``extra`` names, once each."""
+    conf = capi_settings()
+    found = [default]
+    for item in _flatten(extra):
+        if item is None or item == "":
+            continue  # a variable the page left unset
+        if isinstance(item, OutboxEvent):
+            found.append(item.pixel_id)
+        elif isinstance(item, models.Model):
+            found += [
+                pixel_id_for(item, event.event_name) or default
+                for event in registered_events(type(item))
+            ]
+        elif isinstance(item, str | int) and not isinstance(item, bool):
+            found.append(str(item))
+        else:
+            logger.warning("capi_pixel: %s names no pixel", type(item))
+    pixel_ids = []
+    for pixel_id in dict.fromkeys(found):
+        if conf.pixel(pixel_id) is None:
+            logger.warning("capi_pixel: pixel %s is not configured; not initialised", pixel_id)
+        else:
+            pixel_ids.append(pixel_id)
+    return pixel_ids
+
+
+def _flatten(items: Iterable[object]) -> Iterator[object]:
+    for item in items:
+        if isinstance(item, list | tuple | set | frozenset | models.QuerySet):
+            yield from item
+        else:
+            yield item
+
+
+def _initialised(context: template.Context, request: HttpRequest | None) -> set[str]:
+    """The pixels this page initialised so far: kept on the request, which every template of
+    the page shares (included ones too), else on the render context."""
+    if request is None:
+        render_context: Any = context.render_context  # its stubs allow fewer value types
+        return render_context.setdefault(INITIALISED, set())  # type: ignore[no-any-return]
+    if not hasattr(request, INITIALISED):
+        setattr(request, INITIALISED, set())
+    return getattr(request, INITIALISED)  # type: ignore[no-any-return]
+
+
+def _model_event(
+    source: models.Model, name: str
+) -> tuple[str, str, dict[str, Any], str | None] | None:
+    """Name, event id, custom data and pixel of ``source``'s ``name`` event, or None (and a
+    warning saying why) when the Pixel must not fire it."""
     model_event = next((e for e in registered_events(type(source)) if e.event_name == name), None)
     if model_event is None:
         # A browser event with no server twin could never be deduplicated.
@@ -142,10 +239,13 @@ def _model_event(source: models.Model, name: str) -> tuple[str, str, dict[str, A
     event_id = _event_id(source, name)
     if event_id is None:
         return None
-    row = OutboxEvent.objects.filter(event_name=name, event_id=event_id).first()
+    pixel_id = pixel_id_for(source, name) or capi_settings().pixel_id
+    row = OutboxEvent.objects.filter(
+        pixel_id=pixel_id or "", event_name=name, event_id=event_id
+    ).first()
     if row is None and not _will_send(model_event, source):
         return None  # not a conversion (yet): an unpaid order is no Purchase
-    return name, event_id, _custom_data(row, model_event, source)
+    return name, event_id, _custom_data(row, model_event, source), pixel_id
 
 
 def _event_id(source: models.Model, name: str) -> str | None:

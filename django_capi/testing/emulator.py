@@ -7,6 +7,8 @@ and scriptable failures. Standard library only, and nothing here needs Django.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 import re
@@ -151,6 +153,9 @@ class GraphEmulator:
     ``access_tokens`` may be changed while running (token rotation); ``pixel_ids`` limits the
     pixels that exist (any numeric id by default); ``now`` is the clock for event windows and
     deduplication; ``on_request`` sees each :class:`RecordedRequest` (from a server thread).
+    ``app_secret`` (also changeable) is the secret of an app with "Require App Secret": every
+    request must then carry ``appsecret_proof``, the hex HMAC-SHA256 of its token keyed with
+    it, and a missing or wrong one is refused with code 100 as Meta does.
     """
 
     def __init__(
@@ -165,9 +170,11 @@ class GraphEmulator:
         conditions: Conditions | None = None,
         seed: int | None = None,
         on_faults: Callable[[str], None] | None = None,
+        app_secret: str | None = None,
     ) -> None:
         self.now = now
         self.on_faults = on_faults
+        self.app_secret = app_secret
         self.host = host
         self.on_request = on_request
         self._port = port
@@ -532,6 +539,9 @@ class GraphEmulator:
             token_ok = token in self._tokens
         if not token_ok:
             return graph_error_reply(GraphError(190, 467))
+        proof_error = self._proof_error(token, request.params.get("appsecret_proof"))
+        if proof_error is not None:
+            return graph_error_reply(proof_error)
         if self._pixel_ids is not None and request.pixel_id not in self._pixel_ids:
             message = rules.unsupported_request("POST", request.pixel_id)
             return graph_error_reply(GraphError(100, 33, status=404, message=message))
@@ -547,6 +557,21 @@ class GraphEmulator:
         self._accept(request, events)
         payload = {"events_received": len(events), "messages": [], "fbtrace_id": new_fbtrace_id()}
         return json_reply(200, payload)
+
+    def _proof_error(self, token: str, proof: object) -> GraphError | None:
+        """Meta's answer to a missing or wrong ``appsecret_proof`` when the app requires one:
+        code 100 without a subcode, the message naming the parameter."""
+        secret = self.app_secret
+        if secret is None:
+            return None
+        if not isinstance(proof, str) or not proof:
+            message = "API calls from the server require an appsecret_proof argument"
+        else:
+            expected = hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+            if hmac.compare_digest(proof.encode(), expected.encode()):
+                return None
+            message = "Invalid appsecret_proof provided in the API argument"
+        return GraphError(100, message=message, error_type="GraphMethodException")
 
     def _accept(self, request: _Request, events: list[dict[str, Any]]) -> None:
         test_event_code = request.params.get("test_event_code")

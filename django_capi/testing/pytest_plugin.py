@@ -23,10 +23,11 @@ def capi_graph(request: pytest.FixtureRequest) -> Iterator[GraphEmulator]:
     """A running Graph emulator that ``DJANGO_CAPI`` points at for the test.
 
     ``GRAPH_API_URL`` becomes the emulator's URL and ``ACCESS_TOKEN`` a token it accepts (the
-    configured one if set); ``WAKE`` becomes ``"none"``, so a commit queues no drain task on
-    the developer's broker (the test calls ``drain()`` itself): nothing leaves the process but
-    requests to the emulator. The other ``DJANGO_CAPI`` keys are kept. Needs pytest-django
-    (its ``settings`` fixture restores the settings after the test).
+    configured one if set; the tokens of ``PIXELS`` are accepted too); ``WAKE`` becomes
+    ``"none"``, so a commit queues no drain task on the developer's broker (the test calls
+    ``drain()`` itself): nothing leaves the process but requests to the emulator. The other
+    ``DJANGO_CAPI`` keys are kept. Needs pytest-django (its ``settings`` fixture restores the
+    settings after the test).
     """
     from django.conf import settings as django_settings
 
@@ -34,8 +35,10 @@ def capi_graph(request: pytest.FixtureRequest) -> Iterator[GraphEmulator]:
     from django_capi.testing.emulator import GraphEmulator
 
     current: dict[str, Any] = dict(getattr(django_settings, "DJANGO_CAPI", None) or {})
-    token = capi_settings().access_token or FIXTURE_ACCESS_TOKEN
-    with GraphEmulator(access_tokens=(token,)) as emulator:
+    conf = capi_settings()
+    token = conf.access_token or FIXTURE_ACCESS_TOKEN
+    tokens = {token, *(pixel.access_token for pixel in conf.pixels.values() if pixel.access_token)}
+    with GraphEmulator(access_tokens=tokens) as emulator:
         overridden = {
             **current,
             "GRAPH_API_URL": emulator.url,

@@ -7,6 +7,11 @@
  * fbq.callMethod, so that every call, made before or after it loaded, is recorded in order in
  * window.__capiFbqCalls as a JSON value: ["track", "Purchase", {...}, {"eventID": "..."}].
  *
+ * It also routes each event as the real library does, into window.__capiFbqHits as
+ * [pixel id, event name, eventID]: fbq('track') and fbq('trackCustom') reach every pixel
+ * initialised so far, fbq('trackSingle', pixel, ...) and fbq('trackSingleCustom', pixel, ...)
+ * only that pixel, and nothing when it was never initialised.
+ *
  * Like the real library on fbq('init'), it sets the first-party _fbp cookie when missing:
  * fb.<subdomain index>.<creation time in ms>.<random number>. It never sets _fbc: the tests
  * prove the server (CapiMiddleware) does.
@@ -15,6 +20,8 @@
   "use strict";
   var fbq = window.fbq;
   var calls = (window.__capiFbqCalls = window.__capiFbqCalls || []);
+  var hits = (window.__capiFbqHits = window.__capiFbqHits || []);
+  var pixels = [];
   if (!fbq) {
     window.__capiFbqError = "fbevents.js loaded without the base code's fbq stub";
     return;
@@ -34,6 +41,17 @@
     calls.push(call);
     if (call[0] === "init") {
       ensureFbp();
+      if (pixels.indexOf(call[1]) < 0) {
+        pixels.push(call[1]);
+      }
+    } else if (call[0] === "track" || call[0] === "trackCustom") {
+      for (var p = 0; p < pixels.length; p++) {
+        hits.push([pixels[p], call[1], (call[3] || {}).eventID || null]);
+      }
+    } else if (call[0] === "trackSingle" || call[0] === "trackSingleCustom") {
+      if (pixels.indexOf(call[1]) >= 0) {
+        hits.push([call[1], call[2], (call[4] || {}).eventID || null]);
+      }
     }
   }
 

@@ -36,6 +36,8 @@ class PageVisit:
     calls: list[list[Any]]
     #: The ``Set-Cookie`` headers of the page's response (of ``goto`` only).
     set_cookies: list[str] = field(default_factory=list)
+    #: ``[pixel id, event name, eventID]`` of each event as the Pixel routes it to a pixel.
+    hits: list[list[Any]] = field(default_factory=list)
 
     @property
     def tracks(self) -> list[list[Any]]:
@@ -82,7 +84,8 @@ class ShopBrowser:
         error = self.page.evaluate("window.__capiFbqError")
         assert error is None, error
         calls = self.page.evaluate("window.__capiFbqCalls || []")
-        visit = PageVisit(url=self.page.url, calls=calls)
+        hits = self.page.evaluate("window.__capiFbqHits || []")
+        visit = PageVisit(url=self.page.url, calls=calls, hits=hits)
         self.visits.append(visit)
         return visit
 

@@ -13,4 +13,5 @@ urlpatterns = [
     path("webhooks/payment/", views.payment_webhook, name="payment_webhook"),
     path("track/", views.track, name="track"),
     path("consent/", views.consent, name="consent"),
+    path("brands/", views.brands, name="brands"),
 ]

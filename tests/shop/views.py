@@ -174,6 +174,25 @@ def track(request: HttpRequest) -> HttpResponse:
     return render(request, "shop/track.html", {"event": row, "label": label})
 
 
+#: The second brand's pixel in the several-pixels browser test (``PIXELS``).
+BRAND_PIXEL = "2222222222"
+
+
+@require_GET
+@transaction.atomic
+def brands(request: HttpRequest) -> HttpResponse:
+    """A newsletter page of a shop with two brands: one sign-up for each brand's pixel, each
+    with its own event id, both Pixel events on the same page."""
+    signups = [
+        send_event("Subscribe", custom_data={"brand": "house"}, request=request),
+        send_event(
+            "Subscribe", custom_data={"brand": "partner"}, request=request, pixel_id=BRAND_PIXEL
+        ),
+    ]
+    events = [row for row in signups if row is not None]
+    return render(request, "shop/brands.html", {"page_pixels": events, "pixel_events": events})
+
+
 @require_POST
 def consent(request: HttpRequest) -> HttpResponse:
     """The consent banner: remembers the choice in a cookie and goes back to the page."""

@@ -24,7 +24,13 @@ from django.utils import timezone
 
 from django_capi import checks, installation, outbox
 from django_capi.client import ErrorKind, GraphClient, graph_failure_fix
-from django_capi.conf import SETTING_NAME, CapiSettings, api_version_end, capi_settings
+from django_capi.conf import (
+    SETTING_NAME,
+    CapiSettings,
+    PixelSettings,
+    api_version_end,
+    capi_settings,
+)
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.management.options import add_database_option, outbox_databases
 
@@ -136,6 +142,11 @@ class Command(BaseCommand):
             end = api_version_end(conf.api_version)
             until = f"served until {end.isoformat()}" if end else "no end of service announced"
             report.add(OK, f"API_VERSION {conf.api_version} ({until})")
+        proof = "set: requests carry appsecret_proof" if conf.app_secret else "not set"
+        report.add(OK, f"APP_SECRET {proof}")
+        if set(conf.pixels) - {conf.pixel_id}:
+            for pixel in conf.pixels.values():
+                report.add(*_pixel_line(pixel, default=pixel.pixel_id == conf.pixel_id))
 
     def _middleware(self, report: Report, messages: Messages) -> None:
         report.section("Middleware")
@@ -282,33 +293,41 @@ class Command(BaseCommand):
         if not check:
             report.add(SKIPPED, "token not checked with Meta (add --check-token)")
             return
-        if conf is None or conf.pixel_id is None or conf.access_token is None:
+        pixels = [] if conf is None else [p for p in conf.pixels.values() if p.access_token]
+        if conf is None or not pixels:
             report.add(FAIL, "cannot check the token", fix="fix the settings above first")
             return
-        # No events: Meta authenticates the token and the pixel first, then refuses the empty
-        # data with code 100. Nothing is recorded, even without a test code.
         client = GraphClient(conf)
         try:
-            result = client.post_events(conf.pixel_id, [])
+            for pixel in pixels:  # one line each; a pixel without a token is E002 above
+                self._check_token(report, client, pixel, several=len(conf.pixels) > 1)
         finally:
             client.close()
+
+    def _check_token(
+        self, report: Report, client: GraphClient, pixel: PixelSettings, *, several: bool
+    ) -> None:
+        # No events: Meta authenticates the token and the pixel first, then refuses the empty
+        # data with code 100. Nothing is recorded, even without a test code.
+        result = client.post_events(pixel.pixel_id, [])
         error = result.error
         if error is None or error.kind is ErrorKind.INVALID:
-            report.add(OK, f"Meta accepts the token for pixel {conf.pixel_id}")
+            report.add(OK, f"Meta accepts the token for pixel {pixel.pixel_id}")
             return
-        fix = graph_failure_fix(error, result.http_status, conf.pixel_id)
+        fix = graph_failure_fix(error, result.http_status, pixel.pixel_id)
+        where = f" for pixel {pixel.pixel_id}" if several else ""
         if result.http_status is None:
             # Nothing answered: Meta said nothing about the token, but no event gets out.
             report.add(
                 FAIL,
-                f"cannot reach the Graph API at {_without_userinfo(conf.graph_api_url)}, so the "
-                f"token was not checked: {error.describe(result.http_status)}",
+                f"cannot reach the Graph API at {_without_userinfo(client.conf.graph_api_url)}, "
+                f"so the token{where} was not checked: {error.describe(result.http_status)}",
                 fix=fix,
             )
             return
         mark = FAIL if error.kind is ErrorKind.SETUP else WARN
         what = "refused the token" if mark == FAIL else "could not check the token"
-        report.add(mark, f"Meta {what}: {error.describe(result.http_status)}", fix=fix)
+        report.add(mark, f"Meta {what}{where}: {error.describe(result.http_status)}", fix=fix)
 
     def _other_checks(self, report: Report, messages: Messages) -> None:
         """Messages of ids this version of the doctor has no section for."""
@@ -339,6 +358,20 @@ def _without_userinfo(url: str) -> str:
     """The URL without a ``user:password@`` a proxy setup may have put in it."""
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def _pixel_line(pixel: PixelSettings, *, default: bool) -> tuple[str, str, str]:
+    """One pixel's settings, without its token or app secret."""
+    parts = [
+        "token set" if pixel.access_token else "no token",
+        f"test code {'set' if pixel.test_event_code else 'not set'}",
+        f"API {pixel.api_version}",
+        f"app secret {'set' if pixel.app_secret else 'not set'}",
+    ]
+    text = f"pixel {pixel.pixel_id}{' (default)' if default else ''}: {', '.join(parts)}"
+    if pixel.access_token:
+        return OK, text, ""
+    return FAIL, text, f"set its ACCESS_TOKEN in {SETTING_NAME}['PIXELS']"
 
 
 def _unapplied_migrations(alias: str) -> list[Any]:

@@ -158,6 +158,11 @@ class Command(BaseCommand):
             default=None,
             help="Seed for the rates' dice, to replay the same run.",
         )
+        parser.add_argument(
+            "--app-secret",
+            help="Require appsecret_proof made with this app secret, as an app with "
+            '"Require App Secret" does (default: proofs are not checked).',
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         tokens, source = self._tokens(options["tokens"])
@@ -183,6 +188,7 @@ class Command(BaseCommand):
             conditions=conditions,
             seed=options["seed"],
             on_faults=log_faults,
+            app_secret=options["app_secret"],
         )
         if options["token_invalid_for"]:
             emulator.open_window(
@@ -219,12 +225,16 @@ class Command(BaseCommand):
         if given:
             return given, f"{len(given)} access token(s) from --token"
         try:
-            configured = capi_settings().access_token
+            conf = capi_settings()
         except CapiConfigurationError:
-            configured = None
-        if configured:
-            # Never printed: it may be a real token.
-            return [configured], "the access token configured in DJANGO_CAPI"
+            conf = None
+        configured = [] if conf is None else [conf.access_token]
+        if conf is not None:
+            configured += [pixel.access_token for pixel in conf.pixels.values()]
+        tokens = [token for token in dict.fromkeys(configured) if token]
+        if tokens:
+            # Never printed: they may be real tokens.
+            return tokens, f"the {len(tokens)} access token(s) configured in DJANGO_CAPI"
         return [DEFAULT_ACCESS_TOKEN], (
             f"the access token {DEFAULT_ACCESS_TOKEN!r} "
             f"(export CAPI_ACCESS_TOKEN={DEFAULT_ACCESS_TOKEN})"
