@@ -6,9 +6,16 @@ transaction stays open while events travel to Meta: a claim is one short transac
 each write-back is a single UPDATE fenced on the lease token, so a worker whose lease expired
 cannot overwrite the result of the worker that took the rows over.
 
-A row is leased while ``leased_until`` is set. ``lease_token`` stays on the row after a
-write-back as the stamp of its last owner, which is how a write-back learns exactly which
-rows it wrote.
+A row is leased while ``leased_until`` is set and not past; a claim writes only the lease and
+the attempt count, never ``next_attempt_at`` nor any other indexed column, so PostgreSQL
+updates the row in place (HOT: no index entry; migration 0010 leaves pages room for it).
+``lease_token`` stays on the row after a write-back as the stamp of its last owner, which is
+how a write-back learns exactly which rows it wrote where the database cannot return them.
+
+Round trips: on PostgreSQL a claim is one ``UPDATE … WHERE pk IN (SELECT … FOR UPDATE SKIP
+LOCKED LIMIT n) RETURNING …`` and a write-back one ``UPDATE … WHERE pk IN (SELECT … ORDER BY
+pk FOR UPDATE) RETURNING pk``; other databases take the portable path (a locking SELECT then
+an UPDATE in one transaction, or SQLite's compare-and-set).
 
 Claims read only what delivery needs, the payload as the JSON text the database holds: it
 goes into the request as it is, never decoded and encoded again.
@@ -18,8 +25,9 @@ with it (``last_attempt``, in the same UPDATE); only events the request did not 
 linked to it row by row (``AttemptEvent``), so a delivered event costs no INSERT of its own.
 
 Deadlocks: every multi-row UPDATE that may wait for another locks its rows in primary-key
-order first (``_update``), and the per-pixel sweeps (postpone, resume) skip rows another
-worker holds instead of waiting for them; two workers can then never wait for each other.
+order first (``_update``, ``_update_owned``), and the per-pixel sweeps (postpone, resume)
+skip rows another worker holds instead of waiting for them; two workers can then never wait
+for each other.
 """
 
 from __future__ import annotations
@@ -264,7 +272,7 @@ def _update_returning(
 ) -> list[tuple[Any, ...]]:
     """``rows.update(**changes)`` that returns ``returning`` (field names or expressions) of
     each row written, in one statement (PostgreSQL's ``UPDATE … RETURNING``)."""
-    query = rows.query.chain(UpdateQuery)
+    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
     query.add_update_values(changes)
     compiler = query.get_compiler(rows.db)
     # Django compiles FOR UPDATE only inside a transaction; the statement is its only one.
@@ -488,7 +496,7 @@ def _update_owned(
         # write-back), writes them and says which it wrote.
         picked = owned.order_by("pk").select_for_update().values("pk")[: len(ids)]
         mine = OutboxEvent.objects.using(lease.using).filter(pk__in=picked)
-        return sorted(pk for pk, in _update_returning(mine, changes, ["pk"]))
+        return sorted(pk for (pk,) in _update_returning(mine, changes, ["pk"]))
     if _update(owned, **changes) == len(ids):
         return ids
     # Some rows were taken over by another worker after this lease lapsed.
