@@ -194,10 +194,12 @@ def claim(
         # updates and returns the rows, with the clock its lease was measured by.
         picked = oldest_first.select_for_update(skip_locked=True).values("pk")[:limit]
         mine = OutboxEvent.objects.using(using).filter(pk__in=picked)
-        returned = _update_returning(mine, changes, [*LEASED_COLUMNS, _PAYLOAD_TEXT, Now()])
-        # Each row carries the statement's clock; an empty claim asks for it.
-        db_now = returned[0][-1] if returned else database_now(using)
-        rows = [_leased(values[:-1], 0) for values in returned]
+        with transaction.atomic(using=using):
+            # The clock a statement before the UPDATE's: the lease seems a little shorter
+            # than it is, never longer (and one value to read, not one per row).
+            db_now = database_now(using)
+            returned = _update_returning(mine, changes, [*LEASED_COLUMNS, _PAYLOAD_TEXT])
+        rows = [_leased(values, 0) for values in returned]
         return _lease(token, using, rows, db_now, started)
     if connection.features.has_select_for_update_skip_locked:
         # MySQL, MariaDB: concurrent claims skip each other's rows instead of waiting. The
@@ -275,8 +277,10 @@ def _update_returning(
     query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
     query.add_update_values(changes)
     compiler = query.get_compiler(rows.db)
-    # Django compiles FOR UPDATE only inside a transaction; the statement is its only one.
-    with transaction.atomic(using=rows.db), connections[rows.db].cursor() as cursor:
+    # Django compiles FOR UPDATE only inside a transaction: the caller's, or one of its own
+    # for this one statement (never a savepoint: a round trip for nothing).
+    atomic = transaction.atomic(using=rows.db, savepoint=False)
+    with atomic, connections[rows.db].cursor() as cursor:
         sql, params = compiler.as_sql()
         columns = []
         for item in returning:
