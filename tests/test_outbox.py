@@ -167,3 +167,29 @@ def test_release_gives_the_attempt_back_and_retry_keeps_it():
 
 def test_every_database_with_an_outbox_is_listed():
     assert outbox.databases() == ["default", "other"]
+
+
+@pytest.mark.postgres
+def test_a_claim_skips_rows_another_claim_is_locking_instead_of_waiting():
+    from django.db import connection, connections
+
+    rows = OutboxEventFactory.create_batch(4, due=True)
+    table = OutboxEvent._meta.db_table
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:  # a concurrent claim, mid-statement on the oldest two
+            cursor.execute(
+                f"SELECT id FROM {table} WHERE id IN (%s, %s) FOR UPDATE",  # noqa: S608
+                [rows[0].pk, rows[1].pk],
+            )
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")  # waiting would fail, not hang
+        lease = claim()
+        assert [row.pk for row in lease.rows] == [rows[2].pk, rows[3].pk]
+    finally:
+        other.rollback()
+        other.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert [row.pk for row in claim().rows] == [rows[0].pk, rows[1].pk]
