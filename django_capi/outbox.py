@@ -257,9 +257,9 @@ def _readable(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
 
 def _locks_in_one_statement(connection: BaseDatabaseWrapper) -> bool:
     """Whether one ``UPDATE … WHERE pk IN (SELECT … ORDER BY … FOR UPDATE) RETURNING …`` can
-    pick, lock, write and return rows (PostgreSQL): no round trips but the statement's, and
-    no transaction of ours. MySQL and MariaDB can neither return rows from an UPDATE nor
-    limit a subquery of the table updated; SQLite has no row locks."""
+    pick, lock, write and return rows (PostgreSQL): the statement alone holds the locks, and
+    no follow-up SELECT learns what it wrote. MySQL and MariaDB can neither return rows from
+    an UPDATE nor limit a subquery of the table updated; SQLite has no row locks."""
     features = connection.features
     return (
         connection.vendor == "postgresql"
