@@ -279,10 +279,17 @@ def measure_profiles(options: Options, databases: Databases, fast: StandIn) -> d
     ready(url, snapshot, options, fast)
     run("backlog", url, fast, snapshot=snapshot, count=options.profile_events)
     log(f"profiles: a drain of {options.profile_events:,} events, {options.profile_saves} saves")
-    return {
+    profiles = {
         "drain": run("profile_drain", url, fast),
         "saves": run("profile_saves", url, fast, saves=options.profile_saves),
     }
+    if "postgres" in options.databases:
+        url, snapshot = databases.fresh("postgres"), databases.snapshot("postgres")
+        ready(url, snapshot, options, fast)
+        run("backlog", url, fast, snapshot=snapshot, count=options.profile_events)
+        log(f"profiles: a drain of {options.profile_events:,} events on PostgreSQL")
+        profiles["drain_postgres"] = run("profile_drain", url, fast)
+    return profiles
 
 
 # The report --------------------------------------------------------------------------------
@@ -573,8 +580,48 @@ def report(options: Options, results: dict[str, Any]) -> str:
         "```",
         "",
     ]
+    if "drain_postgres" in prof:
+        lines += postgres_profile(prof["drain_postgres"])
     lines += method(options, results)
     return "\n".join(lines) + "\n"
+
+
+def postgres_profile(profile: dict[str, Any]) -> list[str]:
+    """The drain's profile on PostgreSQL, where the time is the server's: the Python side
+    mostly waits (``psycopg``'s ``wait``) for the claim's and the write-backs' UPDATEs."""
+    lines = [
+        "### Drain on PostgreSQL",
+        "",
+        (
+            f"The same drain of {profile['events']:,} events on PostgreSQL. Time spent in "
+            "`psycopg` `wait` is the server's: a claim is one `UPDATE … RETURNING` (a HOT update: "
+            "it writes no indexed column), each write-back one `UPDATE … RETURNING pk`."
+        ),
+        "",
+    ]
+    updates = profile.get("updates")
+    if updates:
+        share = updates["hot"] / updates["updated"] if updates["updated"] else 0.0
+        lines += [
+            (
+                f"Outbox row updates during the drain (`pg_stat_user_tables`): "
+                f"{updates['updated']:,}, of which {updates['hot']:,} HOT ({share:.0%}; the "
+                "claims' share is half of all updates, the write-backs change `status` and are "
+                "never HOT)."
+            ),
+            "",
+        ]
+    return [
+        *lines,
+        "```",
+        profile["tottime"],
+        "```",
+        "",
+        "```",
+        profile["cumulative"],
+        "```",
+        "",
+    ]
 
 
 def method(options: Options, results: dict[str, Any]) -> list[str]:

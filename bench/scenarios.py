@@ -447,18 +447,43 @@ def top_of(profile: cProfile.Profile, sort: str, limit: int) -> str:
     return re.sub(r"/[^\s:()]*/lib/python3\.\d+/", "", text).rstrip()
 
 
+def outbox_updates() -> dict[str, int] | None:
+    """PostgreSQL's count of the outbox's row updates so far, and of those it made in place
+    (HOT: no index entries); None elsewhere."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    table = outbox_model()._meta.db_table
+    with connection.cursor() as cursor:
+        # This backend's own counts reach the view only once flushed.
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s",
+            [table],
+        )
+        updated, hot = cursor.fetchone()
+    return {"updated": int(updated), "hot": int(hot)}
+
+
 @scenario
 def profile_drain(limit: int = 20) -> dict[str, Any]:
-    """cProfile of one drain of the due backlog."""
+    """cProfile of one drain of the due backlog (and, on PostgreSQL, its HOT updates)."""
     from django_capi.delivery import drain
 
     profile = cProfile.Profile()
-    before = standin_events()
+    before, updates_before = standin_events(), outbox_updates()
     profile.enable()
     drain()
     profile.disable()
+    events, updates_after = standin_events() - before, outbox_updates()
+    updates = None
+    if updates_before is not None and updates_after is not None:
+        updates = {k: updates_after[k] - updates_before[k] for k in updates_after}
     return {
-        "events": standin_events() - before,
+        "events": events,
+        "updates": updates,
         "tottime": top_of(profile, "tottime", limit),
         "cumulative": top_of(profile, "cumulative", limit),
     }

@@ -85,8 +85,8 @@ class HealthFigures:
     #: Rows per status, every status present (zero included), in ``Status`` order.
     counts: dict[str, int]
     #: How long the due row that has waited longest has been due (``now - next_attempt_at``);
-    #: None when no row is due. A claim moves ``next_attempt_at`` past its lease and a paused
-    #: pixel's rows past the pause, so this is how far the drainers lag; a retry's backoff and
+    #: None when no row is due. Rows in flight (leased) do not count and a paused pixel's rows
+    #: are moved past the pause, so this is how far the drainers lag; a retry's backoff and
     #: a pause are not lag. It is the figure ``ALERT_BACKLOG_SECONDS`` is compared with.
     oldest_due_age: timedelta | None
     #: (bucket start, count), oldest first, empty buckets included. Delivered rows count at

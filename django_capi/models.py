@@ -90,8 +90,15 @@ class OutboxEvent(models.Model):
     last_duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
     fbtrace_id = models.CharField(_("fbtrace id"), max_length=64, blank=True)
 
+    # No index of its own: capi_outbox_source leads with it, and every index costs each
+    # write-back of a row an entry.
     source_type = models.ForeignKey(
-        ContentType, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        ContentType,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
     source_id = models.CharField(_("source object id"), max_length=64, blank=True)
     source = GenericForeignKey("source_type", "source_id")

@@ -6,9 +6,16 @@ transaction stays open while events travel to Meta: a claim is one short transac
 each write-back is a single UPDATE fenced on the lease token, so a worker whose lease expired
 cannot overwrite the result of the worker that took the rows over.
 
-A row is leased while ``leased_until`` is set. ``lease_token`` stays on the row after a
-write-back as the stamp of its last owner, which is how a write-back learns exactly which
-rows it wrote.
+A row is leased while ``leased_until`` is set and not past; a claim writes only the lease and
+the attempt count, never ``next_attempt_at`` nor any other indexed column, so PostgreSQL
+updates the row in place (HOT: no index entry; migration 0010 leaves pages room for it).
+``lease_token`` stays on the row after a write-back as the stamp of its last owner, which is
+how a write-back learns exactly which rows it wrote where the database cannot return them.
+
+Round trips: on PostgreSQL a claim is one ``UPDATE … WHERE pk IN (SELECT … FOR UPDATE SKIP
+LOCKED LIMIT n) RETURNING …`` and a write-back one ``UPDATE … WHERE pk IN (SELECT … ORDER BY
+pk FOR UPDATE) RETURNING pk``; other databases take the portable path (a locking SELECT then
+an UPDATE in one transaction, or SQLite's compare-and-set).
 
 Claims read only what delivery needs, the payload as the JSON text the database holds: it
 goes into the request as it is, never decoded and encoded again.
@@ -18,8 +25,9 @@ with it (``last_attempt``, in the same UPDATE); only events the request did not 
 linked to it row by row (``AttemptEvent``), so a delivered event costs no INSERT of its own.
 
 Deadlocks: every multi-row UPDATE that may wait for another locks its rows in primary-key
-order first (``_update``), and the per-pixel sweeps (postpone, resume) skip rows another
-worker holds instead of waiting for them; two workers can then never wait for each other.
+order first (``_update``, ``_update_owned``), and the per-pixel sweeps (postpone, resume)
+skip rows another worker holds instead of waiting for them; two workers can then never wait
+for each other.
 """
 
 from __future__ import annotations
@@ -34,10 +42,10 @@ from typing import Any, Protocol, cast
 
 from django.db import connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import F, QuerySet, TextField
+from django.db.models import Expression, F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
 from django.db.models.lookups import In
-from django.db.models.sql import Query
+from django.db.models.sql import Query, UpdateQuery
 from django.db.models.sql.compiler import SQLCompiler
 
 from .models import AttemptEvent, DeliveryAttempt, OutboxEvent
@@ -156,37 +164,50 @@ def claim(
 ) -> Lease:
     """Lease up to ``limit`` due rows and count an attempt for each.
 
-    Moving ``next_attempt_at`` to the end of the lease is what makes a row invisible to other
-    claims while it is in flight, and visible again if this worker dies.
+    A row is due while pending, past its ``next_attempt_at`` and not leased (or its lease
+    lapsed): setting ``leased_until`` is what hides it from other claims while it is in
+    flight, and what lets it come back if this worker dies. The claim writes no indexed
+    column, so PostgreSQL updates the row in place (a HOT update: no index entries).
     """
-    if connections[using].in_atomic_block:
+    connection = connections[using]
+    if connection.in_atomic_block:
         # A claim inside the caller's transaction would keep its row locks (and the
         # transaction) open while events travel to Meta.
         raise RuntimeError("the outbox must be drained outside a transaction")
     # Taken before the lease is: a lease measured from here never seems longer than it is.
     started = time.monotonic()
     token = uuid.uuid4()
-    due = OutboxEvent.objects.using(using).filter(status=PENDING, next_attempt_at__lte=Now())
+    due = _due(OutboxEvent.objects.using(using))
     if exclude_pixels:
         due = due.exclude(pixel_id__in=exclude_pixels)
     if only is not None:
         due = due.filter(pk__in=list(only))
-    oldest_first = due.order_by("next_attempt_at", "pk").values_list("pk", flat=True)
-    lease_end = Now() + timedelta(seconds=lease_seconds)
+    oldest_first = due.order_by("next_attempt_at", "pk")
     changes: dict[str, Any] = {
         "lease_token": token,
-        "leased_until": lease_end,
-        "next_attempt_at": lease_end,
+        "leased_until": Now() + timedelta(seconds=lease_seconds),
         "attempts": F("attempts") + 1,
     }
     columns = (*LEASED_COLUMNS, "text")
-    if connections[using].features.has_select_for_update_skip_locked:
-        # PostgreSQL, MySQL: concurrent claims skip each other's rows instead of waiting.
-        # The rows are read as they are locked (their attempt is counted below).
+    if _locks_in_one_statement(connection):
+        # PostgreSQL: one statement picks, locks (skipping rows another claim is taking),
+        # updates and returns the rows, with the clock its lease was measured by.
+        picked = oldest_first.select_for_update(skip_locked=True).values("pk")[:limit]
+        mine = OutboxEvent.objects.using(using).filter(pk__in=picked)
+        with transaction.atomic(using=using):
+            # The clock a statement before the UPDATE's: the lease seems a little shorter
+            # than it is, never longer (and one value to read, not one per row).
+            db_now = database_now(using)
+            returned = _update_returning(mine, changes, [*LEASED_COLUMNS, _PAYLOAD_TEXT])
+        rows = [_leased(values, 0) for values in returned]
+        return _lease(token, using, rows, db_now, started)
+    if connection.features.has_select_for_update_skip_locked:
+        # MySQL, MariaDB: concurrent claims skip each other's rows instead of waiting. The
+        # rows are read as they are locked (their attempt is counted below).
         with transaction.atomic(using=using):
             db_now = database_now(using)  # the transaction's clock, which the UPDATE uses
             read = list(
-                _readable(due.order_by("next_attempt_at", "pk"))
+                _readable(oldest_first)
                 .select_for_update(skip_locked=True)
                 .values_list(*columns)[:limit]
             )
@@ -199,19 +220,76 @@ def claim(
         # lock, so two claims never take the same row (compare-and-set); the rows it took
         # are read after it.
         db_now = database_now(using)
-        ids = list(oldest_first[:limit])
+        ids = list(oldest_first.values_list("pk", flat=True)[:limit])
         if ids:
             due.filter(_among(ids)).update(**changes)
         mine = OutboxEvent.objects.using(using).filter(_among(ids), lease_token=token)
         read = list(_readable(mine).values_list(*columns)) if ids else []
         counted = 0
-    rows = sorted((_leased(values, counted) for values in read), key=attrgetter("pixel_id", "pk"))
+    return _lease(token, using, [_leased(values, counted) for values in read], db_now, started)
+
+
+def _lease(
+    token: uuid.UUID, using: str, rows: list[LeasedRow], db_now: datetime, started: float
+) -> Lease:
+    rows.sort(key=attrgetter("pixel_id", "pk"))
     return Lease(token=token, using=using, rows=rows, db_now=db_now, claimed_at=started)
+
+
+def _due(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
+    """The rows of ``rows`` a claim may take: pending, their time come, and in no worker's
+    hands (never leased, written back, or their lease lapsed)."""
+    return rows.filter(
+        Q(leased_until=None) | Q(leased_until__lte=Now()),
+        status=PENDING,
+        next_attempt_at__lte=Now(),
+    )
+
+
+#: The payload as the JSON text the database holds.
+_PAYLOAD_TEXT = Cast("payload", TextField())
 
 
 def _readable(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
     """``rows`` with the payload as its stored JSON text."""
-    return rows.annotate(text=Cast("payload", TextField()))
+    return rows.annotate(text=_PAYLOAD_TEXT)
+
+
+def _locks_in_one_statement(connection: BaseDatabaseWrapper) -> bool:
+    """Whether one ``UPDATE … WHERE pk IN (SELECT … ORDER BY … FOR UPDATE) RETURNING …`` can
+    pick, lock, write and return rows (PostgreSQL): the statement alone holds the locks, and
+    no follow-up SELECT learns what it wrote. MySQL and MariaDB can neither return rows from
+    an UPDATE nor limit a subquery of the table updated; SQLite has no row locks."""
+    features = connection.features
+    return (
+        connection.vendor == "postgresql"
+        and features.has_select_for_update_skip_locked
+        and features.update_can_self_select
+        and features.allow_sliced_subqueries_with_in
+    )
+
+
+def _update_returning(
+    rows: QuerySet[OutboxEvent], changes: dict[str, Any], returning: Sequence[str | Expression]
+) -> list[tuple[Any, ...]]:
+    """``rows.update(**changes)`` that returns ``returning`` (field names or expressions) of
+    each row written, in one statement (PostgreSQL's ``UPDATE … RETURNING``)."""
+    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
+    query.add_update_values(changes)
+    compiler = query.get_compiler(rows.db)
+    # Django compiles FOR UPDATE only inside a transaction: the caller's, or one of its own
+    # for this one statement (never a savepoint: a round trip for nothing).
+    atomic = transaction.atomic(using=rows.db, savepoint=False)
+    with atomic, connections[rows.db].cursor() as cursor:
+        sql, params = compiler.as_sql()
+        columns = []
+        for item in returning:
+            expression = F(item) if isinstance(item, str) else item
+            column_sql, column_params = compiler.compile(expression.resolve_expression(query))
+            columns.append(column_sql)
+            params = (*params, *column_params)
+        cursor.execute(f"{sql} RETURNING {', '.join(columns)}", params)
+        return list(cursor.fetchall())
 
 
 def _leased(values: Sequence[Any], counted: int) -> LeasedRow:
@@ -226,9 +304,7 @@ def keep(lease: Lease, rows: Sequence[LeasedRow], lease_seconds: int) -> list[Le
     """Extend the lease of ``rows`` and return those still owned: rows taken over by another
     worker after this lease lapsed must not be sent again."""
     lease_end = Now() + timedelta(seconds=lease_seconds)
-    if _update(_owned(lease, rows), leased_until=lease_end, next_attempt_at=lease_end) == len(rows):
-        return list(rows)
-    still = set(_owned(lease, rows).values_list("pk", flat=True))
+    still = set(_update_owned(lease, rows, _owned(lease, rows), leased_until=lease_end))
     return [row for row in rows if row.pk in still]
 
 
@@ -401,17 +477,34 @@ def _update(rows: QuerySet[OutboxEvent], *, skip_locked: bool = False, **changes
 
 
 def _write(lease: Lease, rows: Sequence[LeasedRow], **changes: Any) -> list[int]:
-    """Apply ``changes`` to the rows this lease still owns; return the ids it wrote."""
-    ids = [row.pk for row in rows]
-    written = _update(_owned(lease, rows), leased_until=None, **changes)
-    if written == len(ids):
-        return ids
-    # Some rows were taken over; ours are those still stamped with this lease, now unleased.
-    return list(
-        OutboxEvent.objects.using(lease.using)
-        .filter(_among(ids), lease_token=lease.token, leased_until=None)
-        .values_list("pk", flat=True)
+    """Apply ``changes`` to the rows this lease still owns and end their lease; return the
+    ids it wrote."""
+    # Rows written stay stamped with this lease's token, now unleased.
+    written = OutboxEvent.objects.using(lease.using).filter(
+        _among([row.pk for row in rows]), lease_token=lease.token, leased_until=None
     )
+    return _update_owned(lease, rows, written, leased_until=None, **changes)
+
+
+def _update_owned(
+    lease: Lease, rows: Sequence[LeasedRow], written: QuerySet[OutboxEvent], **changes: Any
+) -> list[int]:
+    """Apply ``changes`` to the rows of ``rows`` this lease still owns; return the ids it
+    wrote. ``written`` finds them once written, where the database cannot return them."""
+    ids = [row.pk for row in rows]
+    owned = _owned(lease, rows)
+    if not ids:
+        return []
+    if _locks_in_one_statement(connections[lease.using]):
+        # One statement locks them in primary-key order (no deadlock with another
+        # write-back), writes them and says which it wrote.
+        picked = owned.order_by("pk").select_for_update().values("pk")[: len(ids)]
+        mine = OutboxEvent.objects.using(lease.using).filter(pk__in=picked)
+        return sorted(pk for (pk,) in _update_returning(mine, changes, ["pk"]))
+    if _update(owned, **changes) == len(ids):
+        return ids
+    # Some rows were taken over by another worker after this lease lapsed.
+    return list(written.order_by("pk").values_list("pk", flat=True))
 
 
 def _answer(result: Answer, attempt: int | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, QuerySet, Value
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.db.models.expressions import Combinable
 from django.db.models.functions import Now
 
@@ -18,11 +18,13 @@ from .models import OutboxEvent
 def oldest_due_age(rows: QuerySet[OutboxEvent], now: datetime | None) -> timedelta | None:
     """How long the oldest due row of ``rows`` has waited for a drainer, as of ``now`` (the
     database's clock when None); None when none is due."""
-    # The first entry of the partial index capi_outbox_due, like a claim's.
+    # The first entry of the partial index capi_outbox_due that no worker holds, like a
+    # claim's: rows in flight keep their next_attempt_at (a claim writes only the lease).
     clock: Combinable = Now() if now is None else Value(now, output_field=DateTimeField())
     waited = ExpressionWrapper(clock - F("next_attempt_at"), output_field=DurationField())
+    free = Q(leased_until=None) | Q(leased_until__lte=clock)
     age: timedelta | None = (
-        rows.filter(status=OutboxEvent.Status.PENDING, next_attempt_at__lte=clock)
+        rows.filter(free, status=OutboxEvent.Status.PENDING, next_attempt_at__lte=clock)
         .order_by("next_attempt_at")
         .annotate(waited=waited)
         .values_list("waited", flat=True)

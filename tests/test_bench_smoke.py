@@ -113,5 +113,8 @@ def test_make_bench_writes_every_section_and_row(tmp_path):
     assert "| 40 | 40 |" in text
     assert ("django-capi, 2 workers (processes)" in text) is on_postgres
     assert ("SDK `BatchProcessor`" in text) is on_postgres
-    assert text.count("filename:lineno(function)") == 4  # two profiles, two sort orders
+    # Two profiles (three with the drain on PostgreSQL), two sort orders each.
+    assert text.count("filename:lineno(function)") == (6 if on_postgres else 4)
+    assert ("### Drain on PostgreSQL" in text) is on_postgres
+    assert ("(`pg_stat_user_tables`)" in text) is on_postgres
     assert "django_capi/delivery.py" in text

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -78,3 +79,28 @@ def test_send_event_takes_an_explicit_alias():
         # Two open transactions: ambiguous, so the router decides.
         send_event("Lead", user_data={"em": "b@b.co"}, action_source="chat")
     assert OutboxEvent.objects.using("default").count() == 1
+
+
+def _outbox_storage() -> tuple[bool, list[str]]:
+    """Whether ``source_type`` has an index of its own, and the table's storage options."""
+    table = OutboxEvent._meta.db_table
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, table)
+        options: list[str] = []
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT reloptions FROM pg_class WHERE relname = %s", [table])
+            options = list(cursor.fetchone()[0] or [])
+    own_index = any(c["index"] and c["columns"] == ["source_type_id"] for c in constraints.values())
+    return own_index, options
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0010_leaves_room_for_hot_updates_and_reverses():
+    room = ["fillfactor=50"] if connection.vendor == "postgresql" else []
+    assert _outbox_storage() == (False, room)
+    try:
+        call_command("migrate", "django_capi", "0009_attempt_per_request", verbosity=0)
+        assert _outbox_storage() == (True, [])
+    finally:
+        call_command("migrate", "django_capi", verbosity=0)
+    assert _outbox_storage() == (False, room)

@@ -35,10 +35,11 @@ Reason = OutboxEvent.FailureReason
 
 
 def make_due() -> None:
-    """Let time pass for every waiting row (backoffs, pauses), as the database sees it."""
-    OutboxEvent.objects.filter(status="pending").update(
-        next_attempt_at=timezone.now() - timedelta(seconds=1)
-    )
+    """Let time pass for every waiting row (backoffs, pauses, leases), as the database sees
+    it."""
+    past = timezone.now() - timedelta(seconds=1)
+    OutboxEvent.objects.filter(status="pending").update(next_attempt_at=past)
+    OutboxEvent.objects.filter(status="pending", leased_until__gt=past).update(leased_until=past)
 
 
 def statuses() -> dict[str, int]:
@@ -333,7 +334,7 @@ def test_rows_taken_over_while_another_pixel_was_sent_are_not_sent_again(capi_gr
     # While pixel 111 is being sent, the lease of 222's rows lapses and a second worker takes
     # them over.
     OutboxEvent.objects.filter(pixel_id="222").update(
-        next_attempt_at=timezone.now() - timedelta(seconds=1)
+        leased_until=timezone.now() - timedelta(seconds=1)
     )
     other = outbox.claim(limit=10, lease_seconds=60, using="default")
     assert {row.pixel_id for row in other.rows} == {"222"}

@@ -30,16 +30,43 @@ def claim(limit: int = 100, lease_seconds: int = 60, **kwargs) -> outbox.Lease:
 
 
 def test_a_claim_leases_rows_counts_an_attempt_and_hides_them():
-    OutboxEventFactory.create_batch(3)
+    created = OutboxEventFactory.create_batch(3)
     lease = claim()
     assert len(lease.rows) == 3
-    for row in OutboxEvent.objects.all():
+    for before, row in zip(created, OutboxEvent.objects.order_by("pk"), strict=True):
         assert row.lease_token == lease.token
         assert row.attempts == 1
-        assert row.leased_until == row.next_attempt_at
-        assert row.next_attempt_at > timezone.now() + timedelta(seconds=55)
+        assert row.leased_until > timezone.now() + timedelta(seconds=55)
+        # The claim writes no indexed column (PostgreSQL updates the row in place): the
+        # lease alone hides the row, however long ago it fell due.
+        assert row.next_attempt_at == before.next_attempt_at
     assert claim().rows == []
     assert abs(lease.db_now - timezone.now()) < timedelta(seconds=5)
+
+
+def test_a_leased_row_is_never_claimed_twice_while_its_lease_holds():
+    rows = OutboxEventFactory.create_batch(4, due=True)
+    first = claim(limit=2)
+    # Time passes for the rows (a send-now, a replayed backoff), not for the lease.
+    OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(hours=1))
+    second = claim()
+    assert [row.pk for row in first.rows] == [rows[0].pk, rows[1].pk]
+    assert [row.pk for row in second.rows] == [rows[2].pk, rows[3].pk]
+    assert claim().rows == []
+    assert {row.attempts for row in OutboxEvent.objects.all()} == {1}
+
+
+def test_a_lapsed_lease_is_claimed_again_and_fences_its_first_owner():
+    OutboxEventFactory.create_batch(2, due=True)
+    stale = claim()
+    OutboxEvent.objects.update(leased_until=timezone.now() - timedelta(seconds=1))
+    new = claim()
+    assert [row.pk for row in new.rows] == [row.pk for row in stale.rows]
+    assert {row.attempts for row in new.rows} == {2}
+    assert outbox.keep(stale, stale.rows, 60) == []
+    assert outbox.mark_delivered(stale, stale.rows, OK) == []
+    assert outbox.mark_delivered(new, new.rows, OK) == [row.pk for row in new.rows]
+    assert list(OutboxEvent.objects.values_list("lease_token", flat=True)) == [new.token] * 2
 
 
 def test_claims_split_the_due_rows_between_them_oldest_first():
@@ -108,6 +135,16 @@ def test_keeping_rows_extends_their_lease():
     assert claim().rows == []
 
 
+def test_keeping_rows_keeps_only_those_still_owned():
+    OutboxEventFactory.create_batch(3, due=True)
+    lease = claim()
+    first, *rest = lease.rows
+    OutboxEvent.objects.filter(pk=first.pk).update(leased_until=timezone.now())
+    taken = claim()
+    assert [row.pk for row in taken.rows] == [first.pk]
+    assert outbox.keep(lease, lease.rows, 60) == rest
+
+
 def test_claiming_inside_a_transaction_is_refused():
     OutboxEventFactory.create()
     with transaction.atomic(), pytest.raises(RuntimeError, match="outside a transaction"):
@@ -130,3 +167,29 @@ def test_release_gives_the_attempt_back_and_retry_keeps_it():
 
 def test_every_database_with_an_outbox_is_listed():
     assert outbox.databases() == ["default", "other"]
+
+
+@pytest.mark.postgres
+def test_a_claim_skips_rows_another_claim_is_locking_instead_of_waiting():
+    from django.db import connection, connections
+
+    rows = OutboxEventFactory.create_batch(4, due=True)
+    table = OutboxEvent._meta.db_table
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:  # a concurrent claim, mid-statement on the oldest two
+            cursor.execute(
+                f"SELECT id FROM {table} WHERE id IN (%s, %s) FOR UPDATE",  # noqa: S608
+                [rows[0].pk, rows[1].pk],
+            )
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")  # waiting would fail, not hang
+        lease = claim()
+        assert [row.pk for row in lease.rows] == [rows[2].pk, rows[3].pk]
+    finally:
+        other.rollback()
+        other.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert [row.pk for row in claim().rows] == [rows[0].pk, rows[1].pk]
