@@ -7,6 +7,7 @@ a bad event becomes a visible ``failed`` row instead of an exception in the chec
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -14,13 +15,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.db.models import Field
 from django.db.models.constants import OnConflict
-from django.db.models.expressions import DatabaseDefault
+from django.db.models.fields import NOT_PROVIDED
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -239,12 +240,10 @@ def record_event(
             )
             logger.exception("building %s %s for %s raised", event_name, event_id, _label(source))
     fields = (
-        _pending_fields(built, warnings)
+        _pending_fields(built, warnings, cleaned_id)
         if built is not None
         else _failed_fields(error or "", warnings)
     )
-    if built is not None and cleaned_id is not None:
-        fields["payload"]["event_id"] = cleaned_id  # Meta deduplicates on the row's id
 
     _warn_outside_transaction(using)
     key = (pixel_id, event_name, event_id, action_source)
@@ -275,11 +274,16 @@ def _cleaned_event_id(event_name: str, event_id: str) -> str:
     return f"{storable(event_id)[: validation.MAX_EVENT_ID_LENGTH - 13]}-{suffix}"
 
 
-def _pending_fields(built: BuiltEvent, warnings: list[str]) -> dict[str, Any]:
+def _pending_fields(
+    built: BuiltEvent, warnings: list[str], cleaned_id: str | None
+) -> dict[str, Any]:
+    payload = built.payload
+    if cleaned_id is not None:
+        payload = {**payload, "event_id": cleaned_id}  # Meta deduplicates on the row's id
     return {
         "event_time": built.event_time,
-        "payload": storable_json(built.payload),
-        "warnings": storable_json([*warnings, *built.warnings]),
+        "payload": _Json.of(payload),
+        "warnings": _Json.of([*warnings, *built.warnings]),
         "status": OutboxEvent.Status.PENDING,
         "failure_reason": "",
         "last_error": "",
@@ -289,12 +293,39 @@ def _pending_fields(built: BuiltEvent, warnings: list[str]) -> dict[str, Any]:
 def _failed_fields(error: str, warnings: list[str]) -> dict[str, Any]:
     return {
         "event_time": timezone.now(),
-        "payload": {},
-        "warnings": storable_json(warnings),
+        "payload": _Json.of({}),
+        "warnings": _Json.of(warnings),
         "status": OutboxEvent.Status.FAILED,
         "failure_reason": OutboxEvent.FailureReason.INVALID,
         "last_error": storable(error),
     }
+
+
+class _Json(NamedTuple):
+    """A JSON column's value, every string of it storable, and its JSON text: encoded once,
+    for the INSERT, as Django's ``JSONField`` would encode it."""
+
+    value: Any
+    text: str
+
+    @classmethod
+    def of(cls, value: Any) -> _Json:
+        text = json.dumps(value)
+        # json escapes NUL as \u0000 and every surrogate as \udxxx (ensure_ascii): text
+        # without either holds only storable strings, found without walking the value in
+        # Python. A character beyond U+FFFF also shows as \udxxx; the walk finds it fine.
+        if "\\u0000" in text or "\\ud" in text:
+            value = storable_json(value)
+            text = json.dumps(value)
+        return cls(value, text)
+
+
+class _EncodedJson(json.JSONEncoder):
+    """Hands a ``_Json``'s text to the database adapter as it is (``json.dumps(cls=...)``
+    is how every backend's ``adapt_json_value`` encodes)."""
+
+    def encode(self, o: Any) -> str:
+        return o.text if isinstance(o, _Json) else super().encode(o)
 
 
 def in_savepoint(using: str, func: Callable[[], T]) -> T:
@@ -484,27 +515,26 @@ def _store(
 ) -> OutboxEvent:
     """The row of this event: the one inserted now, else the one already there (given
     ``fields`` if it failed while being built)."""
-    row = OutboxEvent(
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
+    values = {
+        "pixel_id": pixel_id,
+        "event_name": event_name,
+        "event_id": event_id,
         # Invalid ones fail the row, which still has to be stored.
-        action_source=storable(action_source)[:32] if isinstance(action_source, str) else "",
+        "action_source": storable(action_source)[:32] if isinstance(action_source, str) else "",
         **fields,
-    )
+    }
     if source is not None and source.pk is not None:
-        # get_for_model() caches per process: no query after the first event of a model.
-        row.source_type = ContentType.objects.db_manager(using).get_for_model(source)
-        row.source_id = storable(str(source.pk))[:64]
+        values["source_type_id"] = _content_type_id(using, source)
+        values["source_id"] = storable(str(source.pk))[:64]
     if using in _proven_outboxes:
-        inserted = _insert_unless_recorded(using, row)
+        row = _insert_unless_recorded(using, values)
     else:
         # The first row proves the table and its columns are there, in a savepoint: an
         # unmigrated outbox must not abort the shop's transaction.
         with transaction.atomic(using=using):
-            inserted = _insert_unless_recorded(using, row)
+            row = _insert_unless_recorded(using, values)
         _proven_outboxes.add(using)
-    if inserted:
+    if row is not None:
         return row
     # The rare path (an earlier save or a racing one recorded the event) affords a savepoint.
     with transaction.atomic(using=using):
@@ -518,88 +548,145 @@ def _store(
         if fields["status"] == OutboxEvent.Status.FAILED:
             fields = {**fields, "event_time": existing.event_time}
         for name, value in fields.items():
-            setattr(existing, name, value)
+            setattr(existing, name, value.value if isinstance(value, _Json) else value)
         existing.save(using=using, update_fields=list(fields))
         return existing
 
 
+#: ``ContentType.objects.db_manager(alias)`` per alias: a manager is copied on each call,
+#: and the copies share the model cache that ``ContentType.objects.clear_cache()`` clears.
+_content_type_managers: dict[str, Any] = {}
+
+
+def _content_type_id(using: str, source: models.Model) -> int:
+    manager = _content_type_managers.get(using)
+    if manager is None:
+        manager = _content_type_managers[using] = ContentType.objects.db_manager(using)
+    # get_for_model() caches per process: no query after the first event of a model.
+    content_type: ContentType = manager.get_for_model(source)
+    return content_type.pk
+
+
+class _Insert(NamedTuple):
+    """The outbox INSERT on one database alias, compiled once per process."""
+
+    sql: str
+    #: For each attname the INSERT sets: its field, its position among the parameters and
+    #: among the row's values (``Model.from_db`` order).
+    slots: dict[str, tuple[Field[Any, Any], int, int]]
+    #: The parameters of a row holding only defaults; the event's values replace some.
+    template: tuple[Any, ...]
+    #: A new row's values before the event's (defaults; those that are made per row, such as
+    #: a dict, are made again by ``fresh``).
+    defaults: tuple[Any, ...]
+    fresh: tuple[tuple[int, Field[Any, Any]], ...]
+    #: What the database returns (primary key first, then the ``db_default`` columns where
+    #: it can return them): position in the row, column, converters.
+    returned: tuple[tuple[int, Any, tuple[Callable[..., Any], ...]], ...]
+
+
 @lru_cache(maxsize=64)
-def _insert_statement(
-    using: str, defaults: tuple[str, ...]
-) -> tuple[str, list[Field[Any, Any]], list[Field[Any, Any]]]:
-    """The INSERT of ``_insert_unless_recorded`` on ``using`` (built once per process), the
-    fields it sets, and those it returns."""
+def _insert_statement(using: str) -> _Insert:
     connection = connections[using]
     ops = connection.ops
     meta = OutboxEvent._meta
-    fields = [
-        field
-        for field in meta.local_concrete_fields
-        if not field.primary_key and field.attname not in defaults
-    ]
+    fields = list(meta.concrete_fields)
+    # Columns left to their DEFAULT: the database's clock.
+    by_database = [field for field in fields if field.db_default is not NOT_PROVIDED]
+    inserted = [field for field in fields if not field.primary_key and field not in by_database]
     sql = "{insert} {table} ({columns}) VALUES ({values}) {on_conflict}".format(
         insert=ops.insert_statement(on_conflict=OnConflict.IGNORE),
         table=ops.quote_name(meta.db_table),
-        columns=", ".join(ops.quote_name(str(field.column)) for field in fields),
-        values=", ".join(["%s"] * len(fields)),
-        on_conflict=ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ()),
+        columns=", ".join(ops.quote_name(str(field.column)) for field in inserted),
+        values=", ".join(["%s"] * len(inserted)),
+        on_conflict=ops.on_conflict_suffix_sql(inserted, OnConflict.IGNORE, (), ()),
     )
-    returning: list[Field[Any, Any]] = []
+    returning = [meta.pk]
     if connection.features.can_return_columns_from_insert:
-        returning = [
-            meta.pk,
-            *(field for field in meta.local_concrete_fields if field.attname in defaults),
-        ]
+        returning += by_database
         # Missing from django-stubs; every backend that can return columns has it.
         returned_sql = ops.return_insert_columns(returning)  # type: ignore[attr-defined]
         sql = f"{sql} {returned_sql[0]}"  # no parameters on any backend
-    return sql, fields, returning
+    defaults = [None if field in returning else field.get_default() for field in fields]
+    columns = [field.get_col(meta.db_table) for field in returning]
+    return _Insert(
+        sql=sql,
+        slots={
+            field.attname: (field, index, fields.index(field))
+            for index, field in enumerate(inserted)
+        },
+        template=tuple(
+            field.get_db_prep_save(defaults[fields.index(field)], connection) for field in inserted
+        ),
+        defaults=tuple(defaults),
+        fresh=tuple(
+            (index, field)
+            for index, field in enumerate(fields)
+            if field in inserted and callable(field.default)
+        ),
+        returned=tuple(
+            (
+                fields.index(field),
+                column,
+                (*ops.get_db_converters(column), *field.get_db_converters(connection)),
+            )
+            for field, column in zip(returning, columns, strict=True)
+        ),
+    )
 
 
 #: Aliases whose outbox took a row in this process.
 _proven_outboxes: set[str] = set()
 
 
-def _insert_unless_recorded(using: str, row: OutboxEvent) -> bool:
-    """Insert ``row`` in one statement unless its key is taken: ``INSERT … ON CONFLICT DO
-    NOTHING`` (``INSERT OR IGNORE`` on SQLite, ``INSERT IGNORE`` on MariaDB: Django's own
-    mapping, as ``bulk_create(ignore_conflicts=True)``). True when inserted; ``row`` then has
-    its primary key and, where the database returns them, its database defaults."""
+def _insert_unless_recorded(using: str, values: dict[str, Any]) -> OutboxEvent | None:
+    """Insert the row of ``values`` (by attname; ``_Json`` for the JSON columns) in one
+    statement unless its key is taken: ``INSERT … ON CONFLICT DO NOTHING`` (``INSERT OR
+    IGNORE`` on SQLite, ``INSERT IGNORE`` on MariaDB: Django's own mapping, as
+    ``bulk_create(ignore_conflicts=True)``). Returns the new row, with its primary key and,
+    where the database returns them, its database defaults; None when the key was taken.
+
+    No model instance is built for the INSERT, and the ORM compiles nothing per row (the two
+    were most of what a save cost): the statement is compiled once per alias, and each value
+    is adapted as its field adapts it."""
     connection = connections[using]
-    meta = OutboxEvent._meta
-    values = {
-        concrete.attname: concrete.pre_save(row, add=True)
-        for concrete in meta.local_concrete_fields
-    }
-    # Columns left to their DEFAULT: the database's clock.
-    defaults = tuple(name for name, value in values.items() if isinstance(value, DatabaseDefault))
-    sql, fields, returning = _insert_statement(using, defaults)
-    params = [
-        concrete.get_db_prep_save(values[concrete.attname], connection) for concrete in fields
-    ]
+    insert = _insert_statement(using)
+    params = list(insert.template)
+    row = list(insert.defaults)
+    for index, made in insert.fresh:
+        row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
+    for name, value in values.items():
+        column, parameter, index = insert.slots[name]
+        if isinstance(value, _Json):
+            params[parameter] = connection.ops.adapt_json_value(value, _EncodedJson)
+            row[index] = value.value
+        else:
+            # A str is its own parameter in every text column.
+            params[parameter] = (
+                value if type(value) is str else column.get_db_prep_save(value, connection)
+            )
+            row[index] = value
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if returning:
+        cursor.execute(insert.sql, params)
+        if len(insert.returned) > 1:
             returned_values = cursor.fetchone()
             if returned_values is None:
-                return False
+                return None
         elif cursor.rowcount != 1:
-            return False
+            return None
         else:
+            meta = OutboxEvent._meta
             pk = connection.ops.last_insert_id(cursor, meta.db_table, str(meta.pk.column))
             returned_values = (pk,)
-    for returned, value in zip(returning or [meta.pk], returned_values, strict=True):
-        column = returned.get_col(meta.db_table)
-        converters = [
-            *connection.ops.get_db_converters(column),
-            *returned.get_db_converters(connection),
-        ]
+    for (index, column, converters), value in zip(insert.returned, returned_values, strict=True):
         for converter in converters:
             value = converter(value, column, connection)
-        setattr(row, returned.attname, value)
-    row._state.adding = False
-    row._state.db = using
-    return True
+        row[index] = value
+    # As a row read back: from_db() sets _state.db, and _state.adding to False.
+    return OutboxEvent.from_db(using, _ATTNAMES, row)
+
+
+_ATTNAMES = [field.attname for field in OutboxEvent._meta.concrete_fields]
 
 
 _warned_autocommit: set[str] = set()
