@@ -586,14 +586,21 @@ class _Insert(NamedTuple):
 
 
 @lru_cache(maxsize=64)
-def _insert_statement(using: str) -> _Insert:
+def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
+    """The INSERT of a row whose values for ``names`` are known; the other columns take their
+    default: the database's (``db_default``: its clock) or the field's. A column whose
+    field default is NULL is left out, so the statement is as short as the row allows."""
     connection = connections[using]
     ops = connection.ops
     meta = OutboxEvent._meta
     fields = list(meta.concrete_fields)
-    # Columns left to their DEFAULT: the database's clock.
     by_database = [field for field in fields if field.db_default is not NOT_PROVIDED]
-    inserted = [field for field in fields if not field.primary_key and field not in by_database]
+    inserted = [
+        field
+        for field in fields
+        if field.attname in names
+        or not (field.primary_key or field in by_database or field.get_default() is None)
+    ]
     sql = "{insert} {table} ({columns}) VALUES ({values}) {on_conflict}".format(
         insert=ops.insert_statement(on_conflict=OnConflict.IGNORE),
         table=ops.quote_name(meta.db_table),
@@ -650,7 +657,7 @@ def _insert_unless_recorded(using: str, values: dict[str, Any]) -> OutboxEvent |
     were most of what a save cost): the statement is compiled once per alias, and each value
     is adapted as its field adapts it."""
     connection = connections[using]
-    insert = _insert_statement(using)
+    insert = _insert_statement(using, tuple(values))
     params = list(insert.template)
     row = list(insert.defaults)
     for index, made in insert.fresh:

@@ -27,7 +27,9 @@ def is_storable(text: str) -> bool:
 
 def storable(text: str) -> str:
     """``text`` with NUL and lone surrogates replaced by U+FFFD."""
-    return text if is_storable(text) else _UNSTORABLE.sub(REPLACEMENT, text)
+    if is_storable(text):
+        return text if type(text) is str else str.__str__(text)  # a plain str, as re.sub gives
+    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 def storable_json(value: Any) -> Any:
