@@ -570,12 +570,14 @@ def _content_type_id(using: str, source: models.Model) -> int:
 class _Insert(NamedTuple):
     """The outbox INSERT on one database alias, compiled once per process."""
 
+    #: Named parameters (``%(attname)s``): on SQLite, Django converts positional ones with a
+    #: regular expression over the whole statement, which cost more than the rest together.
     sql: str
-    #: For each attname the INSERT sets: its field, its position among the parameters and
-    #: among the row's values (``Model.from_db`` order).
-    slots: dict[str, tuple[Field[Any, Any], int, int]]
+    #: For each attname the INSERT sets: its field, and its position among the row's values
+    #: (``Model.from_db`` order).
+    slots: dict[str, tuple[Field[Any, Any], int]]
     #: The parameters of a row holding only defaults; the event's values replace some.
-    template: tuple[Any, ...]
+    template: dict[str, Any]
     #: A new row's values before the event's (defaults; those that are made per row, such as
     #: a dict, are made again by ``fresh``).
     defaults: tuple[Any, ...]
@@ -605,7 +607,7 @@ def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
         insert=ops.insert_statement(on_conflict=OnConflict.IGNORE),
         table=ops.quote_name(meta.db_table),
         columns=", ".join(ops.quote_name(str(field.column)) for field in inserted),
-        values=", ".join(["%s"] * len(inserted)),
+        values=", ".join(f"%({field.attname})s" for field in inserted),
         on_conflict=ops.on_conflict_suffix_sql(inserted, OnConflict.IGNORE, (), ()),
     )
     returning = [meta.pk]
@@ -618,13 +620,11 @@ def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
     columns = [field.get_col(meta.db_table) for field in returning]
     return _Insert(
         sql=sql,
-        slots={
-            field.attname: (field, index, fields.index(field))
-            for index, field in enumerate(inserted)
+        slots={field.attname: (field, fields.index(field)) for field in inserted},
+        template={
+            field.attname: field.get_db_prep_save(defaults[fields.index(field)], connection)
+            for field in inserted
         },
-        template=tuple(
-            field.get_db_prep_save(defaults[fields.index(field)], connection) for field in inserted
-        ),
         defaults=tuple(defaults),
         fresh=tuple(
             (index, field)
@@ -658,25 +658,27 @@ def _insert_unless_recorded(using: str, values: dict[str, Any]) -> OutboxEvent |
     is adapted as its field adapts it."""
     connection = connections[using]
     insert = _insert_statement(using, tuple(values))
-    params = list(insert.template)
+    params = dict(insert.template)
     row = list(insert.defaults)
     for index, made in insert.fresh:
         row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
     for name, value in values.items():
-        column, parameter, index = insert.slots[name]
+        column, index = insert.slots[name]
         if isinstance(value, _Json):
-            params[parameter] = connection.ops.adapt_json_value(value, _EncodedJson)
+            params[name] = connection.ops.adapt_json_value(value, _EncodedJson)
             row[index] = value.value
         else:
             # A str is its own parameter in every text column.
-            params[parameter] = (
+            params[name] = (
                 value if type(value) is str else column.get_db_prep_save(value, connection)
             )
             row[index] = value
     with connection.cursor() as cursor:
         cursor.execute(insert.sql, params)
         if len(insert.returned) > 1:
-            returned_values = cursor.fetchone()
+            # The driver's cursor: Django's wraps fetchone() anew on each access.
+            with connection.wrap_database_errors:
+                returned_values = cursor.cursor.fetchone()
             if returned_values is None:
                 return None
         elif cursor.rowcount != 1:
