@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.db.models import Field
+from django.db.models.base import ModelState
 from django.db.models.constants import OnConflict
 from django.db.models.fields import NOT_PROVIDED
 from django.http import HttpRequest
@@ -310,6 +311,8 @@ class _Json(NamedTuple):
 
     @classmethod
     def of(cls, value: Any) -> _Json:
+        if not value and type(value) in (list, dict):
+            return cls(type(value)(), "[]" if type(value) is list else "{}")  # no warnings
         text = json.dumps(value)
         # json escapes NUL as \u0000 and every surrogate as \udxxx (ensure_ascii): text
         # without either holds only storable strings, found without walking the value in
@@ -336,12 +339,16 @@ def in_savepoint(using: str, func: Callable[[], T]) -> T:
     statement failed inside, its writes are rolled back. Code that runs here (an integrator's
     hook) may catch a database error itself and return normally: its result still stands."""
     savepoint = _LazySavepoint(using)
-    with connections[using].execute_wrapper(savepoint):
-        try:
-            result = func()
-        except BaseException:
-            savepoint.close(failed=True)
-            raise
+    # What connection.execute_wrapper() does, without a generator-based context manager.
+    wrappers = connections[using].execute_wrappers
+    wrappers.append(savepoint)
+    try:
+        result = func()
+    except BaseException:
+        wrappers.pop()
+        savepoint.close(failed=True)
+        raise
+    wrappers.pop()
     try:
         savepoint.close(failed=False)
     except DatabaseError:
@@ -574,7 +581,7 @@ class _Insert(NamedTuple):
     #: regular expression over the whole statement, which cost more than the rest together.
     sql: str
     #: For each attname the INSERT sets: its field, and its position among the row's values
-    #: (``Model.from_db`` order).
+    #: (the model's concrete fields' order).
     slots: dict[str, tuple[Field[Any, Any], int]]
     #: The parameters of a row holding only defaults; the event's values replace some.
     template: dict[str, Any]
@@ -691,8 +698,14 @@ def _insert_unless_recorded(using: str, values: dict[str, Any]) -> OutboxEvent |
         for converter in converters:
             value = converter(value, column, connection)
         row[index] = value
-    # As a row read back: from_db() sets _state.db, and _state.adding to False.
-    return OutboxEvent.from_db(using, _ATTNAMES, row)
+    # The instance of a row read back, made as unpickling makes one: its values, and a state
+    # saying where it lives (Model.__init__ would cost a fifth of the whole capture).
+    instance = OutboxEvent.__new__(OutboxEvent)
+    instance.__dict__.update(zip(_ATTNAMES, row, strict=True))
+    instance._state = ModelState()
+    instance._state.adding = False
+    instance._state.db = using
+    return instance
 
 
 _ATTNAMES = [field.attname for field in OutboxEvent._meta.concrete_fields]
