@@ -383,6 +383,10 @@ def _phone_digits(text: str, region: str | None) -> tuple[str | None, str]:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:], ""
 
 
+_IPV4_RE = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _ASCII_ZIP_RE = re.compile(r"[\s-]")
 _ZIP9_RE = re.compile(r"[0-9]{9}")
@@ -539,6 +543,8 @@ def _ip_address(value: object) -> str | None:
     text = _text(value)
     if text is None:
         return None
+    if _IPV4_RE.fullmatch(text):
+        return text  # dotted-quad IPv4 without leading zeros: ipaddress would write it so
     # Proxies and some frameworks hand over "host:port"; Meta wants the bare address.
     if bracketed := re.fullmatch(r"\[([^\]]+)\](?::[0-9]{1,5})?", text):
         text = bracketed[1]

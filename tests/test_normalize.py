@@ -1306,3 +1306,18 @@ def test_letters_only_names_take_the_fast_path_to_the_same_result(text: str) -> 
     lowered = unicodedata.normalize("NFC", text).lower()
     kept = "".join(ch for ch in lowered if unicodedata.category(ch)[0] in "LM")
     assert fast == (unicodedata.normalize("NFC", kept) or None)
+
+
+@given(st.one_of(st.text("0123456789.", max_size=16), st.ip_addresses(v=4).map(str)))
+@settings(max_examples=500)
+def test_the_ipv4_fast_path_takes_exactly_what_ipaddress_writes_back_unchanged(text: str) -> None:
+    assert (normalize._IPV4_RE.fullmatch(text) is not None) == _canonical_ipv4(text)
+    if _canonical_ipv4(text):
+        assert normalize._ip_address(text) == text
+
+
+def _canonical_ipv4(text: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        return False
