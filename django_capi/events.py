@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field
 from django.db.models.base import ModelState
 from django.db.models.constants import OnConflict
@@ -225,10 +226,11 @@ def record_event(
         )
         cleaned_id = _cleaned_event_id(event_name, event_id)
         event_name, event_id = storable(event_name), cleaned_id
+    connection = connections[using]  # looked up once: each lookup goes through a Local
     built: BuiltEvent | None = None
     if error is None:
         try:
-            built = in_savepoint(using, build)
+            built = _in_savepoint(connection, build)
         except EventValidationError as exc:
             error = str(exc)
             warnings += exc.warnings
@@ -246,10 +248,10 @@ def record_event(
         else _failed_fields(error or "", warnings)
     )
 
-    _warn_outside_transaction(using)
+    _warn_outside_transaction(connection)
     key = (pixel_id, event_name, event_id, action_source)
     try:
-        row = _store(using, *key, fields, source)
+        row = _store(connection, *key, fields, source)
     except DatabaseError as exc:
         if fields["status"] == OutboxEvent.Status.FAILED:
             raise
@@ -257,7 +259,7 @@ def record_event(
         refused = (
             f"the database refused the event ({type(exc).__name__}); the traceback is in the log"
         )
-        row = _store(using, *key, _failed_fields(refused, warnings), source)
+        row = _store(connection, *key, _failed_fields(refused, warnings), source)
     if row.status == OutboxEvent.Status.PENDING:
         send_on_commit(outbox_committed, using)
     else:
@@ -338,9 +340,14 @@ def in_savepoint(using: str, func: Callable[[], T]) -> T:
     only reads the instance, the common case, costs no round trip. When ``func`` raises, or a
     statement failed inside, its writes are rolled back. Code that runs here (an integrator's
     hook) may catch a database error itself and return normally: its result still stands."""
+    return _in_savepoint(connections[using], func)
+
+
+def _in_savepoint(connection: BaseDatabaseWrapper, func: Callable[[], T]) -> T:
+    using = connection.alias
     savepoint = _LazySavepoint(using)
     # What connection.execute_wrapper() does, without a generator-based context manager.
-    wrappers = connections[using].execute_wrappers
+    wrappers = connection.execute_wrappers
     wrappers.append(savepoint)
     try:
         result = func()
@@ -512,7 +519,7 @@ def _failed_while_built(row: OutboxEvent) -> bool:
 
 
 def _store(
-    using: str,
+    connection: BaseDatabaseWrapper,
     pixel_id: str,
     event_name: str,
     event_id: str,
@@ -522,6 +529,7 @@ def _store(
 ) -> OutboxEvent:
     """The row of this event: the one inserted now, else the one already there (given
     ``fields`` if it failed while being built)."""
+    using = connection.alias
     values = {
         "pixel_id": pixel_id,
         "event_name": event_name,
@@ -534,12 +542,12 @@ def _store(
         values["source_type_id"] = _content_type_id(using, source)
         values["source_id"] = storable(str(source.pk))[:64]
     if using in _proven_outboxes:
-        row = _insert_unless_recorded(using, values)
+        row = _insert_unless_recorded(connection, values)
     else:
         # The first row proves the table and its columns are there, in a savepoint: an
         # unmigrated outbox must not abort the shop's transaction.
         with transaction.atomic(using=using):
-            row = _insert_unless_recorded(using, values)
+            row = _insert_unless_recorded(connection, values)
         _proven_outboxes.add(using)
     if row is not None:
         return row
@@ -580,9 +588,11 @@ class _Insert(NamedTuple):
     #: Named parameters (``%(attname)s``): on SQLite, Django converts positional ones with a
     #: regular expression over the whole statement, which cost more than the rest together.
     sql: str
-    #: For each attname the INSERT sets: its field, and its position among the row's values
-    #: (the model's concrete fields' order).
-    slots: dict[str, tuple[Field[Any, Any], int]]
+    #: For each attname the INSERT sets: its field, its position among the row's values (the
+    #: model's concrete fields' order), and the type of value it takes as it is (str, int) or
+    #: adapts directly (datetime), sparing ``get_db_prep_save`` (an AttributeError raised
+    #: inside its hasattr() alone cost more than the adaptation).
+    slots: dict[str, tuple[Field[Any, Any], int, type | None]]
     #: The parameters of a row holding only defaults; the event's values replace some.
     template: dict[str, Any]
     #: A new row's values before the event's (defaults; those that are made per row, such as
@@ -627,7 +637,7 @@ def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
     columns = [field.get_col(meta.db_table) for field in returning]
     return _Insert(
         sql=sql,
-        slots={field.attname: (field, fields.index(field)) for field in inserted},
+        slots={field.attname: (field, fields.index(field), _taken(field)) for field in inserted},
         template={
             field.attname: field.get_db_prep_save(defaults[fields.index(field)], connection)
             for field in inserted
@@ -649,11 +659,27 @@ def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
     )
 
 
+def _taken(field: Field[Any, Any]) -> type | None:
+    """The type of value ``field`` prepares as it is (str in text columns, int in integer
+    ones) or, for datetime, by the backend's adaptation alone (when aware)."""
+    internal = field.get_internal_type()
+    if internal in ("CharField", "TextField"):
+        return str
+    if internal == "DateTimeField":
+        return datetime
+    target = getattr(field, "target_field", field)
+    if target.get_internal_type() in ("AutoField", "BigAutoField", "IntegerField"):
+        return int
+    return None
+
+
 #: Aliases whose outbox took a row in this process.
 _proven_outboxes: set[str] = set()
 
 
-def _insert_unless_recorded(using: str, values: dict[str, Any]) -> OutboxEvent | None:
+def _insert_unless_recorded(
+    connection: BaseDatabaseWrapper, values: dict[str, Any]
+) -> OutboxEvent | None:
     """Insert the row of ``values`` (by attname; ``_Json`` for the JSON columns) in one
     statement unless its key is taken: ``INSERT … ON CONFLICT DO NOTHING`` (``INSERT OR
     IGNORE`` on SQLite, ``INSERT IGNORE`` on MariaDB: Django's own mapping, as
@@ -663,23 +689,28 @@ def _insert_unless_recorded(using: str, values: dict[str, Any]) -> OutboxEvent |
     No model instance is built for the INSERT, and the ORM compiles nothing per row (the two
     were most of what a save cost): the statement is compiled once per alias, and each value
     is adapted as its field adapts it."""
-    connection = connections[using]
+    using = connection.alias
     insert = _insert_statement(using, tuple(values))
     params = dict(insert.template)
     row = list(insert.defaults)
     for index, made in insert.fresh:
         row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
     for name, value in values.items():
-        column, index = insert.slots[name]
+        column, index, taken = insert.slots[name]
         if isinstance(value, _Json):
             params[name] = connection.ops.adapt_json_value(value, _EncodedJson)
             row[index] = value.value
-        else:
-            # A str is its own parameter in every text column.
-            params[name] = (
-                value if type(value) is str else column.get_db_prep_save(value, connection)
+            continue
+        if type(value) is not taken:
+            value = column.get_db_prep_save(value, connection)
+        elif isinstance(value, datetime):
+            value = (
+                connection.ops.adapt_datetimefield_value(value)
+                if value.utcoffset() is not None
+                else column.get_db_prep_save(value, connection)  # naive: Django warns
             )
-            row[index] = value
+        params[name] = value
+        row[index] = values[name]
     with connection.cursor() as cursor:
         cursor.execute(insert.sql, params)
         if len(insert.returned) > 1:
@@ -714,8 +745,9 @@ _ATTNAMES = [field.attname for field in OutboxEvent._meta.concrete_fields]
 _warned_autocommit: set[str] = set()
 
 
-def _warn_outside_transaction(using: str) -> None:
-    if not connections[using].in_atomic_block and using not in _warned_autocommit:
+def _warn_outside_transaction(connection: BaseDatabaseWrapper) -> None:
+    using = connection.alias
+    if not connection.in_atomic_block and using not in _warned_autocommit:
         _warned_autocommit.add(using)
         logger.warning(
             "django-capi recorded an event outside a transaction on %r: the business row and "
