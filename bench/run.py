@@ -498,20 +498,27 @@ def report(options: Options, results: dict[str, Any]) -> str:
         "",
     ]
     norm = results["normalization"]
+    repeated, distinct = norm["capi"] / norm["sdk"], norm["capi_distinct"] / norm["sdk_distinct"]
     lines += [
         "## 3. Normalization",
         "",
         (
-            "One typical customer (email, phone, first and last name, city, state, zip, country, "
-            "external_id), calls per second, median of 5 alternating rounds:"
+            "A typical customer (email, phone in national format, first and last name, city, "
+            "state, zip, country, external_id), calls per second, median of 5 alternating "
+            "rounds: the same customer over and over, and distinct customers (the next one at "
+            "each call, the same sequence for both sides, none seen twice), where no cache of "
+            "either side helps:"
         ),
         "",
-        "| | calls/s |",
-        "|---|---:|",
-        f"| `django_capi.normalize_user_data(...)` | {n(norm['capi'])} |",
-        f"| SDK `UserData(...).normalize()` | {n(norm['sdk'])} |",
-        f"| ratio django-capi / SDK | {ratio(norm['capi'] / norm['sdk'])} |",
-        f"| target ≥ 2× | {verdict(norm['capi'] / norm['sdk'] >= 2)} |",
+        "| | one customer, repeated | distinct customers |",
+        "|---|---:|---:|",
+        (
+            f"| `django_capi.normalize_user_data(...)` | {n(norm['capi'])} "
+            f"| {n(norm['capi_distinct'])} |"
+        ),
+        f"| SDK `UserData(...).normalize()` | {n(norm['sdk'])} | {n(norm['sdk_distinct'])} |",
+        f"| ratio django-capi / SDK | {ratio(repeated)} | {ratio(distinct)} |",
+        f"| target ≥ 2× | {verdict(repeated >= 2)} | {verdict(distinct >= 2)} |",
         "",
     ]
     memory_db = names[options.memory_database]

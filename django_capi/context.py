@@ -105,6 +105,8 @@ def scrub_url(url: object) -> object:
     """
     if not isinstance(url, str):
         return url
+    if "@" not in url and "%" not in url and "?" not in url:
+        return url  # the common page: no query, no address, nothing encoded that could hide one
     parts = _split(url)
     if parts is not None:
         query = "&".join(pair for pair in parts.query.split("&") if not _personal_parameter(pair))

@@ -7,6 +7,7 @@ a bad event becomes a visible ``failed`` row instead of an exception in the chec
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -14,13 +15,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field
+from django.db.models.base import ModelState
 from django.db.models.constants import OnConflict
-from django.db.models.expressions import DatabaseDefault
+from django.db.models.fields import NOT_PROVIDED
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -253,10 +256,11 @@ def record_event(
         )
         cleaned_id = _cleaned_event_id(event_name, event_id)
         event_name, event_id = storable(event_name), cleaned_id
+    connection = connections[using]  # looked up once: each lookup goes through a Local
     built: BuiltEvent | None = None
     if error is None:
         try:
-            built = in_savepoint(using, build)
+            built = _in_savepoint(connection, build)
         except EventValidationError as exc:
             error = str(exc)
             warnings += exc.warnings
@@ -269,17 +273,15 @@ def record_event(
             )
             logger.exception("building %s %s for %s raised", event_name, event_id, _label(source))
     fields = (
-        _pending_fields(built, warnings)
+        _pending_fields(built, warnings, cleaned_id)
         if built is not None
         else _failed_fields(error or "", warnings)
     )
-    if built is not None and cleaned_id is not None:
-        fields["payload"]["event_id"] = cleaned_id  # Meta deduplicates on the row's id
 
-    _warn_outside_transaction(using)
+    _warn_outside_transaction(connection)
     key = (pixel_id, event_name, event_id, action_source)
     try:
-        row = _store(using, *key, fields, source)
+        row = _store(connection, *key, fields, source)
     except DatabaseError as exc:
         if fields["status"] == OutboxEvent.Status.FAILED:
             raise
@@ -287,7 +289,7 @@ def record_event(
         refused = (
             f"the database refused the event ({type(exc).__name__}); the traceback is in the log"
         )
-        row = _store(using, *key, _failed_fields(refused, warnings), source)
+        row = _store(connection, *key, _failed_fields(refused, warnings), source)
     if row.status == OutboxEvent.Status.PENDING:
         send_on_commit(outbox_committed, using)
     else:
@@ -332,11 +334,16 @@ def _cleaned_event_id(event_name: str, event_id: str) -> str:
     return f"{storable(event_id)[: validation.MAX_EVENT_ID_LENGTH - 13]}-{suffix}"
 
 
-def _pending_fields(built: BuiltEvent, warnings: list[str]) -> dict[str, Any]:
+def _pending_fields(
+    built: BuiltEvent, warnings: list[str], cleaned_id: str | None
+) -> dict[str, Any]:
+    payload = built.payload
+    if cleaned_id is not None:
+        payload = {**payload, "event_id": cleaned_id}  # Meta deduplicates on the row's id
     return {
         "event_time": built.event_time,
-        "payload": storable_json(built.payload),
-        "warnings": storable_json([*warnings, *built.warnings]),
+        "payload": _Json.of(payload),
+        "warnings": _Json.of([*warnings, *built.warnings]),
         "status": OutboxEvent.Status.PENDING,
         "failure_reason": "",
         "last_error": "",
@@ -346,12 +353,41 @@ def _pending_fields(built: BuiltEvent, warnings: list[str]) -> dict[str, Any]:
 def _failed_fields(error: str, warnings: list[str]) -> dict[str, Any]:
     return {
         "event_time": timezone.now(),
-        "payload": {},
-        "warnings": storable_json(warnings),
+        "payload": _Json.of({}),
+        "warnings": _Json.of(warnings),
         "status": OutboxEvent.Status.FAILED,
         "failure_reason": OutboxEvent.FailureReason.INVALID,
         "last_error": storable(error),
     }
+
+
+class _Json(NamedTuple):
+    """A JSON column's value, every string of it storable, and its JSON text: encoded once,
+    for the INSERT, as Django's ``JSONField`` would encode it."""
+
+    value: Any
+    text: str
+
+    @classmethod
+    def of(cls, value: Any) -> _Json:
+        if not value and type(value) in (list, dict):
+            return cls(type(value)(), "[]" if type(value) is list else "{}")  # no warnings
+        text = json.dumps(value)
+        # json escapes NUL as \u0000 and every surrogate as \udxxx (ensure_ascii): text
+        # without either holds only storable strings, found without walking the value in
+        # Python. A character beyond U+FFFF also shows as \udxxx; the walk finds it fine.
+        if "\\u0000" in text or "\\ud" in text:
+            value = storable_json(value)
+            text = json.dumps(value)
+        return cls(value, text)
+
+
+class _EncodedJson(json.JSONEncoder):
+    """Hands a ``_Json``'s text to the database adapter as it is (``json.dumps(cls=...)``
+    is how every backend's ``adapt_json_value`` encodes)."""
+
+    def encode(self, o: Any) -> str:
+        return o.text if isinstance(o, _Json) else super().encode(o)
 
 
 def in_savepoint(using: str, func: Callable[[], T]) -> T:
@@ -361,13 +397,22 @@ def in_savepoint(using: str, func: Callable[[], T]) -> T:
     only reads the instance, the common case, costs no round trip. When ``func`` raises, or a
     statement failed inside, its writes are rolled back. Code that runs here (an integrator's
     hook) may catch a database error itself and return normally: its result still stands."""
+    return _in_savepoint(connections[using], func)
+
+
+def _in_savepoint(connection: BaseDatabaseWrapper, func: Callable[[], T]) -> T:
+    using = connection.alias
     savepoint = _LazySavepoint(using)
-    with connections[using].execute_wrapper(savepoint):
-        try:
-            result = func()
-        except BaseException:
-            savepoint.close(failed=True)
-            raise
+    # What connection.execute_wrapper() does, without a generator-based context manager.
+    wrappers = connection.execute_wrappers
+    wrappers.append(savepoint)
+    try:
+        result = func()
+    except BaseException:
+        wrappers.pop()
+        savepoint.close(failed=True)
+        raise
+    wrappers.pop()
     try:
         savepoint.close(failed=False)
     except DatabaseError:
@@ -546,7 +591,7 @@ def _failed_while_built(row: OutboxEvent) -> bool:
 
 
 def _store(
-    using: str,
+    connection: BaseDatabaseWrapper,
     pixel_id: str,
     event_name: str,
     event_id: str,
@@ -556,27 +601,27 @@ def _store(
 ) -> OutboxEvent:
     """The row of this event: the one inserted now, else the one already there (given
     ``fields`` if it failed while being built)."""
-    row = OutboxEvent(
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
+    using = connection.alias
+    values = {
+        "pixel_id": pixel_id,
+        "event_name": event_name,
+        "event_id": event_id,
         # Invalid ones fail the row, which still has to be stored.
-        action_source=storable(action_source)[:32] if isinstance(action_source, str) else "",
+        "action_source": storable(action_source)[:32] if isinstance(action_source, str) else "",
         **fields,
-    )
+    }
     if source is not None and source.pk is not None:
-        # get_for_model() caches per process: no query after the first event of a model.
-        row.source_type = ContentType.objects.db_manager(using).get_for_model(source)
-        row.source_id = storable(str(source.pk))[:64]
+        values["source_type_id"] = _content_type_id(using, source)
+        values["source_id"] = storable(str(source.pk))[:64]
     if using in _proven_outboxes:
-        inserted = _insert_unless_recorded(using, row)
+        row = _insert_unless_recorded(connection, values)
     else:
         # The first row proves the table and its columns are there, in a savepoint: an
         # unmigrated outbox must not abort the shop's transaction.
         with transaction.atomic(using=using):
-            inserted = _insert_unless_recorded(using, row)
+            row = _insert_unless_recorded(connection, values)
         _proven_outboxes.add(using)
-    if inserted:
+    if row is not None:
         return row
     # The rare path (an earlier save or a racing one recorded the event) affords a savepoint.
     with transaction.atomic(using=using):
@@ -590,95 +635,191 @@ def _store(
         if fields["status"] == OutboxEvent.Status.FAILED:
             fields = {**fields, "event_time": existing.event_time}
         for name, value in fields.items():
-            setattr(existing, name, value)
+            setattr(existing, name, value.value if isinstance(value, _Json) else value)
         existing.save(using=using, update_fields=list(fields))
         return existing
 
 
+#: ``ContentType.objects.db_manager(alias)`` per alias: a manager is copied on each call,
+#: and the copies share the model cache that ``ContentType.objects.clear_cache()`` clears.
+_content_type_managers: dict[str, Any] = {}
+
+
+def _content_type_id(using: str, source: models.Model) -> int:
+    manager = _content_type_managers.get(using)
+    if manager is None:
+        manager = _content_type_managers[using] = ContentType.objects.db_manager(using)
+    # get_for_model() caches per process: no query after the first event of a model.
+    content_type: ContentType = manager.get_for_model(source)
+    return content_type.pk
+
+
+class _Insert(NamedTuple):
+    """The outbox INSERT on one database alias, compiled once per process."""
+
+    #: Named parameters (``%(attname)s``): on SQLite, Django converts positional ones with a
+    #: regular expression over the whole statement, which cost more than the rest together.
+    sql: str
+    #: For each attname the INSERT sets: its field, its position among the row's values (the
+    #: model's concrete fields' order), and the type of value it takes as it is (str, int) or
+    #: adapts directly (datetime), sparing ``get_db_prep_save`` (an AttributeError raised
+    #: inside its hasattr() alone cost more than the adaptation).
+    slots: dict[str, tuple[Field[Any, Any], int, type | None]]
+    #: The parameters of a row holding only defaults; the event's values replace some.
+    template: dict[str, Any]
+    #: A new row's values before the event's (defaults; those that are made per row, such as
+    #: a dict, are made again by ``fresh``).
+    defaults: tuple[Any, ...]
+    fresh: tuple[tuple[int, Field[Any, Any]], ...]
+    #: What the database returns (primary key first, then the ``db_default`` columns where
+    #: it can return them): position in the row, column, converters.
+    returned: tuple[tuple[int, Any, tuple[Callable[..., Any], ...]], ...]
+
+
 @lru_cache(maxsize=64)
-def _insert_statement(
-    using: str, defaults: tuple[str, ...]
-) -> tuple[str, list[Field[Any, Any]], list[Field[Any, Any]]]:
-    """The INSERT of ``_insert_unless_recorded`` on ``using`` (built once per process), the
-    fields it sets, and those it returns."""
+def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
+    """The INSERT of a row whose values for ``names`` are known; the other columns take their
+    default: the database's (``db_default``: its clock) or the field's. A column whose
+    field default is NULL is left out, so the statement is as short as the row allows."""
     connection = connections[using]
     ops = connection.ops
     meta = OutboxEvent._meta
-    fields = [
+    fields = list(meta.concrete_fields)
+    by_database = [field for field in fields if field.db_default is not NOT_PROVIDED]
+    inserted = [
         field
-        for field in meta.local_concrete_fields
-        if not field.primary_key and field.attname not in defaults
+        for field in fields
+        if field.attname in names
+        or not (field.primary_key or field in by_database or field.get_default() is None)
     ]
     sql = "{insert} {table} ({columns}) VALUES ({values}) {on_conflict}".format(
         insert=ops.insert_statement(on_conflict=OnConflict.IGNORE),
         table=ops.quote_name(meta.db_table),
-        columns=", ".join(ops.quote_name(str(field.column)) for field in fields),
-        values=", ".join(["%s"] * len(fields)),
-        on_conflict=ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ()),
+        columns=", ".join(ops.quote_name(str(field.column)) for field in inserted),
+        values=", ".join(f"%({field.attname})s" for field in inserted),
+        on_conflict=ops.on_conflict_suffix_sql(inserted, OnConflict.IGNORE, (), ()),
     )
-    returning: list[Field[Any, Any]] = []
+    returning = [meta.pk]
     if connection.features.can_return_columns_from_insert:
-        returning = [
-            meta.pk,
-            *(field for field in meta.local_concrete_fields if field.attname in defaults),
-        ]
+        returning += by_database
         # Missing from django-stubs; every backend that can return columns has it.
         returned_sql = ops.return_insert_columns(returning)  # type: ignore[attr-defined]
         sql = f"{sql} {returned_sql[0]}"  # no parameters on any backend
-    return sql, fields, returning
+    defaults = [None if field in returning else field.get_default() for field in fields]
+    columns = [field.get_col(meta.db_table) for field in returning]
+    return _Insert(
+        sql=sql,
+        slots={field.attname: (field, fields.index(field), _taken(field)) for field in inserted},
+        template={
+            field.attname: field.get_db_prep_save(defaults[fields.index(field)], connection)
+            for field in inserted
+        },
+        defaults=tuple(defaults),
+        fresh=tuple(
+            (index, field)
+            for index, field in enumerate(fields)
+            if field in inserted and callable(field.default)
+        ),
+        returned=tuple(
+            (
+                fields.index(field),
+                column,
+                (*ops.get_db_converters(column), *field.get_db_converters(connection)),
+            )
+            for field, column in zip(returning, columns, strict=True)
+        ),
+    )
+
+
+def _taken(field: Field[Any, Any]) -> type | None:
+    """The type of value ``field`` prepares as it is (str in text columns, int in integer
+    ones) or, for datetime, by the backend's adaptation alone (when aware)."""
+    internal = field.get_internal_type()
+    if internal in ("CharField", "TextField"):
+        return str
+    if internal == "DateTimeField":
+        return datetime
+    target = getattr(field, "target_field", field)
+    if target.get_internal_type() in ("AutoField", "BigAutoField", "IntegerField"):
+        return int
+    return None
 
 
 #: Aliases whose outbox took a row in this process.
 _proven_outboxes: set[str] = set()
 
 
-def _insert_unless_recorded(using: str, row: OutboxEvent) -> bool:
-    """Insert ``row`` in one statement unless its key is taken: ``INSERT … ON CONFLICT DO
-    NOTHING`` (``INSERT OR IGNORE`` on SQLite, ``INSERT IGNORE`` on MariaDB: Django's own
-    mapping, as ``bulk_create(ignore_conflicts=True)``). True when inserted; ``row`` then has
-    its primary key and, where the database returns them, its database defaults."""
-    connection = connections[using]
-    meta = OutboxEvent._meta
-    values = {
-        concrete.attname: concrete.pre_save(row, add=True)
-        for concrete in meta.local_concrete_fields
-    }
-    # Columns left to their DEFAULT: the database's clock.
-    defaults = tuple(name for name, value in values.items() if isinstance(value, DatabaseDefault))
-    sql, fields, returning = _insert_statement(using, defaults)
-    params = [
-        concrete.get_db_prep_save(values[concrete.attname], connection) for concrete in fields
-    ]
+def _insert_unless_recorded(
+    connection: BaseDatabaseWrapper, values: dict[str, Any]
+) -> OutboxEvent | None:
+    """Insert the row of ``values`` (by attname; ``_Json`` for the JSON columns) in one
+    statement unless its key is taken: ``INSERT … ON CONFLICT DO NOTHING`` (``INSERT OR
+    IGNORE`` on SQLite, ``INSERT IGNORE`` on MariaDB: Django's own mapping, as
+    ``bulk_create(ignore_conflicts=True)``). Returns the new row, with its primary key and,
+    where the database returns them, its database defaults; None when the key was taken.
+
+    No model instance is built for the INSERT, and the ORM compiles nothing per row (the two
+    were most of what a save cost): the statement is compiled once per alias, and each value
+    is adapted as its field adapts it."""
+    using = connection.alias
+    insert = _insert_statement(using, tuple(values))
+    params = dict(insert.template)
+    row = list(insert.defaults)
+    for index, made in insert.fresh:
+        row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
+    for name, value in values.items():
+        column, index, taken = insert.slots[name]
+        if isinstance(value, _Json):
+            params[name] = connection.ops.adapt_json_value(value, _EncodedJson)
+            row[index] = value.value
+            continue
+        if type(value) is not taken:
+            value = column.get_db_prep_save(value, connection)
+        elif isinstance(value, datetime):
+            value = (
+                connection.ops.adapt_datetimefield_value(value)
+                if value.utcoffset() is not None
+                else column.get_db_prep_save(value, connection)  # naive: Django warns
+            )
+        params[name] = value
+        row[index] = values[name]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if returning:
-            returned_values = cursor.fetchone()
+        cursor.execute(insert.sql, params)
+        if len(insert.returned) > 1:
+            # The driver's cursor: Django's wraps fetchone() anew on each access.
+            with connection.wrap_database_errors:
+                returned_values = cursor.cursor.fetchone()
             if returned_values is None:
-                return False
+                return None
         elif cursor.rowcount != 1:
-            return False
+            return None
         else:
+            meta = OutboxEvent._meta
             pk = connection.ops.last_insert_id(cursor, meta.db_table, str(meta.pk.column))
             returned_values = (pk,)
-    for returned, value in zip(returning or [meta.pk], returned_values, strict=True):
-        column = returned.get_col(meta.db_table)
-        converters = [
-            *connection.ops.get_db_converters(column),
-            *returned.get_db_converters(connection),
-        ]
+    for (index, column, converters), value in zip(insert.returned, returned_values, strict=True):
         for converter in converters:
             value = converter(value, column, connection)
-        setattr(row, returned.attname, value)
-    row._state.adding = False
-    row._state.db = using
-    return True
+        row[index] = value
+    # The instance of a row read back, made as unpickling makes one: its values, and a state
+    # saying where it lives (Model.__init__ would cost a fifth of the whole capture).
+    instance = OutboxEvent.__new__(OutboxEvent)
+    instance.__dict__.update(zip(_ATTNAMES, row, strict=True))
+    instance._state = ModelState()
+    instance._state.adding = False
+    instance._state.db = using
+    return instance
+
+
+_ATTNAMES = [field.attname for field in OutboxEvent._meta.concrete_fields]
 
 
 _warned_autocommit: set[str] = set()
 
 
-def _warn_outside_transaction(using: str) -> None:
-    if not connections[using].in_atomic_block and using not in _warned_autocommit:
+def _warn_outside_transaction(connection: BaseDatabaseWrapper) -> None:
+    using = connection.alias
+    if not connection.in_atomic_block and using not in _warned_autocommit:
         _warned_autocommit.add(using)
         logger.warning(
             "django-capi recorded an event outside a transaction on %r: the business row and "

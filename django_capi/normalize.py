@@ -92,6 +92,7 @@ class NormalizedUserData(dict[str, Any]):
     ``problems`` never holds a raw value, so it is safe to store.
     """
 
+    __slots__ = ("problems",)
     problems: list[str]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -138,24 +139,56 @@ def normalize_user_data(
     phonenumbers knows. ``django_capi.normalize_user_data`` (``events.py``) is this function
     with the ``DEFAULT_PHONE_REGION`` setting as the default region.
     """
-    for key in data:
-        if key not in HASHED_KEYS and key not in PLAIN_KEYS:
-            raise UnknownUserDataKey(str(key))
-    forced_region = _region_argument("phone_region", phone_region)
-    fallback_region = _region_argument("default_phone_region", default_phone_region)
-    countries = _record_countries(data.get("country"))
-    record_region = next((c for c in countries or () if c in phonenumbers.SUPPORTED_REGIONS), None)
-    record = _Record(countries, forced_region or record_region or fallback_region)
+    if not _KNOWN_KEYS.issuperset(data):
+        raise UnknownUserDataKey(str(next(key for key in data if key not in _KNOWN_KEYS)))
+    country = data.get("country")
+    record = _record(
+        country if isinstance(country, str) else _record_countries(country),
+        _region_argument("phone_region", phone_region),
+        _region_argument("default_phone_region", default_phone_region),
+    )
 
     result = NormalizedUserData()
+    problems = result.problems
     for key in sorted(data):
-        if key in HASHED_KEYS:
-            value: object = _hash_values(key, data[key], record, result.problems)
+        value = data[key]
+        normalizer = _NORMALIZERS.get(key)
+        if normalizer is None:
+            value = _plain_value(key, value, problems)
+        elif type(value) is str and (value.isascii() and "\x00" not in value or is_storable(value)):
+            # The common case, inline (_hash_values does the same for any value); ASCII text
+            # is storable without NUL, and isascii() costs nothing in CPython.
+            text = value.strip()
+            if not text:
+                continue
+            if len(text) == 64 and is_sha256_hex(text):
+                value = text.lower()  # already hashed: hashing again would never match
+            else:
+                try:
+                    value = hashlib.sha256(normalizer(text, record).encode()).hexdigest()
+                except _Drop as drop:
+                    problems.append(f"{key}: value {drop}; dropped")
+                    continue
         else:
-            value = _plain_value(key, data[key], result.problems)
+            value = _hash_values(key, value, record, problems)
         if value is not None:
             result[key] = value
     return result
+
+
+_KNOWN_KEYS = HASHED_KEYS | PLAIN_KEYS
+
+
+@lru_cache(maxsize=1024)
+def _record(
+    countries: str | tuple[str, ...] | None, forced_region: str | None, fallback_region: str | None
+) -> _Record:
+    """What a record's values depend on: its countries (a raw ``country`` text, read here,
+    or those already read) and the region its phones are read in."""
+    if isinstance(countries, str):
+        countries = _countries_of(countries)
+    record_region = next((c for c in countries or () if c in phonenumbers.SUPPORTED_REGIONS), None)
+    return _Record(countries, forced_region or record_region or fallback_region)
 
 
 def _hash_values(
@@ -216,20 +249,121 @@ def _hash_one(key: str, item: object, record: _Record) -> str | None:
 def _email(text: str, record: _Record) -> str:
     # Meta asks only to trim and lowercase [CIP]: a stricter validator would drop addresses
     # Meta matches (non-ASCII local parts, IDN domains). Drop only what cannot be an address.
-    local, at, domain = text.lower().partition("@")
-    labels = domain.split(".")
-    if not (local and at) or "@" in domain or len(labels) < 2 or not all(labels):
+    # One "@", something before it, a domain of two or more non-empty labels, no spaces.
+    lowered = text.lower()
+    if _EMAIL_RE.fullmatch(lowered) is None:
         raise _Drop("is not a valid email address")
-    if _SPACE_RE.search(text):
-        raise _Drop("is not a valid email address")
-    return text.lower()
+    return lowered
 
 
 def _phone(text: str, record: _Record) -> str:
+    digits = _plain_phone_digits(text, record.phone_region)
+    if digits is not None:
+        return digits
     digits, problem = _phone_digits(text, record.phone_region)
     if digits is None:
         raise _Drop(problem)
     return digits
+
+
+class _Dialling(NamedTuple):
+    """The parts of phonenumbers' metadata that ``phonenumbers.parse`` consults for a number
+    made of digits and punctuation only (``_plain_phone_digits``)."""
+
+    country_code: str
+    international_prefix: re.Pattern[str] | None
+    national_prefix: re.Pattern[str] | None
+    #: Lengths of a national significant number that ``is_possible_number_with_reason``
+    #: calls ``IS_POSSIBLE`` (the country code's main region decides, as in phonenumbers).
+    possible_lengths: frozenset[int]
+
+
+def _dialling(metadata: Any) -> _Dialling:
+    code = int(metadata.country_code)
+    main = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        code, phonenumbers.region_code_for_country_code(code)
+    )
+    general = main.general_desc if main is not None else None
+    lengths = tuple(general.possible_length or ()) if general is not None else ()
+    local_only = set(general.possible_length_local_only or ()) if general is not None else set()
+    return _Dialling(
+        country_code=str(code),
+        international_prefix=_pattern(metadata.international_prefix),
+        national_prefix=_pattern(metadata.national_prefix_for_parsing),
+        possible_lengths=frozenset(
+            () if not lengths or lengths[0] == -1 else set(lengths) - local_only
+        ),
+    )
+
+
+def _pattern(regex: str | None) -> re.Pattern[str] | None:
+    return re.compile(regex) if regex else None
+
+
+@cache
+def _region_dialling(region: str) -> _Dialling | None:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
+    if metadata is None or metadata.international_prefix is None:
+        return None
+    return _dialling(metadata)
+
+
+@cache
+def _country_code_dialling(code: int) -> _Dialling | None:
+    if code not in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        return None
+    region = phonenumbers.region_code_for_country_code(code)
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    return None if metadata is None else _dialling(metadata)
+
+
+# ASCII digits and the punctuation of written numbers; a "+" only before the first digit.
+_PLAIN_PHONE_RE = re.compile(r"[ (]*(\+?)[0-9 ().-]{1,40}")
+# phonenumbers tries country codes of 1 to 3 digits, shortest first.
+_COUNTRY_CODE_SIZES = (1, 2, 3)
+
+
+def _plain_phone_digits(text: str, region: str | None) -> str | None:
+    """The E.164 digits of a plainly written number, as ``_phone_digits`` would find them
+    but without ``phonenumbers.parse`` (most of a record's cost); None when the number is not
+    of the two shapes read here, and then phonenumbers decides.
+
+    The shapes: ``+`` and a country code, and a national number in ``region``, both made of
+    digits and `` ().-`` only, where no international prefix, country code or national
+    prefix leads the national digits: there phonenumbers would try to strip them, and its
+    heuristics stay its own. What is left is its length test, made from the same metadata,
+    so the result is the one phonenumbers gives (``tests/test_normalize.py`` compares both
+    on generated numbers of every region)."""
+    shape = _PLAIN_PHONE_RE.fullmatch(text)
+    if shape is None:
+        return None
+    digits = _NOT_DIGIT_RE.sub("", text)
+    dialling: _Dialling | None = None
+    if shape[1]:
+        if digits[:1] == "0":
+            return None
+        for size in _COUNTRY_CODE_SIZES:
+            code = digits[:size]
+            if int(code or 0) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+                dialling = _country_code_dialling(int(code))
+                national = digits[size:]
+                break
+    elif region is not None:
+        dialling = _region_dialling(region)
+        national = digits
+        if dialling is not None and (
+            dialling.international_prefix is None
+            or dialling.international_prefix.match(digits)
+            or digits.startswith(dialling.country_code)
+        ):
+            return None
+    if dialling is None:
+        return None
+    if dialling.national_prefix is not None and dialling.national_prefix.match(national):
+        return None
+    if len(national) not in dialling.possible_lengths:
+        return None
+    return dialling.country_code + national
 
 
 @lru_cache(maxsize=4096)
@@ -249,7 +383,11 @@ def _phone_digits(text: str, region: str | None) -> tuple[str | None, str]:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:], ""
 
 
-_SPACE_RE = re.compile(r"\s")
+_IPV4_RE = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _ASCII_ZIP_RE = re.compile(r"[\s-]")
 _ZIP9_RE = re.compile(r"[0-9]{9}")
 _ASCII_NOT_ALPHA_RE = re.compile(r"[^a-z]")
@@ -295,7 +433,9 @@ def _state(text: str, record: _Record) -> str:
 
 
 def _zip(text: str, record: _Record) -> str:
-    if text.isascii():  # the one dash punctuation (Pd) of ASCII is "-"
+    if text.isdigit() and text.isascii():
+        value = text  # the common case: nothing to remove
+    elif text.isascii():  # the one dash punctuation (Pd) of ASCII is "-"
         value = _ASCII_ZIP_RE.sub("", text.lower())
     else:
         value = "".join(
@@ -322,21 +462,6 @@ def _gender(text: str, record: _Record) -> str:
         raise _Drop("is not a word for female or male")
     return value
 
-
-_NORMALIZERS: dict[str, Callable[[str, _Record], str]] = {
-    "em": _email,
-    "ph": _phone,
-    "fn": lambda text, _: _keep_letters(text),
-    "ln": lambda text, _: _keep_letters(text),
-    "ct": lambda text, _: _keep_letters(text),
-    "st": _state,
-    "zp": _zip,
-    "country": _country,
-    "db": lambda text, _: _birth_date(_parse_date(text)),
-    "ge": _gender,
-    # Meta only asks that it be consistent across channels, so the case is kept.
-    "external_id": lambda text, _: text,
-}
 
 _YMD_RE = re.compile(r"([0-9]{4})([-/.])([0-9]{1,2})\2([0-9]{1,2})")
 _COMPACT_RE = re.compile(r"([0-9]{4})()([0-9]{2})([0-9]{2})")  # groups line up with _YMD_RE
@@ -418,6 +543,8 @@ def _ip_address(value: object) -> str | None:
     text = _text(value)
     if text is None:
         return None
+    if _IPV4_RE.fullmatch(text):
+        return text  # dotted-quad IPv4 without leading zeros: ipaddress would write it so
     # Proxies and some frameworks hand over "host:port"; Meta wants the bare address.
     if bracketed := re.fullmatch(r"\[([^\]]+)\](?::[0-9]{1,5})?", text):
         text = bracketed[1]
@@ -454,16 +581,22 @@ def _integer_text(value: int) -> str:
         raise _Drop("is an integer of more than 4,300 digits") from None
 
 
-def _keep_letters(text: str, *, digits: bool = False) -> str:
+def _keep_letters(text: str, record: _Record | None = None, *, digits: bool = False) -> str:
     if text.isascii():
         # ASCII letters are the only ASCII characters in L (no M), digits the only Nd; NFC
         # changes no ASCII text.
-        kept = (_ASCII_NOT_ALNUM_RE if digits else _ASCII_NOT_ALPHA_RE).sub("", text.lower())
+        lowered = text.lower()
+        if lowered.isalpha():
+            return lowered  # the common case: nothing to remove
+        kept = (_ASCII_NOT_ALNUM_RE if digits else _ASCII_NOT_ALPHA_RE).sub("", lowered)
         if not kept:
             raise _Drop("has nothing left after normalization")
         return kept
     # str.lower, not casefold: Meta hashes "straße", not "strasse".
     lowered = unicodedata.normalize("NFC", text).lower()
+    if lowered.isalpha():
+        # Letters only (categories L*, as isalpha defines them): all kept, as below.
+        return unicodedata.normalize("NFC", lowered)
     keep = ("L", "M", "Nd") if digits else ("L", "M")
     kept = unicodedata.normalize(
         "NFC", "".join(ch for ch in lowered if unicodedata.category(ch).startswith(keep))
@@ -471,6 +604,22 @@ def _keep_letters(text: str, *, digits: bool = False) -> str:
     if not kept:
         raise _Drop("has nothing left after normalization")
     return kept
+
+
+_NORMALIZERS: dict[str, Callable[[str, _Record], str]] = {
+    "em": _email,
+    "ph": _phone,
+    "fn": _keep_letters,
+    "ln": _keep_letters,
+    "ct": _keep_letters,
+    "st": _state,
+    "zp": _zip,
+    "country": _country,
+    "db": lambda text, _: _birth_date(_parse_date(text)),
+    "ge": _gender,
+    # Meta only asks that it be consistent across channels, so the case is kept.
+    "external_id": lambda text, _: text,
+}
 
 
 @lru_cache(maxsize=1024)
@@ -536,9 +685,18 @@ def _countries_of(value: str) -> tuple[str, ...] | None:
 
 
 def _region_argument(name: str, value: str | None) -> str | None:
-    if value is None or not value.strip():
+    if value is None:
         return None
-    code = _resolve_country(value.strip())
-    if code is None or code not in phonenumbers.SUPPORTED_REGIONS:
+    code = _region_code(value)
+    if code == "":
         raise ValueError(f"{name} must be a country code phonenumbers knows, got {value!r}")
     return code
+
+
+@lru_cache(maxsize=256)
+def _region_code(value: str) -> str | None:
+    """The region phonenumbers knows by ``value``, None for a blank one, "" for none."""
+    if not value.strip():
+        return None
+    code = _resolve_country(value.strip())
+    return code if code is not None and code in phonenumbers.SUPPORTED_REGIONS else ""

@@ -20,11 +20,15 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 def is_storable(text: str) -> bool:
     """True when ``text`` can be stored as is on every supported database."""
+    if text.isascii():  # O(1) in CPython; then NUL is the only character to look for
+        return "\x00" not in text
     return _UNSTORABLE.search(text) is None
 
 
 def storable(text: str) -> str:
     """``text`` with NUL and lone surrogates replaced by U+FFFD."""
+    if is_storable(text):
+        return text if type(text) is str else str.__str__(text)  # a plain str, as re.sub gives
     return _UNSTORABLE.sub(REPLACEMENT, text)
 
 

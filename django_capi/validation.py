@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -75,8 +76,12 @@ def check_event_id(event_id: object) -> list[str]:
     return []
 
 
+#: ``ActionSource.values`` builds its list from the enum on every call.
+_ACTION_SOURCES = frozenset(ActionSource.values)
+
+
 def check_action_source(action_source: object) -> list[str]:
-    if action_source not in ActionSource.values:
+    if not isinstance(action_source, str) or action_source not in _ACTION_SOURCES:
         return [f"action_source must be one of {', '.join(ActionSource.values)}"]
     return []
 
@@ -223,7 +228,7 @@ def clean_custom_data(
         raise EventValidationError("custom_data must be a dict")
     problems: list[str] = []
     converter = _JsonConverter(problems, warnings)
-    cleaned = converter.convert(custom_data, "custom_data", depth=0)
+    cleaned = converter.convert(custom_data, ("custom_data",), depth=0)
     assert isinstance(cleaned, dict)  # noqa: S101 - a Mapping always converts to a dict
     required = {"value", "currency"} if event_name == "Purchase" else set()
     for key in [key for key, value in cleaned.items() if value is None and key not in required]:
@@ -272,6 +277,7 @@ def _check_money(custom_data: dict[str, Any], event_name: str, warnings: list[st
 _WITHDRAWN_CURRENCIES = frozenset({"ANG", "BGN"})
 
 
+@lru_cache(maxsize=256)
 def _is_iso_4217(code: str) -> bool:
     return code in _WITHDRAWN_CURRENCIES or pycountry.currencies.get(alpha_3=code) is not None
 
@@ -300,15 +306,46 @@ def _json_number(value: Decimal) -> int | float | Decimal:
     return float(value)
 
 
+#: Where a value sits in ``custom_data``: keys and list positions after the name of the root.
+#: Formatted (``_where``) only when a problem or warning names it.
+_Path = tuple[str | int, ...]
+
+
+def _where(path: _Path) -> str:
+    return str(path[0]) + "".join(
+        f"[{step}]" if isinstance(step, int) else f"[{step!r}]" for step in path[1:]
+    )
+
+
+def _plain(item: object) -> bool:
+    """An ASCII str without NUL or an int of usual size: its own JSON value (the common case,
+    told apart without a call to ``convert``)."""
+    if type(item) is str:
+        return item.isascii() and "\x00" not in item
+    return type(item) is int and -_TOO_LARGE < item < _TOO_LARGE
+
+
 class _JsonConverter:
-    """Turns one ``custom_data`` into JSON values, noting problems and warnings by path."""
+    """Turns one ``custom_data`` into JSON values, noting problems and warnings by path.
+
+    One walk validates the value and makes it storable (no NUL, no lone surrogate: ``text``):
+    the outbox stores the result as it is. The common types are recognised by their exact
+    type first; subclasses and the rarer types take the general checks after."""
 
     def __init__(self, problems: list[str], warnings: list[str]) -> None:
         self.problems = problems
         self.warnings = warnings
         self.path_ids: set[int] = set()
 
-    def convert(self, value: object, path: str, depth: int) -> Any:
+    def convert(self, value: object, path: _Path, depth: int) -> Any:
+        if type(value) is str:
+            return value if is_storable(value) else self._text(value, path)
+        if type(value) is int:
+            return value if -_TOO_LARGE < value < _TOO_LARGE else self._number(value, path)
+        if type(value) is float:
+            return value if math.isfinite(value) else self._number(value, path)
+        if type(value) is dict or type(value) is list:
+            return self._container(value, path, depth)
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, str):
@@ -320,49 +357,54 @@ class _JsonConverter:
             return self._text(str(DjangoJSONEncoder().default(value)), path)
         if isinstance(value, Mapping | list | tuple):
             return self._container(value, path, depth)
-        self.problems.append(f"{path} is a {type(value).__name__}, which JSON cannot carry")
+        self.problems.append(f"{_where(path)} is a {type(value).__name__}, which JSON cannot carry")
         return None
 
-    def _text(self, text: str, path: str) -> str:
+    def _text(self, text: str, path: _Path, suffix: str = "") -> str:
         if not is_storable(text):
             self.warnings.append(
-                f"{path}: NUL or lone surrogates, which no database stores, became U+FFFD"
+                f"{_where(path)}{suffix}: NUL or lone surrogates, which no database stores, "
+                "became U+FFFD"
             )
         return storable(text)
 
-    def _number(self, value: float | Decimal, path: str) -> int | float | None:
+    def _number(self, value: float | Decimal, path: _Path) -> int | float | None:
         if isinstance(value, Decimal):
             value = _json_number(value)
         if isinstance(value, Decimal | float) and not _is_number(value):
-            self.problems.append(f"{path} is not a finite number")
+            self.problems.append(f"{_where(path)} is not a finite number")
             return None
         if isinstance(value, Decimal) or (isinstance(value, int) and abs(value) >= _TOO_LARGE):
-            self.problems.append(f"{path} is a number too large to send")
+            self.problems.append(f"{_where(path)} is a number too large to send")
             return None
         return value
 
     def _container(
-        self, value: Mapping[Any, Any] | list[Any] | tuple[Any, ...], path: str, depth: int
+        self, value: Mapping[Any, Any] | list[Any] | tuple[Any, ...], path: _Path, depth: int
     ) -> Any:
         if id(value) in self.path_ids:
-            self.problems.append(f"{path} contains itself")
+            self.problems.append(f"{_where(path)} contains itself")
             return None
         if depth >= MAX_CUSTOM_DATA_DEPTH:
-            self.problems.append(f"{path} is nested more than {MAX_CUSTOM_DATA_DEPTH} levels deep")
+            self.problems.append(
+                f"{_where(path)} is nested more than {MAX_CUSTOM_DATA_DEPTH} levels deep"
+            )
             return None
         self.path_ids.add(id(value))
+        depth += 1
         try:
-            if isinstance(value, Mapping):
+            if type(value) is dict or isinstance(value, Mapping):
                 result = {}
                 for key, item in value.items():
-                    if not isinstance(key, str):
-                        self.problems.append(f"{path} has a key that is not a string")
-                        continue
-                    key = self._text(key, f"{path} key")
-                    result[key] = self.convert(item, f"{path}[{key!r}]", depth + 1)
+                    if type(key) is not str or not is_storable(key):
+                        if not isinstance(key, str):
+                            self.problems.append(f"{_where(path)} has a key that is not a string")
+                            continue
+                        key = self._text(key, path, " key")
+                    result[key] = item if _plain(item) else self.convert(item, (*path, key), depth)
                 return result
             return [
-                self.convert(item, f"{path}[{index}]", depth + 1)
+                item if _plain(item) else self.convert(item, (*path, index), depth)
                 for index, item in enumerate(value)
             ]
         finally:

@@ -108,7 +108,9 @@ def test_make_bench_writes_every_section_and_row(tmp_path):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         assert row.count("|") == cells + 2, row
     for label in ("`django_capi.normalize_user_data(...)`", "SDK `UserData(...).normalize()`"):
-        assert f"| {label} |" in text
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert row.count("|") == 4, row  # one customer repeated, and distinct customers
+    assert "| | one customer, repeated | distinct customers |" in text
     assert "| 4 | 4 |" in text  # the smaller memory backlog: 4 rows, all drained
     assert "| 40 | 40 |" in text
     assert ("django-capi, 2 workers (processes)" in text) is on_postgres

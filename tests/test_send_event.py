@@ -175,10 +175,10 @@ def test_a_row_the_database_refuses_becomes_a_failed_row(monkeypatch):
 
     original = events._insert_unless_recorded
 
-    def refuse_pending(using, row):
-        if row.status == OutboxEvent.Status.PENDING:
+    def refuse_pending(connection, values):
+        if values["status"] == OutboxEvent.Status.PENDING:
             raise DataError("value too long")
-        return original(using, row)
+        return original(connection, values)
 
     monkeypatch.setattr(events, "_insert_unless_recorded", refuse_pending)
     with transaction.atomic():
