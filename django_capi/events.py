@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -265,6 +265,60 @@ def record_event(
             "event %s %s for %s not sent: %s", event_name, event_id, _label(source), row.last_error
         )
     return row
+
+
+def recorded_events(
+    keys: Iterable[tuple[str, str]], *, using: str, pixel_id: str | None = None
+) -> set[tuple[str, str]]:
+    """Those of ``keys`` (``(event_name, event_id)``) that have an outbox row for
+    ``pixel_id`` (by default the ``PIXEL_ID`` setting): one query."""
+    keys = set(keys)
+    pixel_id = pixel_id or _pixel_id()
+    return {
+        key
+        for key in OutboxEvent.objects.using(using)
+        .filter(pixel_id=pixel_id, event_id__in={event_id for _, event_id in keys})
+        .values_list("event_name", "event_id")
+        if key in keys
+    }
+
+
+def record_built_events(events: Sequence[BuiltEvent], *, using: str, dry_run: bool = False) -> int:
+    """Write the outbox rows of ``events`` (made by ``build_event``) that are not recorded
+    yet, in one ``INSERT … ON CONFLICT DO NOTHING`` executed for all of them; return how
+    many that is (written unless ``dry_run``). For importers (``manage.py capi_import``):
+    an event recorded before, or twice in ``events``, is skipped.
+
+    Each event's key must be valid and storable (``validation.check_event_name`` and
+    ``check_event_id``, ``text.is_storable``). The count is exact unless another process
+    records the same events at the same time; the unique key keeps the rows right anyway.
+    """
+    pixel_id = _pixel_id()
+    batch = {(event.payload["event_name"], event.payload["event_id"]): event for event in events}
+    recorded = recorded_events(batch, using=using, pixel_id=pixel_id)
+    new = [event for key, event in batch.items() if key not in recorded]
+    if dry_run or not new:
+        return len(new)
+    rows = [
+        OutboxEvent(
+            pixel_id=pixel_id,
+            event_name=event.payload["event_name"],
+            event_id=event.payload["event_id"],
+            action_source=event.payload["action_source"],
+            **_pending_fields(event, []),
+        )
+        for event in new
+    ]
+    _insert_many(using, rows)
+    send_on_commit(outbox_committed, using)
+    return len(new)
+
+
+def _pixel_id() -> str:
+    pixel_id = capi_settings().pixel_id
+    if not pixel_id:
+        raise CapiConfigurationError("DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set")
+    return pixel_id
 
 
 def _cleaned_event_id(event_name: str, event_id: str) -> str:
@@ -525,10 +579,10 @@ def _store(
 
 @lru_cache(maxsize=64)
 def _insert_statement(
-    using: str, defaults: tuple[str, ...]
+    using: str, defaults: tuple[str, ...], *, returning: bool = True
 ) -> tuple[str, list[Field[Any, Any]], list[Field[Any, Any]]]:
     """The INSERT of ``_insert_unless_recorded`` on ``using`` (built once per process), the
-    fields it sets, and those it returns."""
+    fields it sets, and those it returns (none unless ``returning``)."""
     connection = connections[using]
     ops = connection.ops
     meta = OutboxEvent._meta
@@ -544,16 +598,16 @@ def _insert_statement(
         values=", ".join(["%s"] * len(fields)),
         on_conflict=ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ()),
     )
-    returning: list[Field[Any, Any]] = []
-    if connection.features.can_return_columns_from_insert:
-        returning = [
+    returned: list[Field[Any, Any]] = []
+    if returning and connection.features.can_return_columns_from_insert:
+        returned = [
             meta.pk,
             *(field for field in meta.local_concrete_fields if field.attname in defaults),
         ]
         # Missing from django-stubs; every backend that can return columns has it.
-        returned_sql = ops.return_insert_columns(returning)  # type: ignore[attr-defined]
+        returned_sql = ops.return_insert_columns(returned)  # type: ignore[attr-defined]
         sql = f"{sql} {returned_sql[0]}"  # no parameters on any backend
-    return sql, fields, returning
+    return sql, fields, returned
 
 
 #: Aliases whose outbox took a row in this process.
@@ -600,6 +654,33 @@ def _insert_unless_recorded(using: str, row: OutboxEvent) -> bool:
     row._state.adding = False
     row._state.db = using
     return True
+
+
+def _insert_many(using: str, rows: Sequence[OutboxEvent]) -> None:
+    """``_insert_unless_recorded``'s statement without RETURNING, executed for every row at
+    once (``executemany``: one multi-row INSERT on MariaDB, a pipeline on PostgreSQL). Not
+    ``bulk_create``: compiling its statement costs more than building the events."""
+    connection = connections[using]
+    meta = OutboxEvent._meta
+    params: list[list[Any]] = []
+    sql: str | None = None
+    fields: list[Field[Any, Any]] = []
+    for row in rows:
+        values = {
+            concrete.attname: concrete.pre_save(row, add=True)
+            for concrete in meta.local_concrete_fields
+        }
+        if sql is None:
+            defaults = tuple(
+                name for name, value in values.items() if isinstance(value, DatabaseDefault)
+            )
+            sql, fields, _ = _insert_statement(using, defaults, returning=False)
+        params.append(
+            [concrete.get_db_prep_save(values[concrete.attname], connection) for concrete in fields]
+        )
+    if sql is not None:
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
 
 
 _warned_autocommit: set[str] = set()

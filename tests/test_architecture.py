@@ -26,7 +26,8 @@ DOCS = PACKAGE.parent / "docs" / "architecture.md"
 LAYERS: dict[str, tuple[str, ...]] = {
     # Runs inside the shop's request and transaction.
     "CAPTURE": (
-        "registry", "events", "installation", "normalize", "validation", "context", "browser"
+        "registry", "events", "installation", "normalize", "validation", "context", "browser",
+        "offline",
     ),
     # Below both wings: vocabularies, errors, text, settings, the models, the signals.
     "SHARED": ("constants", "exceptions", "text", "conf", "models", "signals"),
@@ -48,7 +49,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 #: Groups across layers.
 GROUPS: dict[str, tuple[str, ...]] = {
     # Meta's rules and plain text: no settings, no models, no database.
-    "PURE": ("normalize", "validation", "text", "context"),
+    "PURE": ("normalize", "validation", "text", "context", "offline"),
     "VIEWS": ("admin", "dashboard", "charts"),
 }
 EVERY = "every module"
