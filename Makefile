@@ -62,8 +62,8 @@ test: browser-deps lint typecheck migrations test-sqlite test-postgres
 
 # Not part of `make test` (one Python, one Django): Django 5.2 and 6.0 on Python 3.11-3.13,
 # each on SQLite, PostgreSQL and MariaDB, by nox (noxfile.py; docs/development.md). The
-# interpreters come from pyenv when they are not on PATH. NOX_ARGS narrows it, e.g.
-# NOX_ARGS='-s "tests-3.11(django='"'"'5.2'"'"')"'; CAPI_MATRIX_DATABASES=mariadb one database.
+# interpreters come from pyenv when they are not on PATH. NOX_ARGS narrows it to sessions
+# (`.venv/bin/nox -l` lists them); CAPI_MATRIX_DATABASES=mariadb (or sqlite,postgres) to databases.
 NOX_ARGS ?=
 PYENV_BINS := $(wildcard $(HOME)/.pyenv/versions/3.11.*/bin $(HOME)/.pyenv/versions/3.12.*/bin \
   $(HOME)/.pyenv/versions/3.13.*/bin)

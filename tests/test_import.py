@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from django_capi import OutboxEvent
+from django_capi import OutboxEvent, offline
 from django_capi.delivery import drain
 from tests.database_dump import dump_database
 
@@ -303,3 +303,35 @@ def test_cells_that_are_not_utf8_or_not_csv_fail_their_row_only(tmp_path):
         "line 4: a cell holds NUL or is not UTF-8 text (save the file as UTF-8)",
     ]
     assert "caf" not in dump_database()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1796000000", 1796000000),
+        ("2026-11-30T14:05:00+01:00", 1796043900),
+        ("2026-11-30T13:05:00Z", 1796043900),
+        ("2026-11-30 13:05:00", 1796043900),  # no zone: UTC
+    ],
+)
+def test_event_time_is_unix_seconds_or_iso_8601(text, expected):
+    assert offline.parse_event_time(text).timestamp() == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "1796000000000", "-5", "nan", "30/11/2026"])
+def test_other_event_times_are_refused(text):
+    with pytest.raises(ValueError, match="event_time"):
+        offline.parse_event_time(text)
+
+
+def test_an_event_id_from_an_order_id_fits_the_column_and_is_stable():
+    assert offline.derived_event_id("R-1", ["x"], "Purchase", "physical_store") == "offline-R-1"
+    long_id = offline.derived_event_id("9" * 200, ["x"], "Purchase", "physical_store")
+    assert long_id.startswith("offline-") and len(long_id) <= 100
+    assert long_id == offline.derived_event_id("9" * 200, ["y"], "Lead", "other")
+    # Without an order id the row's cells, the event name and the action source decide.
+    row = ["a@example.com", "1796000000"]
+    first = offline.derived_event_id(None, row, "Purchase", "physical_store")
+    assert first == offline.derived_event_id(None, list(row), "Purchase", "physical_store")
+    assert first != offline.derived_event_id(None, row, "Purchase", "phone_call")
+    assert first != offline.derived_event_id(None, [*row[:1], "1796000001"], "Purchase", "x")
