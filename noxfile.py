@@ -4,9 +4,9 @@ MariaDB (``make test-matrix``; docs/development.md).
 One session per Python and Django, each with its own virtualenv, reused between runs; a
 session runs the suite once per database, so three databases cost one install. Choose
 databases with ``CAPI_MATRIX_DATABASES=sqlite,mariadb`` and sessions with nox's own options
-(``nox -s "tests(python='3.11', django='5.2')"``). The servers are the ones ``make test`` uses; MariaDB
-at ``CAPI_MARIADB_URL`` (default ``mysql://root@127.0.0.1:3306/capi_matrix``) needs 10.6 or
-later (``SELECT … FOR UPDATE SKIP LOCKED``) and its time zone tables loaded
+(``nox -s "tests(python='3.11', django='5.2')"``). The servers are the ones ``make test``
+uses; MariaDB at ``CAPI_MARIADB_URL`` (default ``mysql://root@127.0.0.1:3306/capi_matrix``)
+needs 10.6 or later (``SELECT … FOR UPDATE SKIP LOCKED``) and its time zone tables loaded
 (``make mariadb-deps``).
 """
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from django_capi import OutboxEvent
 from tests.factories import OrderFactory
 from tests.processes import database_url
