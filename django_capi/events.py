@@ -604,9 +604,12 @@ def _insert_statement(
             meta.pk,
             *(field for field in meta.local_concrete_fields if field.attname in defaults),
         ]
-        # Missing from django-stubs; every backend that can return columns has it.
-        returned_sql = ops.return_insert_columns(returned)  # type: ignore[attr-defined]
-        sql = f"{sql} {returned_sql[0]}"  # no parameters on any backend
+        # Django 6.0 renamed return_insert_columns (5.2) to returning_columns; neither is in
+        # django-stubs, and every backend that can return columns has one of them.
+        returning_sql = getattr(ops, "returning_columns", None)
+        if returning_sql is None:
+            returning_sql = ops.return_insert_columns  # type: ignore[attr-defined]
+        sql = f"{sql} {returning_sql(returned)[0]}"  # no parameters on any backend
     return sql, fields, returned
 
 
