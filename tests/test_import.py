@@ -335,3 +335,23 @@ def test_an_event_id_from_an_order_id_fits_the_column_and_is_stable():
     assert first == offline.derived_event_id(None, list(row), "Purchase", "physical_store")
     assert first != offline.derived_event_id(None, row, "Purchase", "phone_call")
     assert first != offline.derived_event_id(None, [*row[:1], "1796000001"], "Purchase", "x")
+
+
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_bar_is_redrawn_in_place_and_errors_clear_it(tmp_path):
+    now = int(time.time())
+    rows = [[f"c{i}@example.com", now - 60, f"T{i}"] for i in range(600)]
+    rows[550] = ["c@example.com", "soon", "T550"]
+    path = write_csv(tmp_path / "t.csv", ["email", "event_time", "order_id"], rows)
+    err = Terminal()
+    call_command("capi_import", str(path), "--event-name", "Lead", stdout=StringIO(), stderr=err)
+    output = err.getvalue()
+    assert "\r[" in output and "] " in output  # the bar, redrawn after a carriage return
+    assert "\r\x1b[K" in output  # cleared before the error line, which stays readable
+    assert "line 552: event_time is neither Unix seconds nor ISO 8601" in output
+    assert output.endswith("100% of the file, 600 rows\n")
+    assert "of the file," not in output.replace("100% of the file, 600 rows", "")

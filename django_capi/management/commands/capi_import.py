@@ -149,7 +149,9 @@ class _Import:
                 "currency, order_id) or mapped by --mapping"
             )
         if columns.ignored:
-            self.command.stderr.write(f"Ignored columns: {', '.join(columns.ignored)}")
+            self.command.stderr.write(
+                f"Ignored columns: {', '.join(columns.ignored)}", style_func=_plain
+            )
         batch: list[tuple[int, list[str] | str]] = []
         for line, row in rows:
             self.read += 1
@@ -266,19 +268,26 @@ class _Progress:
                 self.next_draw = now + 0.1
                 filled = int(fraction * self.WIDTH)
                 bar = "#" * filled + "-" * (self.WIDTH - filled)
-                self.stream.write(f"\r[{bar}] {fraction:4.0%} {rows:,} rows", ending="")
-                self.stream.flush()
+                self._write(f"\r[{bar}] {fraction:4.0%} {rows:,} rows", ending="")
                 self.drawn = True
         elif fraction * 10 >= self.next_tenth and fraction < 1.0:
             self.next_tenth = int(fraction * 10) + 1
-            self.stream.write(f"{fraction:.0%} of the file, {rows:,} rows")
+            self._write(f"{fraction:.0%} of the file, {rows:,} rows")
 
     def clear(self) -> None:
         if self.drawn:
-            self.stream.write("\r\033[K", ending="")
+            self._write("\r\033[K", ending="")
             self.drawn = False
 
     def done(self, rows: int) -> None:
         self.clear()
-        self.stream.write(f"100% of the file, {rows:,} rows")
+        self._write(f"100% of the file, {rows:,} rows")
+
+    def _write(self, text: str, ending: str | None = None) -> None:
+        # Plain: on a terminal Django styles everything on stderr as an error.
+        self.stream.write(text, style_func=_plain, ending=ending)
         self.stream.flush()
+
+
+def _plain(text: str) -> str:
+    return text
