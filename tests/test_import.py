@@ -285,6 +285,13 @@ def test_a_bad_mapping_or_file_stops_before_anything_is_read(tmp_path):
         capi_import(path, "--database", "nope")
 
 
+def test_without_a_pixel_id_nothing_is_read(tmp_path, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "PIXEL_ID": ""}
+    path = write_csv(tmp_path / "a.csv", ["email"], [["a@example.com"]])
+    with pytest.raises(CommandError, match=r"PIXEL_ID.*is not set"):
+        capi_import(path, "--dry-run")
+
+
 def test_cells_that_are_not_utf8_or_not_csv_fail_their_row_only(tmp_path):
     now = int(time.time())
     path = tmp_path / "mixed.csv"

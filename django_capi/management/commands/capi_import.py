@@ -77,9 +77,12 @@ class Command(BaseCommand):
         if using not in outbox.databases():
             raise CommandError(f"no outbox in database {using}")
         try:
-            capi_settings().pixel_id  # noqa: B018 - a broken setting stops the run here
+            pixel_id = capi_settings().pixel_id
         except CapiConfigurationError as exc:
             raise CommandError(str(exc)) from None
+        if not pixel_id:
+            # The pixel is part of every event's key: even a dry run needs it.
+            raise CommandError("DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set")
         mapping = None
         if options["mapping"] is not None:
             try:
