@@ -126,9 +126,11 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         raise EventValidationError(problems, warnings=warnings)
 
     payload: dict[str, Any] = {
-        "event_name": draft.event_name,
+        # NUL or lone surrogates pass Meta's rules but no database stores them; record_event
+        # keys the row by the same storable text (and gives such an event_id a suffix).
+        "event_name": storable(draft.event_name),
         "event_time": event_time,
-        "event_id": draft.event_id,
+        "event_id": storable(draft.event_id),
         "action_source": draft.action_source,
         "user_data": dict(user_data),
     }
