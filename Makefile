@@ -12,7 +12,7 @@ WITH_SERVICES := $(BIN)/python -m tests.services
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install install-demo browser-deps lint typecheck migrations test test-sqlite test-postgres demo demo-check clean bench bench-scale chaos
+.PHONY: install install-demo browser-deps mariadb-deps lint typecheck migrations test test-sqlite test-postgres test-matrix demo demo-check clean bench bench-scale chaos
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,18 @@ browser-deps:
 	command -v chromium >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
+# MariaDB for `make test-matrix`: the headers mysqlclient builds against, the server's time
+# zone tables (Django's time zone functions need them), and the server started when it is
+# installed but down.
+MARIADB_URL ?= mysql://root@127.0.0.1:3306/capi_matrix
+mariadb-deps:
+	command -v mariadb_config >/dev/null && command -v pkg-config >/dev/null || (apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	  libmariadb-dev pkg-config build-essential)
+	mysqladmin -h 127.0.0.1 -u root ping >/dev/null 2>&1 || service mariadb start
+	mysql -h 127.0.0.1 -u root -N -e "SELECT COUNT(*) FROM mysql.time_zone_name" | grep -qv '^0$$' || \
+	  mysql_tzinfo_to_sql /usr/share/zoneinfo 2>/dev/null | mysql -h 127.0.0.1 -u root mysql
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,7 +63,7 @@ migrations: install
 
 test-sqlite: install browser-deps
 	DATABASE_URL=sqlite:///:memory: $(WITH_SERVICES) --redis $(REDIS_URL) -- \
-	  $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
+	  $(BIN)/pytest -m "not postgres and not rowlocks" $(PYTEST_ARGS)
 
 # The demo tests run the example shop on its own SQLite database: the SQLite pass covers them.
 test-postgres: install browser-deps
@@ -60,8 +72,23 @@ test-postgres: install browser-deps
 
 test: browser-deps lint typecheck migrations test-sqlite test-postgres
 
+# Not part of `make test` (one Python, one Django): Django 5.2 and 6.0 on Python 3.11-3.13,
+# each on SQLite, PostgreSQL and MariaDB, by nox (noxfile.py; docs/development.md). The
+# interpreters come from pyenv when they are not on PATH. NOX_ARGS narrows it to sessions
+# (`.venv/bin/nox -l` lists them); CAPI_MATRIX_DATABASES=mariadb (or sqlite,postgres) to databases.
+NOX_ARGS ?=
+PYENV_BINS := $(wildcard $(HOME)/.pyenv/versions/3.11.*/bin $(HOME)/.pyenv/versions/3.12.*/bin \
+  $(HOME)/.pyenv/versions/3.13.*/bin)
+empty :=
+space := $(empty) $(empty)
+test-matrix: install mariadb-deps
+	$(BIN)/python -m pip install --quiet -e '.[matrix]'
+	PATH="$(subst $(space),:,$(PYENV_BINS)):$$PATH" CAPI_MARIADB_URL=$(MARIADB_URL) \
+	  $(WITH_SERVICES) --postgres $(POSTGRES_URL) \
+	  --redis $(REDIS_URL) -- $(BIN)/nox $(NOX_ARGS)
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache example_project/var
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .nox example_project/var
 
 # The example shop at http://127.0.0.1:8000/ with the Graph API emulator, a Celery worker and
 # beat (README "Try it"). GRAPH_ARGS="..." passes options to `manage.py capi_fakegraph`.

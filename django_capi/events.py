@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -149,7 +149,8 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         raise EventValidationError(problems, warnings=warnings)
 
     payload: dict[str, Any] = {
-        # As record_event stores them: NUL and lone surrogates become U+FFFD.
+        # NUL or lone surrogates pass Meta's rules but no database stores them; record_event
+        # keys the row by the same storable text (and gives such an event_id a suffix).
         "event_name": storable(draft.event_name),
         "event_time": event_time,
         "event_id": storable(draft.event_id),
@@ -324,6 +325,60 @@ def _resolve_pixel(conf: CapiSettings, requested: object) -> tuple[str, str | No
             "send_event to record this event anew"
         )
     return requested, None
+
+
+def recorded_events(
+    keys: Iterable[tuple[str, str]], *, using: str, pixel_id: str | None = None
+) -> set[tuple[str, str]]:
+    """Those of ``keys`` (``(event_name, event_id)``) that have an outbox row for
+    ``pixel_id`` (by default the ``PIXEL_ID`` setting): one query."""
+    keys = set(keys)
+    pixel_id = pixel_id or _pixel_id()
+    return {
+        key
+        for key in OutboxEvent.objects.using(using)
+        .filter(pixel_id=pixel_id, event_id__in={event_id for _, event_id in keys})
+        .values_list("event_name", "event_id")
+        if key in keys
+    }
+
+
+def record_built_events(events: Sequence[BuiltEvent], *, using: str, dry_run: bool = False) -> int:
+    """Write the outbox rows of ``events`` (made by ``build_event``) that are not recorded
+    yet, in one ``INSERT … ON CONFLICT DO NOTHING`` executed for all of them; return how
+    many that is (written unless ``dry_run``). For importers (``manage.py capi_import``):
+    an event recorded before, or twice in ``events``, is skipped.
+
+    Each event's key must be valid and storable (``validation.check_event_name`` and
+    ``check_event_id``, ``text.is_storable``). The count is exact unless another process
+    records the same events at the same time; the unique key keeps the rows right anyway.
+    """
+    pixel_id = _pixel_id()
+    batch = {(event.payload["event_name"], event.payload["event_id"]): event for event in events}
+    recorded = recorded_events(batch, using=using, pixel_id=pixel_id)
+    new = [event for key, event in batch.items() if key not in recorded]
+    if dry_run or not new:
+        return len(new)
+    rows = [
+        {
+            "pixel_id": pixel_id,
+            "event_name": event.payload["event_name"],
+            "event_id": event.payload["event_id"],
+            "action_source": event.payload["action_source"],
+            **_pending_fields(event, [], None),
+        }
+        for event in new
+    ]
+    _insert_many(connections[using], rows)
+    send_on_commit(outbox_committed, using)
+    return len(new)
+
+
+def _pixel_id() -> str:
+    pixel_id = capi_settings().pixel_id
+    if not pixel_id:
+        raise CapiConfigurationError("DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set")
+    return pixel_id
 
 
 def _cleaned_event_id(event_name: str, event_id: str) -> str:
@@ -677,10 +732,12 @@ class _Insert(NamedTuple):
 
 
 @lru_cache(maxsize=64)
-def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
+def _insert_statement(using: str, names: tuple[str, ...], *, returns: bool = True) -> _Insert:
     """The INSERT of a row whose values for ``names`` are known; the other columns take their
     default: the database's (``db_default``: its clock) or the field's. A column whose
-    field default is NULL is left out, so the statement is as short as the row allows."""
+    field default is NULL is left out, so the statement is as short as the row allows.
+    ``returns``: with the primary key and the database defaults where the database can
+    return them (not for ``executemany``, which takes no statement returning rows)."""
     connection = connections[using]
     ops = connection.ops
     meta = OutboxEvent._meta
@@ -700,11 +757,14 @@ def _insert_statement(using: str, names: tuple[str, ...]) -> _Insert:
         on_conflict=ops.on_conflict_suffix_sql(inserted, OnConflict.IGNORE, (), ()),
     )
     returning = [meta.pk]
-    if connection.features.can_return_columns_from_insert:
+    if returns and connection.features.can_return_columns_from_insert:
         returning += by_database
-        # Missing from django-stubs; every backend that can return columns has it.
-        returned_sql = ops.return_insert_columns(returning)  # type: ignore[attr-defined]
-        sql = f"{sql} {returned_sql[0]}"  # no parameters on any backend
+        # Django 6.0 renamed return_insert_columns (5.2) to returning_columns; neither is in
+        # django-stubs, and every backend that can return columns has one of them.
+        returning_sql = getattr(ops, "returning_columns", None)
+        if returning_sql is None:
+            returning_sql = ops.return_insert_columns  # type: ignore[attr-defined]
+        sql = f"{sql} {returning_sql(returning)[0]}"  # no parameters on any backend
     defaults = [None if field in returning else field.get_default() for field in fields]
     columns = [field.get_col(meta.db_table) for field in returning]
     return _Insert(
@@ -763,26 +823,7 @@ def _insert_unless_recorded(
     is adapted as its field adapts it."""
     using = connection.alias
     insert = _insert_statement(using, tuple(values))
-    params = dict(insert.template)
-    row = list(insert.defaults)
-    for index, made in insert.fresh:
-        row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
-    for name, value in values.items():
-        column, index, taken = insert.slots[name]
-        if isinstance(value, _Json):
-            params[name] = connection.ops.adapt_json_value(value, _EncodedJson)
-            row[index] = value.value
-            continue
-        if type(value) is not taken:
-            value = column.get_db_prep_save(value, connection)
-        elif isinstance(value, datetime):
-            value = (
-                connection.ops.adapt_datetimefield_value(value)
-                if value.utcoffset() is not None
-                else column.get_db_prep_save(value, connection)  # naive: Django warns
-            )
-        params[name] = value
-        row[index] = values[name]
+    params, row = _parameters(connection, insert, values)
     with connection.cursor() as cursor:
         cursor.execute(insert.sql, params)
         if len(insert.returned) > 1:
@@ -812,6 +853,48 @@ def _insert_unless_recorded(
 
 
 _ATTNAMES = [field.attname for field in OutboxEvent._meta.concrete_fields]
+
+
+def _parameters(
+    connection: BaseDatabaseWrapper, insert: _Insert, values: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    """The parameters of ``insert`` for the row of ``values``, and the row's values in the
+    model's field order (defaults where ``values`` has none)."""
+    params = dict(insert.template)
+    row = list(insert.defaults)
+    for index, made in insert.fresh:
+        row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
+    for name, value in values.items():
+        column, index, taken = insert.slots[name]
+        if isinstance(value, _Json):
+            params[name] = connection.ops.adapt_json_value(value, _EncodedJson)
+            row[index] = value.value
+            continue
+        if type(value) is not taken:
+            value = column.get_db_prep_save(value, connection)
+        elif isinstance(value, datetime):
+            value = (
+                connection.ops.adapt_datetimefield_value(value)
+                if value.utcoffset() is not None
+                else column.get_db_prep_save(value, connection)  # naive: Django warns
+            )
+        params[name] = value
+        row[index] = values[name]
+    return params, row
+
+
+def _insert_many(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]]) -> None:
+    """``_insert_unless_recorded``'s statement without RETURNING, executed for every row at
+    once (``executemany``: one multi-row INSERT on MariaDB, a pipeline on PostgreSQL); rows
+    whose key is taken are skipped. Every row sets the same columns (``values`` of
+    ``_insert_unless_recorded``). Not ``bulk_create``: compiling its statement costs more
+    than building the events."""
+    if not rows:
+        return
+    insert = _insert_statement(connection.alias, tuple(rows[0]), returns=False)
+    params = [_parameters(connection, insert, values)[0] for values in rows]
+    with connection.cursor() as cursor:
+        cursor.executemany(insert.sql, params)
 
 
 _warned_autocommit: set[str] = set()

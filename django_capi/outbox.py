@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any, Protocol, cast
 
-from django.db import connections, router, transaction
+from django.db import OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Expression, F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
@@ -203,17 +203,19 @@ def claim(
         return _lease(token, using, rows, db_now, started)
     if connection.features.has_select_for_update_skip_locked:
         # MySQL, MariaDB: concurrent claims skip each other's rows instead of waiting. The
-        # rows are read as they are locked (their attempt is counted below).
-        with transaction.atomic(using=using):
-            db_now = database_now(using)  # the transaction's clock, which the UPDATE uses
-            read = list(
-                _readable(oldest_first)
-                .select_for_update(skip_locked=True)
-                .values_list(*columns)[:limit]
-            )
-            if read:
-                ids = [values[0] for values in read]
-                OutboxEvent.objects.using(using).filter(_among(ids)).update(**changes)
+        # rows are read as they are locked (their attempt is counted below). InnoDB may
+        # still pick the claim as a deadlock victim against a pk-ordered update: run again.
+        for retry in _deadlock_retries(using):
+            with retry, transaction.atomic(using=using):
+                db_now = database_now(using)  # the transaction's clock, which the UPDATE uses
+                read = list(
+                    _readable(oldest_first)
+                    .select_for_update(skip_locked=True)
+                    .values_list(*columns)[:limit]
+                )
+                if read:
+                    ids = [values[0] for values in read]
+                    OutboxEvent.objects.using(using).filter(_among(ids)).update(**changes)
         counted = 1
     else:
         # SQLite: the UPDATE re-checks that each candidate is still due, under the database
@@ -468,12 +470,60 @@ def _update(rows: QuerySet[OutboxEvent], *, skip_locked: bool = False, **changes
     if not features.has_select_for_update:
         return rows.update(**changes)  # SQLite: one writer at a time, no row locks
     skip_locked = skip_locked and features.has_select_for_update_skip_locked
-    with transaction.atomic(using=rows.db):
-        locked = rows.order_by("pk").select_for_update(skip_locked=skip_locked)
-        ids = list(locked.values_list("pk", flat=True))
-        if not ids:
-            return 0
-        return OutboxEvent.objects.using(rows.db).filter(_among(ids)).update(**changes)
+    updated = 0
+    for retry in _deadlock_retries(rows.db):
+        with retry, transaction.atomic(using=rows.db):
+            locked = rows.order_by("pk").select_for_update(skip_locked=skip_locked)
+            ids = list(locked.values_list("pk", flat=True))
+            updated = (
+                OutboxEvent.objects.using(rows.db).filter(_among(ids)).update(**changes)
+                if ids
+                else 0
+            )
+    return updated
+
+
+#: InnoDB's "Deadlock found when trying to get lock; try restarting transaction".
+_INNODB_DEADLOCK = 1213
+_DEADLOCK_ATTEMPTS = 5
+
+
+class _Retry:
+    """One attempt of ``_deadlock_retries``: swallows the deadlock it may retry."""
+
+    def __init__(self, retryable: bool) -> None:
+        self.retryable = retryable
+        self.failed = False
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> bool:
+        self.failed = (
+            self.retryable
+            and isinstance(error, OperationalError)
+            and bool(error.args)
+            and error.args[0] == _INNODB_DEADLOCK
+        )
+        return self.failed
+
+
+def _deadlock_retries(using: str) -> Iterator[_Retry]:
+    """Attempts of one transaction, until one is not a deadlock victim.
+
+    On MariaDB/MySQL a ``SKIP LOCKED`` read through the secondary index of
+    ``next_attempt_at`` can still deadlock with a pk-ordered update of the same rows (the
+    ``rowlocks`` hammer test shows it); InnoDB then rolls the victim's transaction back and
+    asks for it to be run again. Each transaction here is whole (never nested in the
+    caller's), so it is; PostgreSQL's SKIP LOCKED never waits, and gets one attempt."""
+    connection = connections[using]
+    retryable = connection.vendor == "mysql" and not connection.in_atomic_block
+    for attempt in range(_DEADLOCK_ATTEMPTS):
+        retry = _Retry(retryable and attempt < _DEADLOCK_ATTEMPTS - 1)
+        yield retry
+        if not retry.failed:
+            return
+        time.sleep(0.01 * (attempt + 1))
 
 
 def _write(lease: Lease, rows: Sequence[LeasedRow], **changes: Any) -> list[int]:

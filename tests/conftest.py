@@ -14,16 +14,26 @@ def isolated_registry() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # PostgreSQL-only tests run in the PostgreSQL pass (`make test-postgres`); on any other
-    # database they fail loudly instead of silently passing or skipping.
+    # PostgreSQL-only tests run in the PostgreSQL pass (`make test-postgres`), row-lock tests
+    # there and on MariaDB (`make test-matrix`); on any other database they fail loudly
+    # instead of silently passing or skipping.
     for item in items:
         if item.get_closest_marker("postgres"):
             item.fixturenames.append("require_postgres")
+        if item.get_closest_marker("rowlocks"):
+            item.fixturenames.append("require_row_locks")
 
 
 @pytest.fixture
 def require_postgres() -> None:
     assert connection.vendor == "postgresql", "this test needs DATABASE_URL=postgres://…"
+
+
+@pytest.fixture
+def require_row_locks() -> None:
+    assert connection.vendor in ("postgresql", "mysql"), (
+        "this test needs a database with row locks: DATABASE_URL=postgres://… or mysql://…"
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

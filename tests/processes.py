@@ -16,11 +16,18 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def environment(capi_settings: dict[str, Any] | None = None) -> dict[str, str]:
+def database_url() -> str:
+    """The URL of this run's test database (PostgreSQL or MariaDB), for another process."""
     db = connection.settings_dict
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[connection.vendor]
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"{scheme}://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def environment(capi_settings: dict[str, Any] | None = None) -> dict[str, str]:
     return {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "CAPI_TEST_SETTINGS": json.dumps(capi_settings or {}),
         "PYTHONPATH": str(ROOT),

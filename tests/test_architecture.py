@@ -27,7 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # Runs inside the shop's request and transaction.
     "CAPTURE": (
         "registry", "events", "installation", "normalize", "validation", "sources", "context",
-        "browser",
+        "browser", "offline",
     ),
     # Below both wings: vocabularies, errors, text, settings, the models, the signals.
     "SHARED": ("constants", "exceptions", "text", "conf", "models", "signals"),
@@ -49,7 +49,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 #: Groups across layers.
 GROUPS: dict[str, tuple[str, ...]] = {
     # Meta's rules and plain text: no settings, no models, no database.
-    "PURE": ("normalize", "validation", "sources", "text", "context"),
+    "PURE": ("normalize", "validation", "sources", "text", "context", "offline"),
     "VIEWS": ("admin", "dashboard", "charts"),
 }
 EVERY = "every module"

@@ -1,4 +1,4 @@
-"""Two processes recording the same event at once on PostgreSQL still make one row."""
+"""Two processes recording the same event at once still make one row (PostgreSQL, MariaDB)."""
 
 import os
 import subprocess
@@ -6,21 +6,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from django_capi import OutboxEvent
 from tests.factories import OrderFactory
+from tests.processes import database_url
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.rowlocks, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "DJANGO_SETTINGS_MODULE": "tests.settings",
     }
     return subprocess.Popen(

@@ -1,4 +1,5 @@
-"""Delivery with real processes on PostgreSQL: several drainers, a killed one, Celery."""
+"""Delivery with real processes on a database with row locks (PostgreSQL, MariaDB): several
+drainers, a killed one, Celery."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from django_capi.testing import Delay
 from tests.factories import OrderFactory, OutboxEventFactory
 from tests.processes import manage, start, wait_until
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.rowlocks, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 Status = OutboxEvent.Status
 

@@ -25,14 +25,17 @@ def link_old_attempts(apps, schema_editor):
     link = apps.get_model("django_capi", "AttemptEvent")._meta.db_table
     outbox = apps.get_model("django_capi", "OutboxEvent")._meta.db_table
     # The models' own table names, quoted: nothing in these statements comes from input.
-    schema_editor.execute(
-        f"INSERT INTO {quote(link)} (attempt_id, event_id, outcome) "  # noqa: S608
-        f"SELECT id, event_id, outcome FROM {quote(attempt)}"
-    )
-    schema_editor.execute(
-        f"UPDATE {quote(attempt)} SET pixel_id = "  # noqa: S608
-        f"(SELECT o.pixel_id FROM {quote(outbox)} o WHERE o.id = {quote(attempt)}.event_id)"
-    )
+    # A cursor, not schema_editor.execute(): that one is for DDL, and refuses any statement
+    # inside the migration's transaction on MySQL/MariaDB, which cannot roll DDL back.
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(link)} (attempt_id, event_id, outcome) "  # noqa: S608
+            f"SELECT id, event_id, outcome FROM {quote(attempt)}"
+        )
+        cursor.execute(
+            f"UPDATE {quote(attempt)} SET pixel_id = "  # noqa: S608
+            f"(SELECT o.pixel_id FROM {quote(outbox)} o WHERE o.id = {quote(attempt)}.event_id)"
+        )
 
 
 class Migration(migrations.Migration):
