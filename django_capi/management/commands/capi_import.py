@@ -8,7 +8,6 @@ row, so importing a file again writes nothing new.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -70,7 +69,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--database", help="The database alias of the outbox (default: the router's)."
         )
-        parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=argparse.SUPPRESS)
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=BATCH_SIZE,
+            help=f"Rows checked and written together (default {BATCH_SIZE}): the memory the "
+            "import takes, whatever the file's length.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         using = options["database"] or router.db_for_write(OutboxEvent)
