@@ -482,6 +482,10 @@ def report(options: Options, results: dict[str, Any]) -> str:
         ),
         row("target ≤ 1 (the INSERT)", [verdict(sum(extra[k].values()) <= 1) for k in kinds]),
         row(
+            "one statement's round trip (`SELECT 1`), the floor of any added statement",
+            [ms(co[k]["round_trip_ms"]) for k in kinds],
+        ),
+        row(
             f"naive: the SDK posting inside the checkout, {options.latency * 1000:.0f} ms latency",
             [ms(co[k]["naive_ms"]) for k in kinds],
         ),

@@ -104,6 +104,7 @@ def test_make_bench_writes_every_section_and_row(tmp_path):
         "**added by django-capi**",
         "SQL statements added (CaptureQueriesContext)",
         "naive: the SDK posting inside the checkout",
+        "one statement's round trip (`SELECT 1`)",
     ):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         assert row.count("|") == cells + 2, row
