@@ -401,7 +401,8 @@ def report(options: Options, results: dict[str, Any]) -> str:
             "below was measured in this one run, django-capi and Meta's official Python SDK "
             "(`facebook-business`) side by side against the same loopback Graph API stand-in. "
             "The figures are reported, never asserted: this machine is shared and noisy, so "
-            "compare ratios rather than absolute numbers. The targets are those of issue 11."
+            "compare ratios rather than absolute numbers. The targets are those of issue 11; "
+            "what the profiles show and what is left: [performance.md](performance.md)."
         ),
         "",
         "## Machine",

@@ -45,7 +45,7 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.demo
+@pytest.mark.once
 def test_the_demo_serves_the_shop_with_celery_and_ctrl_c_stops_every_process(tmp_path):
     shop_port, graph_port = free_port(), free_port()
     demo = subprocess.Popen(

@@ -37,7 +37,7 @@ def group_is_gone(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.demo
+@pytest.mark.once
 @pytest.mark.browser
 def test_every_conversion_of_the_demo_arrives_exactly_once_with_its_pixel_twin():
     result = subprocess.run(
@@ -65,7 +65,7 @@ def test_every_conversion_of_the_demo_arrives_exactly_once_with_its_pixel_twin()
 
 
 @pytest.mark.slow
-@pytest.mark.demo
+@pytest.mark.once
 @pytest.mark.browser
 def test_sigterm_stops_the_stack_it_started():
     process = subprocess.Popen(

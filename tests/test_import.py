@@ -96,6 +96,7 @@ def test_metas_template_headers_become_hashed_events_the_drainer_delivers(tmp_pa
     assert received["offline-R-1"]["user_data"]["em"] == user_data["em"]
 
 
+@pytest.mark.once
 def test_a_100000_row_file_streams_with_progress_exact_errors_and_a_no_op_rerun(tmp_path):
     now = int(time.time())
     header = ["email", "event_time", "value", "currency", "order_id"]
@@ -152,6 +153,7 @@ def test_a_100000_row_file_streams_with_progress_exact_errors_and_a_no_op_rerun(
     assert OutboxEvent.objects.count() == 99_995
 
 
+@pytest.mark.once
 def test_memory_stays_flat_however_long_the_file(tmp_path):
     """Ten times the rows in the same memory: rows stream through in batches. Small batches
     make many of them cheaply; tracemalloc counts every allocation, so the sizes stay small."""
