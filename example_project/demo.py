@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         "--graph-args", default="", help="extra options for `manage.py capi_fakegraph`, quoted"
     )
     args = parser.parse_args(argv)
+    # Both, explicitly: a shell starts a background job with SIGINT ignored, and Python keeps
+    # an inherited SIG_IGN, so without this Ctrl-C (or a kill -INT) would never stop the demo.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     var = var_dir()
     var.mkdir(parents=True, exist_ok=True)

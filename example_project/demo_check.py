@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     var = Path(tempfile.mkdtemp(prefix="capi-demo-check-"))
     # SIGTERM unwinds like Ctrl-C, so every process group started is stopped either way.
+    signal.signal(signal.SIGINT, _interrupt)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args, chromium, var)
