@@ -333,7 +333,7 @@ def recorded_events(
     """Those of ``keys`` (``(event_name, event_id)``) that have an outbox row for
     ``pixel_id`` (by default the ``PIXEL_ID`` setting): one query."""
     keys = set(keys)
-    pixel_id = pixel_id or _pixel_id()
+    pixel_id = pixel_id or default_pixel_id()
     return {
         key
         for key in OutboxEvent.objects.using(using)
@@ -353,7 +353,7 @@ def record_built_events(events: Sequence[BuiltEvent], *, using: str, dry_run: bo
     ``check_event_id``, ``text.is_storable``). The count is exact unless another process
     records the same events at the same time; the unique key keeps the rows right anyway.
     """
-    pixel_id = _pixel_id()
+    pixel_id = default_pixel_id()
     batch = {(event.payload["event_name"], event.payload["event_id"]): event for event in events}
     recorded = recorded_events(batch, using=using, pixel_id=pixel_id)
     new = [event for key, event in batch.items() if key not in recorded]
@@ -374,10 +374,11 @@ def record_built_events(events: Sequence[BuiltEvent], *, using: str, dry_run: bo
     return len(new)
 
 
-def _pixel_id() -> str:
-    pixel_id = capi_settings().pixel_id
-    if not pixel_id:
-        raise CapiConfigurationError("DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set")
+def default_pixel_id() -> str:
+    """The default pixel, as ``_resolve_pixel`` finds it; raises when none is configured."""
+    pixel_id, error = _resolve_pixel(capi_settings(), None)
+    if error is not None:
+        raise CapiConfigurationError(error)
     return pixel_id
 
 

@@ -26,6 +26,7 @@ from django_capi.events import (
     BuiltEvent,
     EventDraft,
     build_event,
+    default_pixel_id,
     record_built_events,
     recorded_events,
 )
@@ -82,12 +83,10 @@ class Command(BaseCommand):
         if using not in outbox.databases():
             raise CommandError(f"no outbox in database {using}")
         try:
-            pixel_id = capi_settings().pixel_id
+            # The pixel is part of every event's key: even a dry run needs it.
+            default_pixel_id()
         except CapiConfigurationError as exc:
             raise CommandError(str(exc)) from None
-        if not pixel_id:
-            # The pixel is part of every event's key: even a dry run needs it.
-            raise CommandError("DJANGO_CAPI['PIXEL_ID'] (or CAPI_PIXEL_ID) is not set")
         mapping = None
         if options["mapping"] is not None:
             try:
