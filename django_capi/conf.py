@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from functools import cache
@@ -122,8 +122,14 @@ ENVIRONMENT: dict[str, str] = {
 #: The keys of one ``PIXELS`` entry.
 PIXEL_KEYS = ("ACCESS_TOKEN", "TEST_EVENT_CODE", "API_VERSION", "APP_SECRET")
 
-_API_VERSION = re.compile(r"v\d+\.\d+")
-_PIXEL_ID = re.compile(r"\d{1,32}")
+# [0-9], not \d: \d matches the digits of every script (U+FF11, U+0661, …). A version has a
+# few digits: a longer one cannot be Meta's, and no integer of over 4,300 digits is readable.
+_API_VERSION = re.compile(r"v[0-9]{1,4}\.[0-9]{1,4}")
+_PIXEL_ID = re.compile(r"[0-9]{1,32}")
+#: What an unknown key may look like to be quoted in an error: a setting's name. Anything
+#: else (a token pasted in the wrong place) is counted, never shown.
+_SETTING_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_TOKEN_SHAPE = re.compile(r"EAA[A-Za-z0-9]{20,}")
 _URL = re.compile(r"https?://[^\s/?#]+(?::\d+)?/?")
 
 
@@ -225,10 +231,10 @@ def capi_settings() -> CapiSettings:
     user = getattr(settings, SETTING_NAME, None) or {}
     if not isinstance(user, dict):
         raise CapiConfigurationError(f"{SETTING_NAME} must be a dict, not {type(user).__name__}")
-    unknown = sorted(set(user) - set(DEFAULTS))
+    unknown = set(user) - set(DEFAULTS)
     if unknown:
         raise CapiConfigurationError(
-            f"{SETTING_NAME} has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"{SETTING_NAME} has unknown key(s) {_key_names(unknown)}; "
             f"known keys: {', '.join(DEFAULTS)}"
         )
     env = environ.Env()
@@ -312,6 +318,20 @@ def _bad(key: str, expected: str) -> CapiConfigurationError:
     return CapiConfigurationError(f"{SETTING_NAME}{where} must be {expected}")
 
 
+def _key_names(keys: Collection[object]) -> str:
+    """Unknown keys for an error message: those shaped like a setting's name, quoted; the
+    others (a token pasted as a key) only counted."""
+    shown = sorted(
+        repr(key)
+        for key in keys
+        if isinstance(key, str) and _SETTING_KEY.fullmatch(key) and not _TOKEN_SHAPE.match(key)
+    )
+    hidden = len(keys) - len(shown)
+    if hidden:
+        shown.append(f"{hidden} not shown (not a setting's name; it may be a secret)")
+    return ", ".join(shown)
+
+
 def _in_pixel(pixel_id: str, key: str | None = None) -> str:
     return f"['PIXELS'][{pixel_id!r}]" + ("" if key is None else f"[{key!r}]")
 
@@ -349,6 +369,7 @@ def _pixels(value: object, default: PixelSettings) -> dict[str, PixelSettings]:
         return pixels
     if not isinstance(value, Mapping):
         raise _bad("PIXELS", "a dict of pixel id to {'ACCESS_TOKEN': …}, or None")
+    named: set[str] = set()
     for raw_id, entry in value.items():
         if isinstance(raw_id, int) and not isinstance(raw_id, bool):
             raw_id = str(raw_id)
@@ -356,16 +377,22 @@ def _pixels(value: object, default: PixelSettings) -> dict[str, PixelSettings]:
             # The key may be anything, a token pasted in the wrong place included: not shown.
             raise _bad("PIXELS", "keyed by pixel ids, e.g. '1234567890123456' (digits only)")
         assert isinstance(raw_id, str)  # noqa: S101 - for mypy
+        if raw_id in named:
+            # 2 and "2": which entry won would depend on the dict's order.
+            raise CapiConfigurationError(
+                f"{SETTING_NAME}['PIXELS'] names pixel {raw_id} twice (as an int and a string)"
+            )
+        named.add(raw_id)
         if not isinstance(entry, Mapping):
             raise _bad(
                 _in_pixel(raw_id),
                 "a dict with ACCESS_TOKEN (and optional TEST_EVENT_CODE, API_VERSION, APP_SECRET)",
             )
-        unknown = sorted(str(key) for key in set(entry) - set(PIXEL_KEYS))
+        unknown = set(entry) - set(PIXEL_KEYS)
         if unknown:
             raise CapiConfigurationError(
                 f"{SETTING_NAME}['PIXELS'][{raw_id!r}] has unknown key(s) "
-                f"{', '.join(map(repr, unknown))}; known keys: {', '.join(PIXEL_KEYS)}"
+                f"{_key_names(unknown)}; known keys: {', '.join(PIXEL_KEYS)}"
             )
         base = default if raw_id == default.pixel_id else None
 

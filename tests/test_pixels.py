@@ -120,6 +120,44 @@ def test_bad_pixels_are_named_without_showing_a_token(pixels, says):
     assert "987654" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("user", "says"),
+    [
+        # Python's \d matches every script's digits: none of them names a pixel or a version.
+        ({"PIXELS": {"\uff11\uff12\uff13": {"ACCESS_TOKEN": "t"}}}, "keyed by pixel ids"),
+        ({"PIXEL_ID": "\u0661\u0662\u0663"}, "['PIXEL_ID'] must be"),
+        ({"API_VERSION": "v\uff12\uff15.0"}, "['API_VERSION'] must be"),
+        # A version number no Graph API will reach: the system checks could not even read it.
+        ({"PIXELS": {"2": {"API_VERSION": "v" + "9" * 5000 + ".0"}}}, "'API_VERSION'] must be"),
+        # 2 and "2" are one pixel: which entry won would depend on the dict's order.
+        ({"PIXELS": {2: {"ACCESS_TOKEN": "a"}, "2": {"ACCESS_TOKEN": "b"}}}, "twice"),
+    ],
+)
+def test_pixel_ids_and_api_versions_are_ascii_digits_and_each_pixel_is_named_once(user, says):
+    with (
+        override_settings(DJANGO_CAPI={"PIXEL_ID": "1", **user}),
+        pytest.raises(CapiConfigurationError) as raised,
+    ):
+        capi_settings()
+    assert says in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        {"EAAsecret-token-pasted-as-a-key": "x"},
+        {"PIXELS": {"2": {"ACCESS_TOKEN": "t", "EAAsecret-token-pasted-as-a-key": None}}},
+    ],
+)
+def test_an_unknown_key_that_may_be_a_secret_is_not_shown(user):
+    with (
+        override_settings(DJANGO_CAPI={"PIXEL_ID": "1", **user}),
+        pytest.raises(CapiConfigurationError, match="unknown key") as raised,
+    ):
+        capi_settings()
+    assert "EAAsecret" not in str(raised.value)
+
+
 def test_tokens_and_app_secrets_stay_out_of_reprs_and_debug_pages():
     user = {
         "PIXEL_ID": "1",
