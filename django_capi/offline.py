@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -45,6 +45,8 @@ TARGETS = frozenset(
 #: Prefix of the event ids ``capi_import`` derives, so an imported order never takes the
 #: outbox key of the website event that used the order number as its id.
 EVENT_ID_PREFIX = "offline-"
+#: Why a row spans several lines where it should not.
+OPEN_QUOTE_HINT = "a quote left open? It takes in every line up to the next quote"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ def read_mapping(text: str) -> dict[str, str | None]:
         mapping = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"the mapping file is not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("the mapping file is not JSON: it is nested too deeply") from None
     if not isinstance(mapping, dict):
         raise ValueError('the mapping file must be a JSON object such as {"E-mail": "email"}')  # noqa: TRY004 - callers catch ValueError
     problems = [
@@ -127,22 +131,35 @@ def read_row(
     """``row`` as an event; raise ``EventValidationError`` listing what makes it unusable.
 
     The event id is ``offline-<order_id>`` when the row has an order id, else derived from
-    everything the row says, so importing the same file again finds the same events."""
+    everything the row tells Meta, so importing the same file again finds the same events."""
     problems: list[str] = []
     if len(row) != columns.width:
         # A comma left unquoted shifts every cell after it: no cell can be trusted.
         problems.append(f"the row has {len(row)} cells and the header {columns.width}")
+        if any("\n" in cell or "\r" in cell for cell in row):
+            problems.append(OPEN_QUOTE_HINT)
         raise EventValidationError(problems)
     user_data: dict[str, str | list[str]] = {}
     custom_data: dict[str, str] = {}
     fields: dict[str, str] = {}
+    content: list[tuple[str, str]] = []
     for position, target in columns.used:
         value = row[position].strip()
         if not value:
             continue
         if target.startswith(CUSTOM_DATA_PREFIX):
+            # A note may well span lines; it is sent as it is.
             custom_data[target.removeprefix(CUSTOM_DATA_PREFIX).strip()] = value
-        elif target in EVENT_FIELDS:
+            content.append((target, value))
+            continue
+        if "\n" in value or "\r" in value:
+            # No id, time, amount or customer datum has one: a quote left open swallowed the
+            # rows after it into this cell, other customers' data included.
+            problems.append(f"the {target} cell holds a line break ({OPEN_QUOTE_HINT})")
+            continue
+        if target != "event_time":
+            content.append((target, value))
+        if target in EVENT_FIELDS:
             fields[target] = value
         else:
             key = TEMPLATE_USER_DATA.get(target, target)
@@ -163,6 +180,9 @@ def read_row(
             event_time = parse_event_time(fields["event_time"])
         except ValueError as exc:
             problems.append(str(exc))
+        else:
+            # The instant, however it is written (Unix seconds, ISO 8601 in any zone).
+            content.append(("event_time", str(int(event_time.timestamp()))))
     for key in ("value", "currency"):
         if key in fields:
             custom_data[key] = fields[key]
@@ -179,7 +199,7 @@ def read_row(
     assert event_time is not None  # noqa: S101 - for mypy
     return OfflineRow(
         event_name=name,
-        event_id=derived_event_id(fields.get("order_id"), row, name, action_source),
+        event_id=derived_event_id(fields.get("order_id"), content, name, action_source),
         event_time=event_time,
         user_data=user_data,
         custom_data=custom_data,
@@ -208,16 +228,23 @@ def parse_event_time(text: str) -> datetime:
 
 
 def derived_event_id(
-    order_id: str | None, row: Sequence[str], event_name: str, action_source: str
+    order_id: str | None,
+    content: Iterable[tuple[str, str]],
+    event_name: str,
+    action_source: str,
 ) -> str:
-    """``offline-<order_id>``, or ``offline-`` and a digest of the row's cells: a long
-    order id is digested too, so the id always fits the outbox's column."""
+    """``offline-<order_id>``, or ``offline-`` and a digest of ``content``, the row's
+    (target, value) pairs: sorted, so neither the columns' order nor columns left out change
+    the id of a re-exported file. A long order id is digested too, so the id always fits the
+    outbox's column."""
+    parts: list[str]
     if order_id is not None:
         event_id = f"{EVENT_ID_PREFIX}{order_id}"
         if len(event_id) <= MAX_EVENT_ID_LENGTH:
             return event_id
-        content = ["order_id", order_id]
+        parts = ["order_id", order_id]
     else:
-        content = [event_name, action_source, *(cell.strip() for cell in row)]
-    digest = hashlib.sha256("\x1f".join(content).encode("utf-8", "surrogatepass")).hexdigest()
+        pairs = sorted(f"{target}\x1e{value}" for target, value in content)
+        parts = [event_name, action_source, *pairs]
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
     return f"{EVENT_ID_PREFIX}{digest[:40]}"

@@ -339,12 +339,18 @@ def test_an_event_id_from_an_order_id_fits_the_column_and_is_stable():
     long_id = offline.derived_event_id("9" * 200, ["x"], "Purchase", "physical_store")
     assert long_id.startswith("offline-") and len(long_id) <= 100
     assert long_id == offline.derived_event_id("9" * 200, ["y"], "Lead", "other")
-    # Without an order id the row's cells, the event name and the action source decide.
-    row = ["a@example.com", "1796000000"]
+    # Without an order id the row's values, the event name and the action source decide.
+    row = [("email", "a@example.com"), ("event_time", "1796000000")]
     first = offline.derived_event_id(None, row, "Purchase", "physical_store")
-    assert first == offline.derived_event_id(None, list(row), "Purchase", "physical_store")
+    assert first == offline.derived_event_id(None, row[::-1], "Purchase", "physical_store")
     assert first != offline.derived_event_id(None, row, "Purchase", "phone_call")
-    assert first != offline.derived_event_id(None, [*row[:1], "1796000001"], "Purchase", "x")
+    assert first != offline.derived_event_id(
+        None, [row[0], ("event_time", "1796000001")], "Purchase", "physical_store"
+    )
+    # A value is told apart from the column it is in.
+    assert first != offline.derived_event_id(
+        None, [("fn", "a@example.com"), row[1]], "Purchase", "physical_store"
+    )
 
 
 class Terminal(StringIO):
@@ -365,3 +371,55 @@ def test_on_a_terminal_a_bar_is_redrawn_in_place_and_errors_clear_it(tmp_path):
     assert "line 552: event_time is neither Unix seconds nor ISO 8601" in output
     assert output.endswith("100% of the file, 600 rows\n")
     assert "of the file," not in output.replace("100% of the file, 600 rows", "")
+
+
+def test_a_row_id_ignores_column_order_and_columns_that_are_left_out(tmp_path):
+    """A re-export with the columns in another order, or with a column nobody imports, is the
+    same sales: without order ids they must find the events of the first import."""
+    now = int(time.time())
+    rows = [[f"u{i}@example.com", now - 60, i + 1, "USD"] for i in range(3)]
+    args = ("--event-name", "Purchase")
+    path = write_csv(tmp_path / "a.csv", ["email", "event_time", "value", "currency"], rows)
+    out, _ = capi_import(path, *args)
+    assert out.strip() == "3 rows read: 3 written, 0 already imported, 0 invalid"
+
+    reordered = [[row[3], row[2], row[1], row[0], "till 4"] for row in rows]
+    header = ["currency", "value", "event_time", "email", "note"]
+    out, _ = capi_import(write_csv(tmp_path / "b.csv", header, reordered), *args)
+    assert out.strip() == "3 rows read: 0 written, 3 already imported, 0 invalid"
+    # The same instant written as ISO 8601 is the same sale too.
+    first = rows[0]
+    iso = [[first[0], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60)), *first[2:]]]
+    path = write_csv(tmp_path / "c.csv", ["email", "event_time", "value", "currency"], iso)
+    out, _ = capi_import(path, *args)
+    assert out.strip() == "1 rows read: 0 written, 1 already imported, 0 invalid"
+    assert OutboxEvent.objects.count() == 3
+
+
+def test_a_mapping_nested_too_deeply_is_refused_as_not_json(tmp_path):
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text("[" * 100_000)
+    path = write_csv(tmp_path / "a.csv", ["email"], [["a@example.com"]])
+    with pytest.raises(CommandError, match="--mapping: the mapping file is not JSON"):
+        capi_import(path, "--mapping", str(mapping))
+
+
+def test_an_unusable_event_name_option_stops_before_anything_is_read(tmp_path):
+    path = write_csv(tmp_path / "a.csv", ["email", "event_time"], [["a@example.com", "1"]] * 3)
+    with pytest.raises(CommandError, match="--event-name: event_name is longer than 50"):
+        capi_import(path, "--event-name", "P" * 51)
+
+
+def test_a_quote_left_open_fails_its_row_instead_of_storing_the_rows_it_swallowed(tmp_path):
+    now = int(time.time())
+    path = tmp_path / "open.csv"
+    path.write_text(
+        f'email,event_time,order_id\nsecret@example.com,{now - 60},"R-1\n'
+        f"b@example.com,{now - 60},R-2\nc@example.com,{now - 60},R-3\n"
+    )
+    out, err = capi_import(path, "--event-name", "Lead")
+    # The rows after the quote were swallowed by its cell (which still makes three cells):
+    # the order id, holding the next customers' addresses, is neither written nor quoted.
+    assert out.strip() == "1 rows read: 0 written, 0 already imported, 1 invalid"
+    assert "line 2: the order_id cell holds a line break (a quote left open?" in err
+    assert "example.com" not in err + dump_database()

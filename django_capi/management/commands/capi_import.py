@@ -33,6 +33,7 @@ from django_capi.events import (
 from django_capi.exceptions import CapiConfigurationError, EventValidationError
 from django_capi.models import OutboxEvent
 from django_capi.text import is_storable
+from django_capi.validation import check_event_name
 
 #: Rows written per transaction: one bulk INSERT each.
 BATCH_SIZE = 1000
@@ -87,6 +88,11 @@ class Command(BaseCommand):
             default_pixel_id()
         except CapiConfigurationError as exc:
             raise CommandError(str(exc)) from None
+        if options["event_name"]:
+            # Every row would fail the same way: one error, before the file is read.
+            problems = check_event_name(options["event_name"])
+            if problems:
+                raise CommandError(f"--event-name: {'; '.join(problems)}")
         mapping = None
         if options["mapping"] is not None:
             try:
