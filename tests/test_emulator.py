@@ -636,6 +636,46 @@ def test_unreadable_body_is_rejected(graph: GraphEmulator) -> None:
     assert "Content-Type" in graph_error(response)["error_user_msg"]
 
 
+UNKNOWN_CHARSET_PART = (
+    b'--x\r\nContent-Disposition: form-data; name="data"\r\n'
+    b"Content-Type: text/plain; charset=nope\r\n\r\n[]\r\n--x--\r\n"
+)
+
+
+def raw_request(graph: GraphEmulator, head: bytes, body: bytes = b"") -> bytes:
+    """What the emulator answers to bytes no HTTP client would send; b"" when it answers
+    nothing (closes the connection)."""
+    with socket.create_connection(("127.0.0.1", graph.port), timeout=5) as sock:
+        sock.sendall(head + b"\r\nConnection: close\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "status"),
+    [
+        # A body nested deeper than Python's recursion limit is no JSON Graph reads either.
+        (b"Content-Type: application/json", b"[" * 100_000, b"400"),
+        # A part in a charset Python does not know.
+        (b"Content-Type: multipart/form-data; boundary=x", UNKNOWN_CHARSET_PART, b"400"),
+        (b"Transfer-Encoding: chunked", b"zz\r\nabc\r\n0\r\n\r\n", b"400"),
+        # Announced, never sent: nothing is read (nor allocated) beyond the limit.
+        (b"Content-Type: application/json\r\nContent-Length: 100000000000000", b"{}", b"413"),
+    ],
+)  # fmt: skip
+def test_a_malformed_or_huge_request_is_answered_not_dropped(
+    graph: GraphEmulator, head: bytes, body: bytes, status: bytes
+) -> None:
+    target = f"/v25.0/{PIXEL}/events?access_token={TOKEN}".encode()
+    if b"Content-Length" not in head and b"chunked" not in head:
+        head += b"\r\nContent-Length: " + str(len(body)).encode()
+    answer = raw_request(graph, b"POST " + target + b" HTTP/1.1\r\nHost: x\r\n" + head, body)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert b'"error"' in answer
+
+
 def test_event_age_follows_the_injected_clock(graph: GraphEmulator, clock: ManualClock) -> None:
     event = make_event(event_time=NOW - 60)
     assert post(graph, [event]).status_code == 200

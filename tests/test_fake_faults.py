@@ -231,6 +231,12 @@ def test_a_window_with_for_seconds_ends_by_itself():
         (b'{"oops": 1}', "unknown field(s): oops"),
         (b'{"fail_rate": 1, "for_seconds": -1}', "for_seconds must be a positive number"),
         (b'{"token_invalid": 1}', "true or false"),
+        # Python's json reads NaN, Infinity and 1e400 (Infinity too): no wait can be that long.
+        (b'{"latency_ms": NaN}', "latency_ms must be a finite number"),
+        (b'{"latency_ms": 1e300}', "latency_ms must be a finite number"),
+        (b'{"timeout_rate": 1, "timeout_seconds": Infinity}', "timeout_seconds must be"),
+        (b'{"fail_rate": 1, "for_seconds": Infinity}', "for_seconds must be a positive number"),
+        (b"[" * 100_000, "nested too deeply"),
     ],
 )
 def test_the_control_endpoint_refuses_bad_windows_and_keeps_the_faults(body, error):
@@ -334,6 +340,9 @@ def test_capi_fakegraph_applies_its_options_and_logs_window_changes_and_token_ch
         (["--fail-rate", "2"], "a share from 0 to 1"),
         (["--latency-ms", "-5"], "cannot be negative"),
         (["--fail-rate", "0.6", "--timeout-rate", "0.6"], "must not exceed 1"),
+        (["--latency-ms", "nan"], "not a finite number"),
+        (["--timeout-seconds", "inf"], "not a finite number"),
+        (["--token-invalid-for", "1e999"], "not a finite number"),
     ],
 )
 def test_capi_fakegraph_refuses_impossible_options(args, message):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import random
 import re
 import threading
@@ -489,6 +490,8 @@ class GraphEmulator:
                 conditions = Conditions.from_json(data, base)
             except ValueError as exc:  # JSONDecodeError included
                 return _control_reply(400, {"error": str(exc)})
+            except RecursionError:
+                return _control_reply(400, {"error": "the JSON is nested too deeply"})
             self.open_window(conditions, seconds)
         elif method == "DELETE":
             self.lift_window()
@@ -604,7 +607,12 @@ class GraphEmulator:
 
 
 def _positive(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _control_reply(status: int, payload: dict[str, Any]) -> Reply:

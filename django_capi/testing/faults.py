@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import secrets
 import threading
@@ -259,6 +260,10 @@ RATE_LIMITED = GraphError(
 TOKEN_EXPIRED = GraphError(190, 463)
 
 
+#: The longest wait a condition may impose, in seconds: a day is past every sender's timeout.
+MAX_WAIT = 86400
+
+
 @dataclass(frozen=True)
 class Conditions:
     """Standing faults, for demos and manual testing rather than for scripting one request:
@@ -302,6 +307,10 @@ class Conditions:
             raise ValueError("fail_rate + timeout_rate + rate_limit_rate must not exceed 1")
         if self.latency_ms < 0 or self.timeout_seconds < 0:
             raise ValueError("latency_ms and timeout_seconds cannot be negative")
+        # NaN passes every comparison above; an infinite wait overflows the handler's.
+        for name, limit in (("latency_ms", MAX_WAIT * 1000), ("timeout_seconds", MAX_WAIT)):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) > limit:
+                raise ValueError(f"{name} must be a finite number from 0 to {limit:g}")
 
     def draw(self, roll: float) -> Fault | None:
         """The fault of one request, given a uniform ``roll`` in [0, 1)."""

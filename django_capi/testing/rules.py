@@ -317,7 +317,7 @@ def _json_or_reject(text: str, message: str) -> Any:
 
     try:
         return json.loads(text, parse_constant=no_constants)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than Python's recursion limit
         raise Rejection(INVALID_DATA, message) from None
 
 

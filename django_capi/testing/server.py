@@ -19,7 +19,23 @@ import traceback
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from .faults import GraphError, Reply, graph_error_reply
+from . import rules
+from .faults import GraphError, Reply, graph_error_reply, rejection_reply
+
+#: The longest body read: many times 1,000 events (the most one request may carry) of any
+#: size Meta takes. A longer one is answered 413 unread, so no client makes the emulator
+#: allocate what it announces.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class _UnreadableBody(Exception):
+    """A body the handler will not read to its end: answered at once, then the connection
+    is closed (what is left of the body cannot be told from a next request)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.reply = rejection_reply(rules.Rejection(rules.INVALID_DATA, message))
+        self.reply.status = status
 
 
 class Responder(Protocol):
@@ -95,13 +111,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: Server
 
     def do_POST(self) -> None:
-        body = self._read_body()
-        headers = dict(self.headers.items())
         try:
-            reply = self.server.emulator._respond(self.command, self.path, headers, body)
-        except Exception:  # noqa: BLE001 - any bug must still get an answer
-            traceback.print_exc()  # a bug in the emulator: answer like Graph's own failures
-            reply = graph_error_reply(GraphError(1))
+            body = self._read_body()
+        except _UnreadableBody as exc:
+            self.close_connection = True
+            reply = exc.reply
+        else:
+            headers = dict(self.headers.items())
+            try:
+                reply = self.server.emulator._respond(self.command, self.path, headers, body)
+            except Exception:  # noqa: BLE001 - any bug must still get an answer
+                traceback.print_exc()  # a bug in the emulator: answer like Graph's own failures
+                reply = graph_error_reply(GraphError(1))
         if reply.delay > 0:
             self.server.emulator._pause(reply.delay)
         if reply.reset:
@@ -117,18 +138,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
 
     def _read_body(self) -> bytes:
+        too_long = f"The request body is longer than the emulator reads ({MAX_BODY_BYTES} bytes)."
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             chunks = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            total = 0
+            while True:
+                line = self.rfile.readline(1024).split(b";")[0].strip() or b"0"
+                try:
+                    size = int(line, 16)
+                except ValueError:
+                    raise _UnreadableBody(400, "The chunked body could not be read.") from None
+                if size <= 0:
+                    break
+                total += size
+                if total > MAX_BODY_BYTES:
+                    raise _UnreadableBody(413, too_long)
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
-            while self.rfile.readline().strip():  # trailers
+            while self.rfile.readline(1024).strip():  # trailers
                 pass
             return b"".join(chunks)
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
+        if length > MAX_BODY_BYTES:
+            raise _UnreadableBody(413, too_long)
         return self.rfile.read(length) if length > 0 else b""
 
     def _reset(self) -> None:
@@ -163,7 +198,7 @@ def parse_params(query: str, content_type: str, body: bytes) -> tuple[dict[str, 
             params.update(_parse_multipart(content_type, body))
         else:
             return params, f"Unsupported Content-Type {mime or '(none)'}: send form data or JSON."
-    except ValueError:
+    except (ValueError, LookupError, RecursionError):  # LookupError: an unknown charset
         return params, f"The {mime} body could not be parsed."
     return params, None
 

@@ -4,6 +4,7 @@ with standing faults set by options at start and by ``POST /_faults`` while it r
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import threading
 import time
@@ -64,6 +65,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"cannot be negative: {text}")
     return value
