@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypedDict
 
 from django.utils import timezone
@@ -408,6 +409,9 @@ def _unix_seconds(value: object) -> int | None:
             return None
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**11:
         return value
+    # Fractional seconds (time.time()) are cut to whole ones, as the event's own event_time.
+    if isinstance(value, float | Decimal) and math.isfinite(value) and 0 < value < 10**11:
+        return int(value)
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -339,6 +340,13 @@ def test_original_event_data_and_order_id_are_sent_as_meta_types_them():
         "order_id": "1042",
         "event_id": "order-1042",
     }
+
+
+@pytest.mark.parametrize("seconds", [1795000000.75, Decimal("1795000000.75")])
+def test_original_event_time_takes_fractional_seconds_as_the_event_time_does(seconds):
+    # time.time() is what many callers have at hand; Meta receives whole seconds.
+    built = build_event(offline(original_event_data={"event_time": seconds}))
+    assert built.payload["original_event_data"] == {"event_time": 1795000000}
 
 
 @pytest.mark.parametrize(
