@@ -100,7 +100,8 @@ class ModelEvent(Generic[M]):
         return None
 
     def pixel_id(self, instance: M) -> str | None:
-        """The pixel this event goes to: one of ``PIXELS``; by default (None) ``PIXEL_ID``."""
+        """The pixel this event goes to: one of ``PIXELS``; by default (None) ``PIXEL_ID``.
+        A class attribute of that name (a pixel id) does as well, as ``action_source`` does."""
         return None
 
     def event_id(self, instance: M) -> str:
@@ -184,10 +185,9 @@ def pixel_id_for(instance: models.Model, event_name: str) -> str | None:
     for model_event in registered_events(type(instance)):
         if model_event.event_name == event_name:
             try:
-                value = model_event.pixel_id(instance)
-            except Exception:
-                logger.exception("%s.pixel_id() raised", type(model_event).__name__)
-                return None
+                value = _pixel_of(model_event, instance)
+            except HookError:
+                return None  # logged where it was raised
             if isinstance(value, int) and not isinstance(value, bool):
                 value = str(value)
             return value if isinstance(value, str) else None
@@ -229,7 +229,7 @@ def _capture(
             return None
         event_id = _event_id(model_event, instance)
         browser = _call(model_event, "request_context", instance) or {}
-        return event_id, browser, _call(model_event, "pixel_id", instance)
+        return event_id, browser, _pixel_of(model_event, instance)
 
     error: str | None = None
     try:
@@ -254,6 +254,14 @@ def _capture(
         error=error,
         pixel_id=pixel_id,
     )
+
+
+def _pixel_of(model_event: ModelEvent[Any], instance: models.Model) -> object:
+    """The ``pixel_id`` hook's value, or the class attribute that replaces the hook."""
+    declared = model_event.pixel_id
+    if isinstance(declared, str | int) and not isinstance(declared, bool):
+        return declared
+    return _call(model_event, "pixel_id", instance)
 
 
 def _event_id(model_event: ModelEvent[Any], instance: models.Model) -> str:

@@ -23,6 +23,7 @@ from django_capi.dashboard import health_figures
 from django_capi.delivery import drain
 from django_capi.exceptions import CapiConfigurationError
 from django_capi.models import OutboxEvent, PixelState
+from django_capi.registry import pixel_id_for
 from tests.factories import PIXEL, LeadFactory, OutboxEventFactory
 from tests.shop.models import Lead
 
@@ -276,6 +277,26 @@ def test_a_model_event_chooses_its_pixel_per_instance(settings, isolated_registr
         (SHOP_A, Status.PENDING),
         (PIXEL, Status.PENDING),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pixel_may_be_a_class_attribute_as_the_action_source_is(settings, isolated_registry):
+    with_pixels(settings, {SHOP_A: {"ACCESS_TOKEN": TOKEN_A}})
+
+    @register(Lead)
+    class BrandLead(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+        pixel_id = SHOP_A  # type: ignore[assignment]  # one brand's model: one pixel
+
+        def user_data(self, instance: Lead) -> Mapping[str, object]:
+            return {"em": instance.email}
+
+    with transaction.atomic():
+        lead = LeadFactory()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert (row.pixel_id, row.status, row.last_error) == (SHOP_A, Status.PENDING, "")
+    assert pixel_id_for(lead, "Contact") == SHOP_A  # the Pixel fires it there too
 
 
 @pytest.mark.django_db(transaction=True)
