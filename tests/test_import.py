@@ -423,3 +423,16 @@ def test_a_quote_left_open_fails_its_row_instead_of_storing_the_rows_it_swallowe
     assert out.strip() == "1 rows read: 0 written, 0 already imported, 1 invalid"
     assert "line 2: the order_id cell holds a line break (a quote left open?" in err
     assert "example.com" not in err + dump_database()
+
+
+@pytest.mark.parametrize(
+    ("action_source", "missing"),
+    [("website", "event_source_url"), ("app", "app_data"), ("business_messaging", "channel")],
+)
+def test_a_source_no_csv_row_can_satisfy_is_refused_before_reading(
+    tmp_path, action_source, missing
+):
+    # Meta requires of these what no column carries: every row of the file would fail alike.
+    path = write_csv(tmp_path / "a.csv", ["email", "event_time"], [["a@example.com", "1"]] * 3)
+    with pytest.raises(CommandError, match=f"--action-source {action_source}: .*{missing}"):
+        capi_import(path, "--event-name", "Lead", "--action-source", action_source)

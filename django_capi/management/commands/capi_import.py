@@ -37,6 +37,16 @@ from django_capi.validation import check_event_name
 
 #: Rows written per transaction: one bulk INSERT each.
 BATCH_SIZE = 1000
+#: Action sources whose events need what no CSV column carries (Meta's requirements,
+#: ``sources`` and ``validation``): every row would fail the same way.
+UNSUPPORTED_SOURCES = {
+    ActionSource.WEBSITE: "Meta requires event_source_url and the browser's user agent of "
+    "website events, which no column carries; record them with send_event(request=...)",
+    ActionSource.APP: "Meta requires app_data (the device's extinfo) of app events, which no "
+    "column carries; record them with send_event(app_data=...)",
+    ActionSource.BUSINESS_MESSAGING: "Meta requires the messaging_channel of business-messaging "
+    "events, which no column carries; record them with send_event(messaging_channel=...)",
+}
 
 
 class Command(BaseCommand):
@@ -88,6 +98,9 @@ class Command(BaseCommand):
             default_pixel_id()
         except CapiConfigurationError as exc:
             raise CommandError(str(exc)) from None
+        unsupported = UNSUPPORTED_SOURCES.get(options["action_source"])
+        if unsupported:
+            raise CommandError(f"--action-source {options['action_source']}: {unsupported}")
         if options["event_name"]:
             # Every row would fail the same way: one error, before the file is read.
             problems = check_event_name(options["event_name"])
