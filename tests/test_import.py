@@ -436,3 +436,11 @@ def test_a_source_no_csv_row_can_satisfy_is_refused_before_reading(
     path = write_csv(tmp_path / "a.csv", ["email", "event_time"], [["a@example.com", "1"]] * 3)
     with pytest.raises(CommandError, match=f"--action-source {action_source}: .*{missing}"):
         capi_import(path, "--event-name", "Lead", "--action-source", action_source)
+
+
+def test_a_utf16_file_is_named_as_such(tmp_path):
+    # Excel's "Unicode text" export: without this, no header would be recognised.
+    path = tmp_path / "unicode.csv"
+    path.write_text("email,event_time\na@example.com,1\n", encoding="utf-16")
+    with pytest.raises(CommandError, match="UTF-16: save it as CSV UTF-8"):
+        capi_import(path, "--event-name", "Lead")

@@ -8,6 +8,7 @@ row, so importing a file again writes nothing new.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -159,6 +160,8 @@ class _Import:
         self.progress = _Progress(command.stderr)
 
     def run(self) -> None:
+        if self.raw.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise CommandError("the file is UTF-16: save it as CSV UTF-8 (comma delimited)")
         # surrogateescape: a byte that is not UTF-8 fails its row, not the whole run.
         text = io.TextIOWrapper(
             self.raw, encoding="utf-8-sig", errors="surrogateescape", newline=""
