@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from .exceptions import EventValidationError
 from .normalize import HASHED_KEYS, PLAIN_KEYS
@@ -80,14 +81,29 @@ def read_mapping(text: str) -> dict[str, str | None]:
     """A mapping file's content: a JSON object from CSV header to target (``TARGETS``, or
     ``custom_data.<name>``, or null to ignore the column). Raises ``ValueError`` saying what
     is wrong with it."""
+    twice: list[str] = []
+
+    def object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # Headers compare without case or blanks: "Email" and "EMAIL " are one header, and
+        # which of two targets won would be an accident of the file's order.
+        names: set[str] = set()
+        for header, _ in pairs:
+            name = header.strip().lower()
+            if name in names:
+                twice.append(header)
+            names.add(name)
+        return dict(pairs)
+
     try:
-        mapping = json.loads(text)
+        mapping = json.loads(text, object_pairs_hook=object_once)
     except json.JSONDecodeError as exc:
         raise ValueError(f"the mapping file is not JSON: {exc}") from None
     except RecursionError:
         raise ValueError("the mapping file is not JSON: it is nested too deeply") from None
     if not isinstance(mapping, dict):
         raise ValueError('the mapping file must be a JSON object such as {"E-mail": "email"}')  # noqa: TRY004 - callers catch ValueError
+    if twice:
+        raise ValueError(f"the mapping file names the header {twice[0]!r} twice")
     problems = [
         f"{header!r} maps to {target!r}, which is not a user_data key, a template header "
         "or custom_data.<name>"

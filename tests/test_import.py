@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import time
 import tracemalloc
 from io import StringIO
@@ -396,11 +397,23 @@ def test_a_row_id_ignores_column_order_and_columns_that_are_left_out(tmp_path):
     assert OutboxEvent.objects.count() == 3
 
 
-def test_a_mapping_nested_too_deeply_is_refused_as_not_json(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[" * 100_000, "the mapping file is not JSON: it is nested too deeply"),
+        # One header, two targets: which one won would depend on the file's order.
+        ('{"Email": "email", "EMAIL ": null}', "the mapping file names the header 'EMAIL ' twice"),
+        (
+            '{"Mail": "email", "Mail": "external_id"}',
+            "the mapping file names the header 'Mail' twice",
+        ),
+    ],
+)
+def test_a_hostile_mapping_is_refused_saying_why(tmp_path, text, says):
     mapping = tmp_path / "mapping.json"
-    mapping.write_text("[" * 100_000)
+    mapping.write_text(text)
     path = write_csv(tmp_path / "a.csv", ["email"], [["a@example.com"]])
-    with pytest.raises(CommandError, match="--mapping: the mapping file is not JSON"):
+    with pytest.raises(CommandError, match=f"--mapping: {re.escape(says)}"):
         capi_import(path, "--mapping", str(mapping))
 
 
