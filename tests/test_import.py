@@ -457,3 +457,12 @@ def test_a_utf16_file_is_named_as_such(tmp_path):
     path.write_text("email,event_time\na@example.com,1\n", encoding="utf-16")
     with pytest.raises(CommandError, match="UTF-16: save it as CSV UTF-8"):
         capi_import(path, "--event-name", "Lead")
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_file_separated_otherwise_than_by_commas_is_named_as_such(tmp_path, separator):
+    # What Excel saves as "CSV" where the comma is the decimal separator (;), or as text (tab).
+    path = tmp_path / "semicolons.csv"
+    path.write_text(f"email{separator}event_time\na@example.com{separator}1\n")
+    with pytest.raises(CommandError, match=re.escape(f"separated by {separator!r}, not commas")):
+        capi_import(path, "--event-name", "Lead")

@@ -172,6 +172,12 @@ class _Import:
             raise CommandError("the file has no header row")
         columns = offline.columns(first[1], self.mapping)
         if not columns.used:
+            for separator in (";", "\t"):
+                if len(first[1]) == 1 and separator in first[1][0]:
+                    raise CommandError(
+                        f"the file is separated by {separator!r}, not commas: save it as CSV "
+                        "(comma delimited)"
+                    )
             raise CommandError(
                 "no column is one of Meta's offline template headers (email, phone, fn, ln, "
                 "zip, ct, st, country, dob, gen, extern_id, event_name, event_time, value, "
