@@ -33,6 +33,7 @@ USER_DATA_KEYS = ("client_ip_address", "client_user_agent", "fbc", "fbp")
 #: ``consent`` is False when the visitor refused tracking: no event may be stored for it.
 CONSENT_KEY = "consent"
 _CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
+_PORT = re.compile(r":[0-9]{1,5}")
 # A run of a URL between its delimiters: a path segment, a query name or value, ...
 _URL_TOKEN = re.compile(r"[^/?#&=;:\s]+")
 # An email address once decoded, malformed ones included: something@ (a local part, even
@@ -128,7 +129,7 @@ def client_ip(request: HttpRequest, trusted_proxy_count: int = 0) -> str:
     hops = [hop for hop in hops if hop]
     if len(hops) < trusted_proxy_count:
         return remote  # fewer hops than proxies: the header is not what the setting promises
-    return _ip(hops[-trusted_proxy_count]) or remote
+    return _ip(_without_port(hops[-trusted_proxy_count])) or remote
 
 
 def click_id(request: HttpRequest) -> str | None:
@@ -240,6 +241,17 @@ def _meta(request: HttpRequest, name: str) -> str:
 
 def _cookie(request: HttpRequest, name: str) -> str:
     return request.COOKIES.get(name, "")
+
+
+def _without_port(hop: str) -> str:
+    """The address of an ``X-Forwarded-For`` entry some proxies (Azure's, IIS ARR) write with
+    the client's port: ``203.0.113.9:4711``, ``[2001:db8::1]:443``. A bare IPv6 address has
+    colons of its own and is left as it is."""
+    if hop.startswith("["):
+        address, bracket, port = hop[1:].partition("]")
+        return address if bracket and (not port or _PORT.fullmatch(port)) else hop
+    address, colon, port = hop.partition(":")
+    return address if colon and _PORT.fullmatch(f":{port}") else hop
 
 
 def _ip(text: str) -> str:

@@ -85,6 +85,15 @@ def test_model_saves_inside_the_request_carry_it_too(isolated_registry):
         (2, "198.51.100.7", "10.0.0.1"),  # fewer hops than proxies: the header lies
         (1, "not-an-ip", "10.0.0.1"),
         (1, "2001:db8::1", "2001:db8::1"),
+        # Proxies that add the client's port (Azure, IIS ARR): the address is still theirs.
+        (1, "203.0.113.9:4711", "203.0.113.9"),
+        (1, "6.6.6.6, [2001:db8::1]:443", "2001:db8::1"),
+        (1, "[2001:DB8::1]", "2001:db8::1"),
+        (2, "198.51.100.7:80, 10.0.0.9:8080", "198.51.100.7"),
+        (0, "203.0.113.9:4711", "10.0.0.1"),  # still never trusted by default
+        (1, "203.0.113.9:port", "10.0.0.1"),
+        (1, "203.0.113.9:123456", "10.0.0.1"),
+        (1, "[2001:db8::1]x", "10.0.0.1"),
     ],
 )
 def test_the_ip_comes_from_trusted_proxies_only(trusted, forwarded, expected):
