@@ -24,7 +24,7 @@ from urllib.parse import SplitResult, parse_qs, unquote, unquote_plus, urlsplit,
 from django.core.exceptions import DisallowedHost, SuspiciousOperation
 from django.http import HttpRequest
 
-from .text import storable
+from .text import MAX_BROWSER_VALUE_LENGTH, storable
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ USER_DATA_KEYS = ("client_ip_address", "client_user_agent", "fbc", "fbp")
 CONSENT_KEY = "consent"
 _CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
 _PORT = re.compile(r":[0-9]{1,5}")
+# What a header may put in the browser context, which shops keep on their orders: twice what
+# an event keeps, so the event still sees, and says on its row, that a value was cut.
+_READ_LIMIT = 2 * MAX_BROWSER_VALUE_LENGTH
 # A run of a URL between its delimiters: a path segment, a query name or value, ...
 _URL_TOKEN = re.compile(r"[^/?#&=;:\s]+")
 # An email address once decoded, malformed ones included: something@ (a local part, even
@@ -87,7 +90,7 @@ def context_from_request(
                 logger.exception("django-capi: could not read %s from the request", key)
             continue
         if value:
-            values[key] = storable(value)
+            values[key] = storable(value[:_READ_LIMIT])
     return values
 
 
