@@ -182,3 +182,12 @@ def test_rows_in_flight_and_retries_to_come_are_no_backlog():
     OutboxEventFactory(leased=True, next_attempt_at=waited)  # a worker is sending it
     OutboxEventFactory(next_attempt_at=timezone.now() + timedelta(hours=1))  # a backoff
     assert alerts.evaluate() == []
+
+
+def test_a_pixel_id_too_long_for_the_alert_row_alerts_once_and_does_not_flap(raised):
+    long_id = "1" * 32  # conf accepts up to 32 digits; Meta's ids have at most 19
+    attempts("retry", 30, long_id)
+    (change,) = alerts.evaluate()
+    assert change.started and long_id.startswith(change.pixel_id)
+    assert alerts.evaluate() == alerts.evaluate() == []  # neither ended nor raised again
+    assert len(raised) == 1
