@@ -46,9 +46,14 @@ def due_ages_by_pixel(
     rows: QuerySet[OutboxEvent], *, longer_than: timedelta
 ) -> dict[str, timedelta]:
     """For each pixel with a row due for longer than ``longer_than`` that no worker holds, how
-    long its oldest such row has waited (the database's clock). Only rows past that line are
-    read: while the drainers keep up there are none, and the query is one probe of
-    capi_outbox_due; during a backlog it reads the rows that make the backlog."""
+    long its oldest such row has waited (the database's clock).
+
+    While the drainers keep up, the oldest due row (one probe of capi_outbox_due) is younger
+    than the line and that is all; during a backlog the rows past the line are grouped by
+    pixel (about 0.2 s for 300,000 of them on PostgreSQL)."""
+    oldest = oldest_due_age(rows, None)
+    if oldest is None or oldest <= longer_than:
+        return {}
     free = Q(leased_until=None) | Q(leased_until__lte=Now())
     waited = ExpressionWrapper(Now() - Min("next_attempt_at"), output_field=DurationField())
     found = (
