@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 BACKLOG = "backlog"
 FAILURE_RATE = "failure_rate"
-KINDS = (BACKLOG, FAILURE_RATE)
 #: A failure rate over fewer events than this is noise, not an incident.
 MIN_EVENTS_FOR_RATE = 20
 #: How often the web process may look (the drainers look after every drain).
