@@ -23,6 +23,7 @@ from django.core.paginator import Paginator
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
@@ -306,6 +307,11 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # the column, which would read as a retry to come.
         if obj.status != OutboxEvent.Status.PENDING:
             return str(self.get_empty_value_display())
+        # A claim writes only the lease, so a row a worker is sending still shows the time it
+        # became due: say it is in flight, and until when another worker may not take it.
+        if obj.leased_until is not None and obj.leased_until > timezone.now():
+            until = date_format(localtime(obj.leased_until), "DATETIME_FORMAT")
+            return str(_("in flight until %(time)s") % {"time": until})
         return obj.next_attempt_at  # the admin shows it in the current time zone
 
     @admin.display(description=_("last error"))

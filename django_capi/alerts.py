@@ -1,6 +1,8 @@
 """Telling people before they have to look: a due backlog that nobody drains, or Meta
-refusing a large share of events. Once per incident: an alert when it starts, a note when it
-ends. (A broken token has its own once-per-incident alert: the pixel's circuit.)
+refusing a large share of events. Per pixel and once per incident: an alert when it starts,
+a note when it ends, each naming its pixel, so a pixel in trouble is never hidden by a
+healthy one's volume. (A broken token has its own once-per-incident alert: the pixel's
+circuit.)
 
 ``evaluate`` runs at the end of every drain task and ``capi_drain`` run, and from the web
 process when it commits events (``dispatch``, at most once a minute there): a backlog with no
@@ -10,6 +12,7 @@ worker running at all is exactly when nobody else would notice.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,7 +26,7 @@ from django.dispatch import Signal
 from . import signals
 from .conf import capi_settings
 from .models import AlertState, DeliveryAttempt, OutboxEvent
-from .queries import oldest_due_age
+from .queries import due_ages_by_pixel
 
 logger = logging.getLogger(__name__)
 
@@ -33,56 +36,96 @@ FAILURE_RATE = "failure_rate"
 MIN_EVENTS_FOR_RATE = 20
 #: How often the web process may look (the drainers look after every drain).
 WEB_CHECK_SECONDS = 60
+#: An incident's row is keyed "<kind>:<pixel id>" in ``AlertState.kind``, a 32-character
+#: column: "failure_rate:" and the 19 digits of the largest id Meta issues (its ids are
+#: 64-bit) fill it exactly. A longer id, which no Meta pixel has, shares the row of the ids
+#: it starts with.
+_KEY_LENGTH = 32
 
 
 @dataclass(frozen=True)
 class AlertChange:
     kind: str
+    pixel_id: str
     started: bool  # True: an incident began; False: it ended
     message: str
 
 
 def evaluate(using: str | None = None) -> list[AlertChange]:
-    """Compare the outbox with the alert thresholds; announce what started or ended.
+    """Compare each pixel's outbox with the alert thresholds; announce what started or ended.
 
     An incident ends only well below its threshold (half of it), so a value hovering around
     the line does not start and end it on every check.
     """
     using = using or router.db_for_write(OutboxEvent)
     conf = capi_settings()
+    active = _active(using)
     changes = []
 
-    waited = oldest_due_age(OutboxEvent.objects.using(using), None)
     limit = timedelta(seconds=conf.alert_backlog_seconds)
-    message = (
-        f"the oldest due event has waited {int(waited.total_seconds()) // 60} min for a "
-        "drainer: are the Celery workers (or capi_drain) running?"
-        if waited is not None
-        else ""
-    )
-    changes += _flip(
-        using,
-        BACKLOG,
-        start=waited is not None and waited > limit,
-        end=waited is None or waited < limit / 2,
-        message=message,
-    )
+    # Only rows past the end line (half the limit) are read: a pixel not among them ends.
+    waits: dict[str, timedelta] = {}
+    rows = OutboxEvent.objects.using(using)
+    for found_pixel_id, age in due_ages_by_pixel(rows, longer_than=limit / 2).items():
+        stored = _stored(BACKLOG, found_pixel_id)
+        waits[stored] = max(age, waits.get(stored, age))
+    for pixel_id in sorted(waits.keys() | active[BACKLOG]):
+        waited = waits.get(pixel_id)
+        changes += _flip(
+            using,
+            BACKLOG,
+            pixel_id,
+            active=pixel_id in active[BACKLOG],
+            start=waited is not None and waited > limit,
+            end=waited is None,
+            message=(
+                f"pixel {pixel_id}: the oldest due event has waited "
+                f"{int(waited.total_seconds()) // 60} min for a drainer: are the Celery "
+                "workers (or capi_drain) running?"
+                if waited is not None
+                else ""
+            ),
+        )
 
-    good, bad = _last_hour(using)
-    total = good + bad
-    rate = bad / total if total else 0.0
-    enough = total >= MIN_EVENTS_FOR_RATE
-    changes += _flip(
-        using,
-        FAILURE_RATE,
-        start=enough and rate > conf.alert_failure_rate,
-        end=not enough or rate < conf.alert_failure_rate / 2,
-        message=(
-            f"{bad} of the last hour's {total} deliveries failed or must be retried "
-            f"({rate:.0%}); the admin's health page lists the reasons"
-        ),
-    )
+    outcomes = _last_hour(using)
+    for pixel_id in sorted(outcomes.keys() | active[FAILURE_RATE]):
+        good, bad = outcomes.get(pixel_id, (0, 0))
+        total = good + bad
+        rate = bad / total if total else 0.0
+        enough = total >= MIN_EVENTS_FOR_RATE
+        changes += _flip(
+            using,
+            FAILURE_RATE,
+            pixel_id,
+            active=pixel_id in active[FAILURE_RATE],
+            start=enough and rate > conf.alert_failure_rate,
+            end=not enough or rate < conf.alert_failure_rate / 2,
+            message=(
+                f"pixel {pixel_id}: {bad} of the last hour's {total} deliveries failed or must "
+                f"be retried ({rate:.0%}); the admin's health page lists the reasons"
+            ),
+        )
     return changes
+
+
+@dataclass(frozen=True)
+class ActiveAlert:
+    """An incident going on, for the health page."""
+
+    kind: str
+    pixel_id: str
+    message: str
+
+
+def active_alerts(using: str) -> list[ActiveAlert]:
+    """The incidents going on, by pixel and kind (one query of a table of a few rows)."""
+    rows = AlertState.objects.using(using).filter(active=True).values_list("kind", "message")
+    found = []
+    for key, message in rows.order_by("kind"):
+        kind, separator, pixel_id = key.partition(":")
+        if separator:
+            found.append(ActiveAlert(kind, pixel_id, message))
+    return found
 
 
 def evaluate_safely(using: str) -> None:
@@ -100,57 +143,89 @@ def evaluate_from_web(using: str) -> None:
         evaluate_safely(using)
 
 
-def _last_hour(using: str) -> tuple[int, int]:
-    """Requests' outcomes per event in the last hour: delivered, and failed or to be retried.
-    Counting attempts, not rows, sees a Meta outage at once, while rows still wait in their
-    backoff (rate limits and token errors have their own handling and are left out). A
-    request counts once for each event it carried."""
-    outcomes = dict(
+def _last_hour(using: str) -> dict[str, tuple[int, int]]:
+    """Requests' outcomes per event in the last hour, per pixel: delivered, and failed or to
+    be retried. Counting attempts, not rows, sees a Meta outage at once, while rows still
+    wait in their backoff (rate limits and token errors have their own handling and are left
+    out). A request counts once for each event it carried."""
+    bad_outcomes = (
+        DeliveryAttempt.Outcome.RETRY,
+        DeliveryAttempt.Outcome.FAILED,
+        DeliveryAttempt.Outcome.REJECTED,
+    )
+    counts: dict[str, tuple[int, int]] = {}
+    found = (
         DeliveryAttempt.objects.using(using)
         .filter(attempted_at__gte=Now() - timedelta(hours=1))
-        .values_list("outcome")
+        .exclude(pixel_id="")  # every request the drainer records names its pixel
+        .values_list("pixel_id", "outcome")
         .annotate(n=Sum("batch_size"))
         .order_by()
     )
-    good = outcomes.get(DeliveryAttempt.Outcome.DELIVERED, 0)
-    bad = sum(
-        outcomes.get(outcome, 0)
-        for outcome in (
-            DeliveryAttempt.Outcome.RETRY,
-            DeliveryAttempt.Outcome.FAILED,
-            DeliveryAttempt.Outcome.REJECTED,
-        )
-    )
-    return good, bad
+    for found_pixel_id, outcome, n in found:
+        pixel_id = _stored(FAILURE_RATE, found_pixel_id)
+        good, bad = counts.get(pixel_id, (0, 0))
+        if outcome == DeliveryAttempt.Outcome.DELIVERED:
+            good += n
+        elif outcome in bad_outcomes:
+            bad += n
+        counts[pixel_id] = (good, bad)
+    return counts
 
 
-def _flip(using: str, kind: str, *, start: bool, end: bool, message: str) -> list[AlertChange]:
-    """Record the incident's state; report a change only to the one caller that made it."""
+def _key(kind: str, pixel_id: str) -> str:
+    return f"{kind}:{pixel_id}"[:_KEY_LENGTH]
+
+
+def _stored(kind: str, pixel_id: str) -> str:
+    """``pixel_id`` as its alert row keeps it: figures are grouped by that, so an id too long
+    for the row is judged as one with the ids it shares the row with, never against it."""
+    return _key(kind, pixel_id).partition(":")[2]
+
+
+def _active(using: str) -> dict[str, set[str]]:
+    """The pixels with an incident going on, by kind."""
+    active: dict[str, set[str]] = defaultdict(set)
+    for alert in active_alerts(using):
+        active[alert.kind].add(alert.pixel_id)
+    return active
+
+
+def _flip(
+    using: str, kind: str, pixel_id: str, *, active: bool, start: bool, end: bool, message: str
+) -> list[AlertChange]:
+    """Record the incident's state; report a change only to the one caller that made it.
+    ``active`` is what this caller read: a row is touched only when it may change."""
+    if (start and active) or (not start and not (end and active)):
+        return []  # nothing to change, as far as this caller saw
     states = AlertState.objects.using(using)
-    states.get_or_create(kind=kind)
+    key = _key(kind, pixel_id)
     if start:
-        changed = states.filter(kind=kind, active=False).update(
+        states.get_or_create(kind=key)
+        changed = states.filter(kind=key, active=False).update(
             active=True, since=Now(), message=message
         )
-    elif end:
-        changed = states.filter(kind=kind, active=True).update(active=False, message="")
     else:
-        changed = 0
+        changed = states.filter(kind=key, active=True).update(active=False, message="")
     if not changed:
         return []
-    change = AlertChange(kind=kind, started=start, message=message if start else "")
+    change = AlertChange(
+        kind=kind, pixel_id=pixel_id, started=start, message=message if start else ""
+    )
     _announce(change)
     return [change]
 
 
 def _announce(change: AlertChange) -> None:
     signal: Signal = signals.alert_raised if change.started else signals.alert_resolved
-    signals.send_safely(signal, kind=change.kind, message=change.message)
+    signals.send_safely(signal, kind=change.kind, pixel_id=change.pixel_id, message=change.message)
     if not change.started:
-        logger.warning("django-capi: %s alert resolved", change.kind)
+        logger.warning("django-capi: %s alert resolved for pixel %s", change.kind, change.pixel_id)
         return
     logger.error("django-capi: %s: %s", change.kind, change.message)
-    mail_admins_once(f"Meta Conversions API: {change.kind}", change.message)
+    mail_admins_once(
+        f"Meta Conversions API: {change.kind} on pixel {change.pixel_id}", change.message
+    )
 
 
 def mail_admins_once(subject: str, message: str) -> None:

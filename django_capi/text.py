@@ -15,6 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 REPLACEMENT = "\ufffd"
+#: The longest user agent or page URL an event keeps. Meta documents no limit; common front
+#: ends refuse a header line longer than about 8 KB (nginx's 8k buffers, Apache's and
+#: gunicorn's 8190), so no real browser's value is ever cut, while a forged 100 KB one cannot
+#: bloat every row and request it is part of.
+MAX_BROWSER_VALUE_LENGTH = 8192
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 

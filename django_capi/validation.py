@@ -7,6 +7,7 @@ user value, because problems are stored on the outbox row.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
@@ -23,7 +24,7 @@ from django.utils.functional import Promise
 from .constants import ActionSource
 from .exceptions import EventValidationError
 from .normalize import normalize_user_data
-from .text import is_storable, storable
+from .text import MAX_BROWSER_VALUE_LENGTH, is_storable, storable
 
 #: Meta's limit for custom event names [PXCT], and the outbox column's.
 MAX_EVENT_NAME_LENGTH = 50
@@ -43,6 +44,8 @@ _MILLISECONDS_THRESHOLD = 10**11
 MAX_CUSTOM_DATA_DEPTH = 20
 #: Characters a URL may carry as they are; everything else is percent-encoded (RFC 3986).
 _URL_SAFE = ";/?:@&=+$,-_.!~*'()#[]%"
+_PARTIAL_ESCAPE = re.compile(r"%[0-9A-Fa-f]?\Z")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 #: Since Graph v13.0 an event whose customer information is only one of these sets (or a
 #: subset of one) is rejected as unmatchable.
@@ -155,7 +158,7 @@ def clean_event_source_url(
         else:
             warnings.append("event_source_url: not a string; dropped")
         return None
-    url = _encode_url(url)
+    url = _bounded_url("event_source_url", _encode_url(url), warnings)
     if website and not _is_web_url(url):
         problems.append(
             "event_source_url must be an absolute http(s) URL (Meta requires the page's "
@@ -172,7 +175,28 @@ def clean_referrer_url(url: object, warnings: list[str]) -> str | None:
     if encoded is None or not _is_web_url(encoded):
         warnings.append("referrer_url: not an absolute http(s) URL; dropped")
         return None
-    return encoded
+    return _bounded_url("referrer_url", encoded, warnings)
+
+
+def _bounded_url(key: str, url: str, warnings: list[str]) -> str:
+    """``url`` (percent-encoded) cut to ``MAX_BROWSER_VALUE_LENGTH``, never inside an escape
+    nor inside the escapes of one UTF-8 character: the page's address and path stay, which
+    is what Meta reads from it."""
+    if len(url) <= MAX_BROWSER_VALUE_LENGTH:
+        return url
+    warnings.append(f"{key}: longer than {MAX_BROWSER_VALUE_LENGTH} characters; cut to that length")
+    cut = _PARTIAL_ESCAPE.sub("", url[:MAX_BROWSER_VALUE_LENGTH])
+    start = len(cut)
+    while start >= 3 and _ESCAPE.fullmatch(cut, start - 3, start):
+        start -= 3
+    if start < len(cut):
+        encoded = bytes.fromhex(cut[start:].replace("%", ""))
+        try:
+            encoded.decode()
+        except UnicodeDecodeError as error:
+            if error.reason == "unexpected end of data":  # a character cut in two
+                cut = cut[: len(cut) - 3 * (len(encoded) - error.start)]
+    return cut
 
 
 def _encode_url(url: str) -> str:

@@ -34,24 +34,13 @@ from urllib.parse import urlsplit
 
 import demo
 import requests
+from chromium import CHROMIUM_ARGS
 
 from django_capi.testing.emulator import FAULTS_PATH, RECEIVED_PATH
 
 ROOT = demo.HERE.parent
 #: Stands in for Meta's fbevents.js and records every fbq call (the browser tests' own).
 RECORDER = ROOT / "tests" / "browser" / "fbevents_recorder.js"
-#: As tests/browser/conftest.py launches Debian's Chromium: no sandbox (root in CI) and no
-#: background traffic on a machine without internet.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 #: How the emulator answers a request its ``fail_rate`` fails: HTTP 500, Graph's code 2.
 FAULT_STATUS = 500
 #: ``capi_fakegraph``'s first line names the URL it listens on.
@@ -305,7 +294,7 @@ def drive(
     report: dict[str, Any] = {"orders": {}, "leads": 0, "shoppers": []}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=CHROMIUM_ARGS, timeout=60_000
+            executable_path=chromium, headless=True, args=list(CHROMIUM_ARGS), timeout=60_000
         )
         try:
             products = ["Organic T-shirt", "Enamel mug", "Canvas tote bag", "Wool beanie"]

@@ -329,3 +329,27 @@ def test_a_failed_row_shows_no_next_attempt_in_the_list_or_its_page(viewer):
     )
     assert field is not None
     assert field.group(1).strip() == "-"
+
+
+def test_a_row_in_flight_shows_its_lease_instead_of_the_time_it_became_due(viewer):
+    due = timezone.now() - timedelta(hours=2)
+    sending = OutboxEventFactory(leased=True, next_attempt_at=due)
+    lapsed = OutboxEventFactory(
+        leased=True, next_attempt_at=due, leased_until=timezone.now() - timedelta(minutes=1)
+    )
+    response = viewer.get(reverse(CHANGELIST))
+    model_admin = response.context["cl"].model_admin
+    shown = model_admin.next_attempt(sending)
+    assert shown.startswith("in flight until ")
+    assert str(sending.leased_until.year) in shown
+    # A lease that lapsed holds nothing: the row waits for a worker again.
+    assert model_admin.next_attempt(lapsed) == due
+    cells = re.findall(r'<td class="field-next_attempt[^"]*">(.*?)</td>', response.content.decode())
+    assert sum(cell.startswith("in flight until") for cell in cells) == 1
+
+    page = viewer.get(reverse("admin:django_capi_outboxevent_change", args=[sending.pk]))
+    field = re.search(
+        r'field-next_attempt.*?<div class="readonly">(.*?)</div>', page.content.decode(), re.DOTALL
+    )
+    assert field is not None
+    assert field.group(1).strip().startswith("in flight until")

@@ -15,6 +15,9 @@ from tests.factories import OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+PIXEL = "1234567890"  # the default pixel of tests/settings.py
+OTHER = "9876543210"
+
 
 @pytest.fixture
 def raised():
@@ -33,15 +36,15 @@ def test_a_backlog_nobody_drains_alerts_once_and_resolves_once(raised, caplog):
     waited = timedelta(minutes=20, seconds=30)
     OutboxEvent.objects.update(next_attempt_at=timezone.now() - waited)
     changes = alerts.evaluate()
-    assert [(c.kind, c.started) for c in changes] == [("backlog", True)]
-    assert "waited 20 min for a drainer" in changes[0].message
+    assert [(c.kind, c.pixel_id, c.started) for c in changes] == [("backlog", PIXEL, True)]
+    assert changes[0].message.startswith(f"pixel {PIXEL}: the oldest due event has waited 20 min")
     assert alerts.evaluate() == []  # still going on: no second alert
     assert len(raised) == 1
     assert len(mail.outbox) == 1
-    assert mail.outbox[0].subject.endswith("Meta Conversions API: backlog")
+    assert mail.outbox[0].subject.endswith(f"Meta Conversions API: backlog on pixel {PIXEL}")
     OutboxEvent.objects.update(status="delivered", delivered_at=timezone.now())
     assert [(c.kind, c.started) for c in alerts.evaluate()] == [("backlog", False)]
-    assert "backlog alert resolved" in caplog.text
+    assert f"backlog alert resolved for pixel {PIXEL}" in caplog.text
     assert len(mail.outbox) == 1
 
 
@@ -51,10 +54,10 @@ def test_a_young_backlog_is_no_incident():
     assert alerts.evaluate() == []
 
 
-def attempts(outcome: str, count: int) -> None:
-    """Requests that carried ``count`` events in all, with this outcome."""
+def attempts(outcome: str, count: int, pixel_id: str = PIXEL) -> None:
+    """Requests to ``pixel_id`` that carried ``count`` events in all, with this outcome."""
     DeliveryAttempt.objects.bulk_create(
-        DeliveryAttempt(outcome=outcome, batch_size=size, duration_ms=1)
+        DeliveryAttempt(pixel_id=pixel_id, outcome=outcome, batch_size=size, duration_ms=1)
         for size in (count // 2, count - count // 2)
         if size
     )
@@ -65,9 +68,9 @@ def test_a_high_failure_rate_alerts_even_while_rows_wait_in_backoff(raised):
     attempts("retry", 10)  # a Meta outage: nothing has failed for good yet
     attempts("rejected", 2)
     (change,) = alerts.evaluate()
-    assert change.kind == "failure_rate"
+    assert (change.kind, change.pixel_id) == ("failure_rate", PIXEL)
     assert change.message.startswith(
-        "12 of the last hour's 30 deliveries failed or must be retried (40%)"
+        f"pixel {PIXEL}: 12 of the last hour's 30 deliveries failed or must be retried (40%)"
     )
     assert raised == [("failure_rate", change.message)]
 
@@ -116,3 +119,75 @@ def test_committing_events_without_any_drainer_raises_the_backlog_alert(raised):
     with transaction.atomic():
         send_event("Lead", user_data={"em": "a@b.co"}, action_source="chat")
     assert [kind for kind, _ in raised] == ["backlog"]
+
+
+@pytest.fixture
+def resolved():
+    seen = []
+
+    def receiver(**kwargs):
+        seen.append((kwargs["kind"], kwargs["pixel_id"]))
+
+    signals.alert_resolved.connect(receiver)
+    yield seen
+    signals.alert_resolved.disconnect(receiver)
+
+
+def test_one_pixels_failures_are_not_hidden_by_another_pixels_volume(raised):
+    attempts("delivered", 1000)  # the busy pixel is fine
+    attempts("delivered", 10, OTHER)
+    attempts("rejected", 20, OTHER)  # 67 % of the other pixel's events: 3 % of all of them
+    (change,) = alerts.evaluate()
+    assert (change.kind, change.pixel_id, change.started) == ("failure_rate", OTHER, True)
+    assert change.message.startswith(f"pixel {OTHER}: 20 of the last hour's 30 deliveries")
+    assert mail.outbox[0].subject.endswith(f"failure_rate on pixel {OTHER}")
+    assert alerts.evaluate() == []  # once per incident
+
+
+def test_each_pixel_raises_and_resolves_its_own_alert(raised, resolved):
+    attempts("retry", 30)
+    attempts("retry", 30, OTHER)
+    changes = alerts.evaluate()
+    assert sorted((c.pixel_id, c.started) for c in changes) == [(PIXEL, True), (OTHER, True)]
+    assert len(raised) == 2
+    assert len(mail.outbox) == 2
+    attempts("delivered", 600, OTHER)  # the other pixel recovers; this one does not
+    assert [(c.kind, c.pixel_id, c.started) for c in alerts.evaluate()] == [
+        ("failure_rate", OTHER, False)
+    ]
+    assert resolved == [("failure_rate", OTHER)]
+    assert alerts.evaluate() == []
+    assert {(a.kind, a.pixel_id) for a in alerts.active_alerts("default")} == {
+        ("failure_rate", PIXEL)
+    }
+
+
+def test_a_backlog_alerts_for_the_pixel_whose_events_wait(raised, resolved):
+    waited = timezone.now() - timedelta(hours=1)
+    OutboxEventFactory.create_batch(2, pixel_id=OTHER, next_attempt_at=waited)
+    OutboxEventFactory.create_batch(2)  # this pixel's events are drained in time
+    assert [(c.kind, c.pixel_id, c.started) for c in alerts.evaluate()] == [
+        ("backlog", OTHER, True)
+    ]
+    assert raised[0][1].startswith(f"pixel {OTHER}: the oldest due event has waited 60 min")
+    OutboxEvent.objects.filter(pixel_id=OTHER).update(
+        status="delivered", delivered_at=timezone.now()
+    )
+    assert [(c.pixel_id, c.started) for c in alerts.evaluate()] == [(OTHER, False)]
+    assert resolved == [("backlog", OTHER)]
+
+
+def test_rows_in_flight_and_retries_to_come_are_no_backlog():
+    waited = timezone.now() - timedelta(hours=1)
+    OutboxEventFactory(leased=True, next_attempt_at=waited)  # a worker is sending it
+    OutboxEventFactory(next_attempt_at=timezone.now() + timedelta(hours=1))  # a backoff
+    assert alerts.evaluate() == []
+
+
+def test_a_pixel_id_too_long_for_the_alert_row_alerts_once_and_does_not_flap(raised):
+    long_id = "1" * 32  # conf accepts up to 32 digits; Meta's ids have at most 19
+    attempts("retry", 30, long_id)
+    (change,) = alerts.evaluate()
+    assert change.started and long_id.startswith(change.pixel_id)
+    assert alerts.evaluate() == alerts.evaluate() == []  # neither ended nor raised again
+    assert len(raised) == 1

@@ -453,3 +453,23 @@ def test_the_currencies_taken_are_the_ones_the_emulator_takes():
         if ours != emulator:
             disagreements.append(code)
     assert disagreements == []
+
+
+def test_a_huge_user_agent_or_page_url_is_cut_with_a_warning():
+    from django_capi.text import MAX_BROWSER_VALUE_LENGTH as LIMIT
+
+    agent = "Mozilla/5.0 " + "x" * 100_000
+    page = URL + "é" * 50_000  # percent-encoded: 6 characters each
+    built = build_event(
+        draft(user_data={"em": "a@b.co", "client_user_agent": agent}, event_source_url=page)
+    )
+    assert built.payload["user_data"]["client_user_agent"] == agent[:LIMIT]
+    sent_url = built.payload["event_source_url"]
+    assert sent_url.startswith(URL + "%C3%A9") and sent_url.endswith("%C3%A9")
+    assert LIMIT - 6 < len(sent_url) <= LIMIT
+    assert sum("longer than" in warning for warning in built.warnings) == 2
+    # A real browser's values, however long for a user agent, are kept whole.
+    long_agent = "Mozilla/5.0 " + "(extension; 1.0) " * 400 + "End/1"  # 6,817 characters
+    built = build_event(draft(user_data={"em": "a@b.co", "client_user_agent": long_agent}))
+    assert built.payload["user_data"]["client_user_agent"] == long_agent
+    assert not [warning for warning in built.warnings if "longer than" in warning]

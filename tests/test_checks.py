@@ -3,8 +3,12 @@ the setup is right."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +30,7 @@ MESSAGES = "django.contrib.messages.middleware.MessageMiddleware"
 GOOD_MIDDLEWARE = [SESSION, AUTH, MESSAGES, CAPI]
 VALID = {"PIXEL_ID": "1234567890", "ACCESS_TOKEN": "test-token-not-real", "WAKE": "none"}
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+ROOT = Path(__file__).resolve().parent.parent
 REDIS = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache"}}
 
 
@@ -356,3 +361,53 @@ def test_a_loaded_app_or_an_explicit_wake_is_fine(unloaded_celery_app):
 
     app.set_current()
     assert "django_capi.W007" not in capi_ids(**broker, DJANGO_CAPI=without_wake)
+
+
+PROJECT_SETTINGS = """
+SECRET_KEY = "tests-only-not-secret"
+INSTALLED_APPS = [*{apps!r}, "django_capi"]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}}
+MIDDLEWARE = ["django_capi.middleware.CapiMiddleware"]
+TEMPLATES = [{{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}}]
+USE_TZ = True
+DJANGO_CAPI = {valid!r}
+"""
+
+
+def manage_check(tmp_path: Any, apps: list[str]) -> subprocess.CompletedProcess[str]:
+    """`manage.py check` in a project whose INSTALLED_APPS are ``apps`` and django_capi."""
+    (tmp_path / "project_settings.py").write_text(PROJECT_SETTINGS.format(apps=apps, valid=VALID))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CAPI_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check", "--settings=project_settings"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "apps",
+    [
+        ["django.contrib.contenttypes"],  # no auth, admin, sessions nor messages
+        ["django.contrib.contenttypes", "django.contrib.sessions"],
+    ],
+)
+def test_check_runs_without_auth_admin_or_sessions(tmp_path, apps):
+    result = manage_check(tmp_path, apps)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "django_capi.E" not in result.stdout + result.stderr
+
+
+def test_check_says_contenttypes_is_missing_instead_of_crashing(tmp_path):
+    result = manage_check(tmp_path, [])
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "Traceback" not in output
+    assert "django_capi.E007" in output
+    assert 'Add "django.contrib.contenttypes" to INSTALLED_APPS' in output

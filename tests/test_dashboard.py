@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from django_capi import charts
 from django_capi.dashboard import MATCH_KEYS, health_figures, health_view
-from django_capi.models import OutboxEvent, PixelState
+from django_capi.models import AlertState, OutboxEvent, PixelState
 from tests.factories import OutboxEventFactory
 
 pytestmark = pytest.mark.django_db
@@ -396,8 +396,9 @@ def many_events(names: int, per_name: int) -> None:
 
 
 #: The page's queries: the database clock, counts, oldest due row, four series, failure
-#: reasons, pixel states and coverage (10), plus the session and user of a logged-in admin.
-PAGE_QUERIES = 12
+#: reasons, alerts, pixel states and coverage (11), plus the session and user of a logged-in
+#: admin.
+PAGE_QUERIES = 13
 
 
 def test_the_query_count_is_bounded(admin_client: Any, django_assert_max_num_queries: Any) -> None:
@@ -454,3 +455,23 @@ def test_chart_scales_each_panel_and_keeps_small_bars_visible() -> None:
 )  # fmt: skip
 def test_share_cells(share: float, text: str, css: str) -> None:
     assert charts.share_cell(share) == (text, css)
+
+
+def test_each_pixel_row_shows_its_own_alerts(
+    known_data: None, admin_user: User, rf_get: Any
+) -> None:
+    AlertState.objects.bulk_create(
+        [
+            AlertState(kind="failure_rate:222", active=True, message="pixel 222: 40 % <failed>"),
+            AlertState(kind="backlog:666", active=True, message="pixel 666: waited 20 min"),
+            AlertState(kind="backlog:333", active=False),  # over
+        ]
+    )
+    pixels = {p.pixel_id: p for p in health_figures(now=NOW).pixels}
+    assert pixels["222"].alerts == ("pixel 222: 40 % <failed>",)
+    assert pixels["666"].alerts == ("pixel 666: waited 20 min",)  # no rows, no state: listed
+    assert pixels["333"].alerts == pixels["111"].alerts == ()
+    order = [p.pixel_id for p in health_figures(now=NOW).pixels]
+    assert order.index("222") < order.index("333")  # healthy but alerting: first of the healthy
+    page = rf_get(admin_user).content.decode()
+    assert "pixel 222: 40 % &lt;failed&gt;" in page

@@ -107,3 +107,25 @@ def test_sigterm_stops_the_stack_it_started():
         seen.append(lines.get())
     assert "demo-check interrupted: the stack is stopped." in "".join(seen)
     assert group_is_gone(int(started[1]))
+
+
+def test_the_demo_check_and_the_browser_tests_launch_chromium_with_one_list_of_flags():
+    from example_project.chromium import CHROMIUM_ARGS
+    from tests.browser import conftest
+
+    assert conftest.CHROMIUM_ARGS is CHROMIUM_ARGS
+    # The script runs with example_project/ as its first import path, as `make demo-check` does.
+    script = (
+        "import chromium, demo_check; print(demo_check.CHROMIUM_ARGS is chromium.CHROMIUM_ARGS)"
+    )
+    same = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=ROOT / "example_project",
+        env={**demo_env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert same.stdout.strip() == "True", same.stderr
+    assert "--no-sandbox" in CHROMIUM_ARGS

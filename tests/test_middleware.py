@@ -55,6 +55,31 @@ def test_events_of_the_request_carry_its_context():
     assert payload["referrer_url"] == "https://www.facebook.com/"
 
 
+def test_huge_headers_are_cut_and_the_row_says_so():
+    """A forged 100 kB user agent or referrer cannot bloat the row, Meta's request or the
+    context a shop keeps on its order; a real browser's value is never touched (above)."""
+    from django_capi.text import MAX_BROWSER_VALUE_LENGTH as LIMIT
+
+    huge_agent = "Mozilla/5.0 " + "A" * 100_000
+    huge_page = "https://www.facebook.com/" + "%E2%82%AC" * 12_000  # no escape cut in half
+    request = get(HTTP_USER_AGENT=huge_agent, HTTP_REFERER=huge_page)
+    run(lead_view, request)
+    row = OutboxEvent.objects.get()
+    assert row.status == "pending"
+    agent = row.payload["user_data"]["client_user_agent"]
+    assert agent == huge_agent[:LIMIT]
+    referrer = row.payload["referrer_url"]
+    assert huge_page.startswith(referrer) and LIMIT - 9 < len(referrer) <= LIMIT
+    assert referrer.endswith("%E2%82%AC")
+    assert (
+        f"client_user_agent: longer than {LIMIT} characters, which no browser sends; "
+        "cut to that length"
+    ) in row.warnings
+    assert f"referrer_url: longer than {LIMIT} characters; cut to that length" in row.warnings
+    kept = browser_context(request)
+    assert len(kept["client_user_agent"]) == len(kept["referrer_url"]) == 2 * LIMIT
+
+
 def test_model_saves_inside_the_request_carry_it_too(isolated_registry):
     from django_capi import ModelEvent, register
     from tests.shop.models import Lead
@@ -85,6 +110,15 @@ def test_model_saves_inside_the_request_carry_it_too(isolated_registry):
         (2, "198.51.100.7", "10.0.0.1"),  # fewer hops than proxies: the header lies
         (1, "not-an-ip", "10.0.0.1"),
         (1, "2001:db8::1", "2001:db8::1"),
+        # Proxies that add the client's port (Azure, IIS ARR): the address is still theirs.
+        (1, "203.0.113.9:4711", "203.0.113.9"),
+        (1, "6.6.6.6, [2001:db8::1]:443", "2001:db8::1"),
+        (1, "[2001:DB8::1]", "2001:db8::1"),
+        (2, "198.51.100.7:80, 10.0.0.9:8080", "198.51.100.7"),
+        (0, "203.0.113.9:4711", "10.0.0.1"),  # still never trusted by default
+        (1, "203.0.113.9:port", "10.0.0.1"),
+        (1, "203.0.113.9:123456", "10.0.0.1"),
+        (1, "[2001:db8::1]x", "10.0.0.1"),
     ],
 )
 def test_the_ip_comes_from_trusted_proxies_only(trusted, forwarded, expected):

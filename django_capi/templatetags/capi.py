@@ -17,10 +17,9 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import template
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -35,6 +34,9 @@ from ..normalize import normalize_user_data
 from ..registry import ModelEvent, event_id_for, pixel_id_for, registered_events
 from ..text import is_storable
 from ..validation import check_event_id, clean_custom_data
+
+if TYPE_CHECKING:  # a project may leave django.contrib.auth out; only the type needs it
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 register = template.Library()
 logger = logging.getLogger(__name__)

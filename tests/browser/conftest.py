@@ -23,20 +23,11 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from example_project.chromium import CHROMIUM_ARGS
 from tests.browser.pixel import BrowserLog, ShopBrowser
 
 CAPI_MIDDLEWARE = "django_capi.middleware.CapiMiddleware"
 RECORDER = Path(__file__).with_name("fbevents_recorder.js")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 #: Generous for a loaded 2-core CI machine; tests wait on conditions, never on sleeps.
 TIMEOUT_MS = 20_000
 
@@ -68,7 +59,7 @@ def chromium() -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
         patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS, timeout=60_000
+            executable_path=executable, headless=True, args=list(CHROMIUM_ARGS), timeout=60_000
         )
         try:
             yield browser
