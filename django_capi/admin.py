@@ -56,7 +56,10 @@ class CappedPaginator(Paginator):  # type: ignore[type-arg]
     @cached_property
     def count(self) -> int:
         rows = cast("QuerySet[OutboxEvent]", self.object_list)
-        return rows[: self.cap].count()
+        # Unordered: any ``cap`` rows count the same, and the database may then take them
+        # from whichever index holds the filtered rows (a status's partial index) instead
+        # of walking the list's order past rows the filter drops.
+        return rows.order_by()[: self.cap].count()
 
 
 class EventNameFilter(admin.SimpleListFilter):

@@ -18,7 +18,7 @@ class OutboxEvent(models.Model):
     """One Conversions API event and everything that happened to it.
 
     ``payload`` is the Meta-ready event with user data already hashed; raw PII never lands
-    here. A row is unique per (``pixel_id``, ``event_name``, ``event_id``): Meta's own
+    here. A row is unique per (``event_id``, ``pixel_id``, ``event_name``): Meta's own
     deduplication key, so saving an order twice can never report two purchases.
     """
 
@@ -108,8 +108,11 @@ class OutboxEvent(models.Model):
         verbose_name_plural = _("outbox events")
         permissions = [("replay_outboxevent", _("Can replay, send now and cancel outbox events"))]
         constraints = [
+            # Event id first: the one column every lookup by id names (the admin's search,
+            # ``events.recorded_events`` with its pixel, a save's own key), so this one index
+            # serves them all and the outbox needs no index of event ids besides.
             models.UniqueConstraint(
-                fields=["pixel_id", "event_name", "event_id"], name="capi_outbox_unique_event"
+                fields=["event_id", "pixel_id", "event_name"], name="capi_outbox_unique_event"
             ),
         ]
         indexes = [
@@ -120,8 +123,8 @@ class OutboxEvent(models.Model):
                 condition=models.Q(status="pending"),
                 name="capi_outbox_due",
             ),
-            models.Index(fields=["status", "created_at"], name="capi_outbox_status_created"),
-            # The admin's date hierarchy and the purge read by creation time alone.
+            # The admin's changelist (newest first), its date hierarchy and the purge read by
+            # creation time alone.
             models.Index(fields=["created_at"], name="capi_outbox_created"),
             # The health dashboard's delivered and failed series, and the purge, read by time
             # within one status: index-only range scans at millions of rows.
@@ -135,8 +138,20 @@ class OutboxEvent(models.Model):
                 condition=models.Q(status="failed"),
                 name="capi_outbox_failed",
             ),
-            # The admin's exact search by event id or by the order's id.
-            models.Index(fields=["event_id"], name="capi_outbox_event_id"),
+            # Failed and cancelled rows are few: their counts, the admin's filter by either
+            # (newest first) and the replay. No index reads every status: each status has a
+            # partial index of its own rows (pending: due; delivered; failed; this one), which
+            # a row enters only while it has that status, so a checkout and a delivery each
+            # add an entry to one of them, not to an index of all rows. MySQL and MariaDB
+            # ignore index conditions: there this is an index of every row by (status,
+            # created_at), which finds their pending rows.
+            models.Index(
+                fields=["status", "created_at"],
+                condition=models.Q(status__in=["failed", "cancelled"]),
+                name="capi_outbox_failed_cancelled",
+            ),
+            # The admin's exact search by the order's id (an event id is found through the
+            # unique constraint).
             models.Index(fields=["source_id"], name="capi_outbox_source_id"),
         ]
 

@@ -4,11 +4,16 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from django_capi import OutboxEvent, send_event
+from django_capi.dashboard import health_figures
+from django_capi.events import recorded_events
 from tests.factories import OutboxEventFactory
 from tests.shop.models import Order
 
@@ -52,9 +57,8 @@ def test_due_rows_are_found_through_the_partial_index_at_scale():
         status=OutboxEvent.Status.PENDING, next_attempt_at__lte=Now()
     ).order_by("next_attempt_at")[:100]
     plan = due.explain()
-    # Either index that starts at the pending rows keeps this cheap; a scan of all rows
-    # would not be.
-    assert "capi_outbox_due" in plan or "capi_outbox_status_created" in plan, plan
+    # The index of the pending rows alone keeps this cheap; a scan of all rows would not be.
+    assert "capi_outbox_due" in plan, plan
     assert "Seq Scan" not in plan, plan
     assert due.count() == 20
 
@@ -104,3 +108,118 @@ def test_migration_0010_leaves_room_for_hot_updates_and_reverses():
     finally:
         call_command("migrate", "django_capi", verbosity=0)
     assert _outbox_storage() == (False, room)
+
+
+def _outbox_indexes() -> dict[str, list[str]]:
+    """The outbox's named indexes and unique constraints (``capi_outbox_*``): their columns."""
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, OutboxEvent._meta.db_table)
+    return {
+        name: info["columns"]
+        for name, info in found.items()
+        if name.startswith("capi_outbox_") and (info["index"] or info["unique"])
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0011_drops_the_indexes_of_every_row_and_reverses():
+    key = ["event_id", "pixel_id", "event_name"]
+    after = _outbox_indexes()
+    assert after["capi_outbox_unique_event"] == key
+    assert after["capi_outbox_failed_cancelled"] == ["status", "created_at"]
+    assert "capi_outbox_event_id" not in after
+    assert "capi_outbox_status_created" not in after
+    try:
+        call_command("migrate", "django_capi", "0010_outbox_hot_updates", verbosity=0)
+        before = _outbox_indexes()
+        assert before["capi_outbox_unique_event"] == ["pixel_id", "event_name", "event_id"]
+        assert before["capi_outbox_event_id"] == ["event_id"]
+        assert before["capi_outbox_status_created"] == ["status", "created_at"]
+        assert "capi_outbox_failed_cancelled" not in before
+    finally:
+        call_command("migrate", "django_capi", verbosity=0)
+    assert _outbox_indexes() == after
+    # The new key still refuses a second row of the same event.
+    OutboxEventFactory(event_id="same")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        OutboxEventFactory(event_id="same")
+
+
+def _plans(run) -> dict[str, str]:
+    """``EXPLAIN`` of each outbox SELECT that ``run`` executes."""
+    with CaptureQueriesContext(connection) as queries:
+        run()
+    plans = {}
+    with connection.cursor() as cursor:
+        for query in queries.captured_queries:
+            sql = query["sql"]
+            if sql.startswith(("SELECT", "(SELECT")) and OutboxEvent._meta.db_table in sql:
+                cursor.execute("EXPLAIN " + sql)
+                plans[sql] = "\n".join(line for (line,) in cursor.fetchall())
+    return plans
+
+
+@pytest.fixture
+def large_outbox(transactional_db):
+    """20,000 rows, mostly delivered, as an outbox in service is (written by PostgreSQL
+    itself: a factory takes minutes); statistics and the visibility map as autovacuum leaves
+    them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO django_capi_outboxevent (
+                pixel_id, event_name, event_id, event_time, action_source, payload, status,
+                failure_reason, last_error, warnings, attempts, last_error_type, fbtrace_id,
+                source_id, delivered_at
+            )
+            SELECT '1234567890', 'Lead', 'bulk-' || g, now(), 'system_generated', '{}',
+                status, '', '', '[]', 0, '', '', g::text,
+                CASE WHEN status = 'delivered' THEN now() END
+            FROM (
+                SELECT g, CASE
+                    WHEN g <= 19000 THEN 'delivered' WHEN g <= 19500 THEN 'failed'
+                    WHEN g <= 19800 THEN 'cancelled' ELSE 'pending' END AS status
+                FROM generate_series(1, 20000) AS g
+            ) AS rows
+            """
+        )
+        cursor.execute(f"VACUUM ANALYZE {OutboxEvent._meta.db_table}")
+
+
+@pytest.mark.postgres
+def test_every_lookup_by_event_id_uses_the_unique_constraint(large_outbox, admin_user):
+    row = OutboxEvent.objects.order_by("pk")[5_000]
+    client = Client()
+    client.force_login(admin_user)
+    url = reverse("admin:django_capi_outboxevent_changelist") + f"?q={row.event_id}"
+    plans = _plans(lambda: client.get(url))
+    plans |= _plans(lambda: recorded_events([(row.event_name, row.event_id)], using="default"))
+    # A save of an event already recorded takes the conflict path, which finds the row.
+    plans |= _plans(
+        lambda: send_event(
+            row.event_name, event_id=row.event_id, user_data={"em": "a@b.co"}, action_source="chat"
+        )
+    )
+    by_id = {
+        sql: plan for sql, plan in plans.items() if '"event_id" =' in sql or '"event_id" IN' in sql
+    }
+    assert len(by_id) == 4, list(plans)  # the search, its capped count, recorded_events, the save
+    for sql, plan in by_id.items():
+        assert "capi_outbox_unique_event" in plan, (sql, plan)
+        assert "Seq Scan on django_capi_outboxevent" not in plan, (sql, plan)
+
+
+@pytest.mark.postgres
+def test_each_status_is_counted_through_its_own_partial_index(large_outbox):
+    plans = _plans(lambda: health_figures())
+    (plan,) = [plan for sql, plan in plans.items() if sql.count("UNION ALL") == 3]
+    # Failed rows have two partial indexes; the planner may take either.
+    for index in ("due", "delivered", "failed_cancelled"):
+        assert f"capi_outbox_{index} " in plan, plan
+    assert "Seq Scan on django_capi_outboxevent" not in plan, plan
+    assert health_figures().counts == {
+        "pending": 200,
+        "delivered": 19_000,
+        "failed": 500,
+        "cancelled": 300,
+    }
