@@ -132,9 +132,10 @@ class Lease:
 class _AmongIds(In):
     """``pk IN (ids)``, as one parameter on PostgreSQL (an array) and SQLite (a JSON array):
     a thousand placeholders cost the ORM and the driver, which handle each in Python, more
-    than the query costs the database. The ids are integers already (``prepare_rhs``)."""
+    than the query costs the database."""
 
-    prepare_rhs = False
+    def get_prep_lookup(self) -> list[int]:
+        return list(self.rhs)  # integers already: nothing to prepare, one by one
 
     def as_postgresql(
         self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
