@@ -316,13 +316,13 @@ def _sqlite_returns_rows(connection: BaseDatabaseWrapper) -> bool:
 
 
 def _begin_drainer_write(using: str) -> datetime:
-    """The database's clock, read as the first statement of one of the drainer's own short
-    transactions (a claim, a write-back). On PostgreSQL the same statement lets that
-    transaction's commit return before it reaches the disk (``synchronous_commit = off``,
-    for this transaction alone): a commit lost to a server crash only means its rows are
-    sent again, which the at-least-once contract and Meta's deduplication by ``event_id``
-    cover (docs/architecture.md, "Delivery"), and each wait for the disk is a flush of the
-    WAL, several milliseconds per batch."""
+    """The database's clock, read as the first statement of a claim's transaction. On
+    PostgreSQL the same statement lets that transaction's commit return before it reaches
+    the disk (``synchronous_commit = off``, for this transaction alone; ``writing`` does the
+    same for write-backs): a commit lost to a server crash only means its rows are sent
+    again, which the at-least-once contract and Meta's deduplication by ``event_id`` cover
+    (docs/architecture.md, "Delivery"), and each wait for the disk is a flush of the WAL,
+    several milliseconds per batch."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         return database_now(using)
