@@ -271,8 +271,10 @@ class _PixelDelivery:
         return max_event_age(row.action_source) - SEND_MARGIN
 
     def _delivered(self, group: list[Row], result: GraphResult) -> None:
-        attempt = self._log(group, result, Outcome.DELIVERED)
-        written = outbox.mark_delivered(self.lease, group, result, attempt=attempt)
+        # The request's record and the rows it delivered are written in one transaction.
+        with outbox.writing(self.lease):
+            attempt = self._log(group, result, Outcome.DELIVERED)
+            written = outbox.mark_delivered(self.lease, group, result, attempt=attempt)
         self.report.delivered += len(written)
         if result.events_received != len(group):
             logger.warning(

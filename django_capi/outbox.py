@@ -14,8 +14,11 @@ how a write-back learns exactly which rows it wrote where the database cannot re
 
 Round trips: on PostgreSQL a claim is one ``UPDATE … WHERE pk IN (SELECT … FOR UPDATE SKIP
 LOCKED LIMIT n) RETURNING …`` and a write-back one ``UPDATE … WHERE pk IN (SELECT … ORDER BY
-pk FOR UPDATE) RETURNING pk``; other databases take the portable path (a locking SELECT then
-an UPDATE in one transaction, or SQLite's compare-and-set).
+pk FOR UPDATE) RETURNING pk``; on SQLite (3.35 and later) a claim is one ``UPDATE … WHERE pk
+IN (SELECT … LIMIT n) RETURNING …``; other databases take the portable path (a locking SELECT
+then an UPDATE in one transaction, or SQLite's compare-and-set). A request's record and its
+write-back share one transaction (``writing``), and the drainer's transactions do not wait for
+their commit to reach the disk on PostgreSQL (``_begin_drainer_write`` says why that is safe).
 
 Claims read only what delivery needs, the payload as the JSON text the database holds: it
 goes into the request as it is, never decoded and encoded again.
@@ -32,9 +35,11 @@ for each other.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -44,7 +49,7 @@ from django.db import OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Expression, F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
-from django.db.models.lookups import In
+from django.db.models.lookups import Exact, In
 from django.db.models.sql import Query, UpdateQuery
 from django.db.models.sql.compiler import SQLCompiler
 
@@ -125,14 +130,44 @@ class Lease:
 
 
 class _AmongIds(In):
-    """``pk IN (ids)``, as one array parameter on PostgreSQL: a thousand placeholders cost
-    the driver (which binds them in Python) more than the query costs the server."""
+    """``pk IN (ids)``, as one parameter on PostgreSQL (an array) and SQLite (a JSON array):
+    a thousand placeholders cost the ORM and the driver, which handle each in Python, more
+    than the query costs the database."""
+
+    def get_prep_lookup(self) -> list[int]:
+        return list(self.rhs)  # integers already: nothing to prepare, one by one
 
     def as_postgresql(
         self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
     ) -> tuple[str, list[Any]]:
         lhs, lhs_params = self.process_lhs(compiler, connection)
         return f"{lhs} = ANY(%s)", [*lhs_params, list(self.rhs)]
+
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
+    ) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        ids = json.dumps([int(pk) for pk in self.rhs])
+        # ``lhs`` is a column the compiler quoted; the ids travel as a parameter.
+        return f"{lhs} IN (SELECT value FROM json_each(%s))", [*lhs_params, ids]  # noqa: S608
+
+
+class _Pending(Exact):
+    """``status = 'pending'``, which on SQLite the planner is told holds for most rows it
+    reads (``likely()``; nothing else changes). Without statistics (SQLite keeps none until
+    ``ANALYZE``) it takes an equality on an indexed column for the most selective condition,
+    and would read every pending row through ``capi_outbox_status_created`` (and sort them)
+    where the due index, or the primary key, reads one batch: every claim and write-back
+    would cost the whole backlog."""
+
+    def __init__(self) -> None:
+        super().__init__(F("status"), PENDING)
+
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
+    ) -> tuple[str, list[Any]]:
+        sql, params = self.as_sql(compiler, connection)
+        return f"likely({sql})", list(params)
 
 
 def _among(ids: Collection[int]) -> _AmongIds:
@@ -189,15 +224,19 @@ def claim(
         "attempts": F("attempts") + 1,
     }
     columns = (*LEASED_COLUMNS, "text")
-    if _locks_in_one_statement(connection):
-        # PostgreSQL: one statement picks, locks (skipping rows another claim is taking),
-        # updates and returns the rows, with the clock its lease was measured by.
-        picked = oldest_first.select_for_update(skip_locked=True).values("pk")[:limit]
+    locks_rows = _locks_in_one_statement(connection)
+    if locks_rows or _sqlite_returns_rows(connection):
+        # One statement picks, updates and returns the rows. PostgreSQL locks them, skipping
+        # rows another claim is taking; SQLite runs the statement whole under its database
+        # lock, so two claims never take the same row.
+        if locks_rows:
+            oldest_first = oldest_first.select_for_update(skip_locked=True)
+        picked = oldest_first.values("pk")[:limit]
         mine = OutboxEvent.objects.using(using).filter(pk__in=picked)
         with transaction.atomic(using=using):
             # The clock a statement before the UPDATE's: the lease seems a little shorter
             # than it is, never longer (and one value to read, not one per row).
-            db_now = database_now(using)
+            db_now = _begin_drainer_write(using)
             returned = _update_returning(mine, changes, [*LEASED_COLUMNS, _PAYLOAD_TEXT])
         rows = [_leased(values, 0) for values in returned]
         return _lease(token, using, rows, db_now, started)
@@ -218,9 +257,9 @@ def claim(
                     OutboxEvent.objects.using(using).filter(_among(ids)).update(**changes)
         counted = 1
     else:
-        # SQLite: the UPDATE re-checks that each candidate is still due, under the database
-        # lock, so two claims never take the same row (compare-and-set); the rows it took
-        # are read after it.
+        # SQLite before 3.35 (no RETURNING): the UPDATE re-checks that each candidate is
+        # still due, under the database lock, so two claims never take the same row
+        # (compare-and-set); the rows it took are read after it.
         db_now = database_now(using)
         ids = list(oldest_first.values_list("pk", flat=True)[:limit])
         if ids:
@@ -243,7 +282,7 @@ def _due(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
     hands (never leased, written back, or their lease lapsed)."""
     return rows.filter(
         Q(leased_until=None) | Q(leased_until__lte=Now()),
-        status=PENDING,
+        _Pending(),
         next_attempt_at__lte=Now(),
     )
 
@@ -271,11 +310,53 @@ def _locks_in_one_statement(connection: BaseDatabaseWrapper) -> bool:
     )
 
 
+def _sqlite_returns_rows(connection: BaseDatabaseWrapper) -> bool:
+    """Whether this is SQLite 3.35 or later, whose ``UPDATE`` can return the rows it wrote."""
+    return connection.vendor == "sqlite" and connection.features.can_return_columns_from_insert
+
+
+def _begin_drainer_write(using: str) -> datetime:
+    """The database's clock, read as the first statement of a claim's transaction. On
+    PostgreSQL the same statement lets that transaction's commit return before it reaches
+    the disk (``synchronous_commit = off``, for this transaction alone; ``writing`` does the
+    same for write-backs): a commit lost to a server crash only means its rows are sent
+    again, which the at-least-once contract and Meta's deduplication by ``event_id`` cover
+    (docs/architecture.md, "Delivery"), and each wait for the disk is a flush of the WAL,
+    several milliseconds per batch."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return database_now(using)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT STATEMENT_TIMESTAMP(), {_NO_WAIT_FOR_DISK}")
+        return cast(datetime, cursor.fetchone()[0])
+
+
+#: ``SET LOCAL synchronous_commit = off`` as an expression: PostgreSQL only.
+_NO_WAIT_FOR_DISK = "set_config('synchronous_commit', 'off', true)"
+
+
+@contextmanager
+def writing(lease: Lease) -> Iterator[None]:
+    """One transaction for the writes of one request's outcome (its ``record_attempt`` and
+    the rows' write-back): one commit instead of one per statement, and on PostgreSQL one
+    that need not wait for the disk (``_begin_drainer_write``). MySQL and MariaDB keep a
+    transaction per write, which a deadlock may need to run again (``_deadlock_retries``)."""
+    connection = connections[lease.using]
+    if connection.vendor == "mysql" or connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic(using=lease.using):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT {_NO_WAIT_FOR_DISK}")
+        yield
+
+
 def _update_returning(
     rows: QuerySet[OutboxEvent], changes: dict[str, Any], returning: Sequence[str | Expression]
 ) -> list[tuple[Any, ...]]:
     """``rows.update(**changes)`` that returns ``returning`` (field names or expressions) of
-    each row written, in one statement (PostgreSQL's ``UPDATE … RETURNING``)."""
+    each row written, in one statement (``UPDATE … RETURNING``), as the ORM would read them."""
     query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
     query.add_update_values(changes)
     compiler = query.get_compiler(rows.db)
@@ -284,14 +365,20 @@ def _update_returning(
     atomic = transaction.atomic(using=rows.db, savepoint=False)
     with atomic, connections[rows.db].cursor() as cursor:
         sql, params = compiler.as_sql()
-        columns = []
+        columns, expressions = [], []
         for item in returning:
             expression = F(item) if isinstance(item, str) else item
-            column_sql, column_params = compiler.compile(expression.resolve_expression(query))
+            expressions.append(expression.resolve_expression(query))
+            column_sql, column_params = compiler.compile(expressions[-1])
             columns.append(column_sql)
             params = (*params, *column_params)
         cursor.execute(f"{sql} RETURNING {', '.join(columns)}", params)
-        return list(cursor.fetchall())
+        returned = cursor.fetchall()
+    # What the driver does not read as Python values itself (SQLite's datetimes and UUIDs).
+    converters = compiler.get_converters(expressions)
+    if converters:
+        return [tuple(row) for row in compiler.apply_converters(returned, converters)]
+    return list(returned)
 
 
 def _leased(values: Sequence[Any], counted: int) -> LeasedRow:
@@ -456,9 +543,9 @@ def record_attempt(
 def _owned(lease: Lease, rows: Sequence[LeasedRow]) -> QuerySet[OutboxEvent]:
     return OutboxEvent.objects.using(lease.using).filter(
         _among([row.pk for row in rows]),
+        _Pending(),
         lease_token=lease.token,
         leased_until__isnull=False,
-        status=PENDING,
     )
 
 

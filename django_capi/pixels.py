@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import DatabaseError, transaction
-from django.db.models import F, Q
+from django.db.models import BooleanField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 from django.utils.crypto import salted_hmac
 
@@ -57,20 +57,34 @@ class PixelGate:
 def gate(using: str, conf: CapiSettings) -> PixelGate:
     """Pixels paused or with an open circuit are blocked; an open circuit whose probe is due,
     or which was opened under other credentials than the pixel has now, is probed. Its
-    waiting rows become due."""
+    waiting rows become due. One query while no pixel is in trouble (the drain asks before
+    every batch)."""
     states = PixelState.objects.using(using)
-    waiting = states.filter(circuit_opened_at__isnull=False, next_probe_at__gt=Now())
-    for pixel_id, fingerprint in list(waiting.values_list("pixel_id", "token_fingerprint")):
-        if fingerprint == setup_fingerprint(conf.credentials(pixel_id)):
-            continue
-        states.filter(pixel_id=pixel_id).update(next_probe_at=Now())
-        outbox.resume_pixel(using, pixel_id)
-    blocked = states.filter(
-        Q(paused_until__gt=Now()) | Q(circuit_opened_at__isnull=False, next_probe_at__gt=Now())
-    ).values_list("pixel_id", flat=True)
-    probing = states.filter(circuit_opened_at__isnull=False).values_list("pixel_id", flat=True)
-    blocked_set = frozenset(blocked)
-    return PixelGate(blocked=blocked_set, probing=frozenset(probing) - blocked_set)
+    troubled = (
+        states.filter(Q(paused_until__gt=Now()) | Q(circuit_opened_at__isnull=False))
+        .annotate(
+            paused=ExpressionWrapper(Q(paused_until__gt=Now()), output_field=BooleanField()),
+            circuit_open=ExpressionWrapper(
+                Q(circuit_opened_at__isnull=False), output_field=BooleanField()
+            ),
+            probe_waits=ExpressionWrapper(Q(next_probe_at__gt=Now()), output_field=BooleanField()),
+        )
+        .values_list("pixel_id", "token_fingerprint", "paused", "circuit_open", "probe_waits")
+    )
+    blocked: set[str] = set()
+    probing: set[str] = set()
+    for pixel_id, fingerprint, paused, circuit_open, probe_waits in troubled:
+        waiting = circuit_open and probe_waits
+        if waiting and fingerprint != setup_fingerprint(conf.credentials(pixel_id)):
+            # New credentials: probe them now rather than at the next probe time.
+            states.filter(pixel_id=pixel_id).update(next_probe_at=Now())
+            outbox.resume_pixel(using, pixel_id)
+            waiting = False
+        if paused or waiting:
+            blocked.add(pixel_id)
+        elif circuit_open:
+            probing.add(pixel_id)
+    return PixelGate(blocked=frozenset(blocked), probing=frozenset(probing))
 
 
 def pause(using: str, pixel_id: str, seconds: float | None, error: str) -> float:

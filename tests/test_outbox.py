@@ -193,3 +193,84 @@ def test_a_claim_skips_rows_another_claim_is_locking_instead_of_waiting():
         with connection.cursor() as cursor:
             cursor.execute("RESET lock_timeout")
     assert [row.pk for row in claim().rows] == [rows[0].pk, rows[1].pk]
+
+
+def _synchronous_commit(connection) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return str(cursor.fetchone()[0])
+
+
+def test_a_requests_record_and_its_write_back_commit_together():
+    from django.db import connections
+
+    from django_capi.models import DeliveryAttempt
+
+    OutboxEventFactory.create_batch(2, due=True)
+    lease = claim()
+    connection = connections[lease.using]
+    postgres = connection.vendor == "postgresql"
+    default = _synchronous_commit(connection) if postgres else ""
+    with pytest.raises(RuntimeError), outbox.writing(lease):
+        assert connection.in_atomic_block
+        if postgres:  # for this transaction alone (docs/architecture.md, "Delivery")
+            assert _synchronous_commit(connection) == "off"
+        attempt = outbox.record_attempt(
+            lease, "1", result=OK, outcome=DeliveryAttempt.Outcome.DELIVERED, batch_size=2
+        )
+        assert outbox.mark_delivered(lease, lease.rows, OK, attempt=attempt)
+        raise RuntimeError("the write-back stopped half-way")
+    # Neither the record nor the rows were written: the rows are still the lease's.
+    assert not DeliveryAttempt.objects.exists()
+    assert set(OutboxEvent.objects.values_list("status", flat=True)) == {"pending"}
+    with outbox.writing(lease):
+        attempt = outbox.record_attempt(
+            lease, "1", result=OK, outcome=DeliveryAttempt.Outcome.DELIVERED, batch_size=2
+        )
+        written = outbox.mark_delivered(lease, lease.rows, OK, attempt=attempt)
+    assert written == [row.pk for row in lease.rows]
+    assert list(OutboxEvent.objects.values_list("last_attempt_id", flat=True)) == [attempt] * 2
+    if postgres:  # nothing leaks into the connection's later transactions
+        claim()
+        assert _synchronous_commit(connection) == default
+
+
+def test_claims_and_write_backs_read_one_batch_not_the_whole_backlog():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    OutboxEventFactory.create_batch(3, due=True)
+    with CaptureQueriesContext(connection) as captured:
+        lease = claim(limit=2)
+        outbox.mark_delivered(lease, lease.rows, OK)
+    updates = [q["sql"] for q in captured if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 2
+    if connection.vendor != "sqlite":
+        # The planner hint is SQLite's own function; elsewhere statistics guide the plan.
+        assert not any("likely(" in sql for sql in updates)
+        return
+    plans = []
+    for sql in updates:
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+            plans.append(" / ".join(str(row[3]) for row in cursor.fetchall()))
+    claim_plan, write_back_plan = plans
+    # Without statistics SQLite would read every pending row through the status index
+    # and sort them: the due index gives the oldest rows in order, and the write-back goes
+    # straight to its rows by primary key.
+    assert "USING INDEX capi_outbox_due" in claim_plan, claim_plan
+    assert "TEMP B-TREE" not in claim_plan, claim_plan
+    assert "INTEGER PRIMARY KEY" in write_back_plan, write_back_plan
+    assert "capi_outbox_status_created" not in write_back_plan, write_back_plan
+
+
+def test_the_claim_for_sqlite_without_returning_leases_each_row_once(monkeypatch):
+    """SQLite before 3.35 claims by compare-and-set, as MySQL/MariaDB claims elsewhere."""
+    monkeypatch.setattr(outbox, "_sqlite_returns_rows", lambda connection: False)
+    rows = OutboxEventFactory.create_batch(3, due=True)
+    first, second = claim(limit=2), claim(limit=2)
+    assert [row.pk for row in first.rows] == [rows[0].pk, rows[1].pk]
+    assert [row.pk for row in second.rows] == [rows[2].pk]
+    assert {row.attempts for row in first.rows + second.rows} == {1}
+    assert claim().rows == []
+    assert outbox.mark_delivered(first, first.rows, OK) == [rows[0].pk, rows[1].pk]
