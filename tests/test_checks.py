@@ -356,3 +356,27 @@ def test_a_loaded_app_or_an_explicit_wake_is_fine(unloaded_celery_app):
 
     app.set_current()
     assert "django_capi.W007" not in capi_ids(**broker, DJANGO_CAPI=without_wake)
+
+
+@pytest.mark.parametrize(
+    "collation, exact",
+    [
+        ("utf8mb4_nopad_bin", True),  # MariaDB
+        ("utf8mb3_nopad_bin", True),
+        ("utf8mb4_0900_bin", True),  # MySQL 8
+        ("utf8mb4_bin", False),  # PAD SPACE: "x" and "x " are one key
+        ("utf8mb4_general_ci", False),
+        ("utf8mb4_unicode_ci", False),
+        ("utf8mb4_0900_ai_ci", False),
+        (None, False),
+    ],
+)
+def test_only_binary_no_pad_collations_are_exact(collation, exact):
+    assert checks.is_exact_collation(collation) is exact
+
+
+@pytest.mark.django_db
+def test_key_collations_are_checked_only_on_the_databases_asked_for():
+    # Django's own database checks do the same: `check` without --database queries nothing.
+    assert checks.check_key_collations(databases=None) == []
+    assert checks.check_key_collations(databases=["default"]) == []

@@ -8,7 +8,7 @@ from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from django_capi import OutboxEvent, send_event
+from django_capi import OutboxEvent, checks, send_event
 from tests.factories import OutboxEventFactory
 from tests.shop.models import Order
 
@@ -90,7 +90,13 @@ def _outbox_storage() -> tuple[bool, list[str]]:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT reloptions FROM pg_class WHERE relname = %s", [table])
             options = list(cursor.fetchone()[0] or [])
-    led = any(c["index"] and c["columns"][:1] == ["source_type_id"] for c in constraints.values())
+    # InnoDB needs an index for each foreign key constraint, here one on source_type_id
+    # alone, and keeps it: on MySQL/MariaDB only a wider one (the old capi_outbox_source) counts.
+    needed = ["source_type_id"] if connection.vendor == "mysql" else None
+    led = any(
+        c["index"] and c["columns"][:1] == ["source_type_id"] and c["columns"] != needed
+        for c in constraints.values()
+    )
     return led, options
 
 
@@ -104,3 +110,82 @@ def test_migration_0010_leaves_room_for_hot_updates_and_reverses():
     finally:
         call_command("migrate", "django_capi", verbosity=0)
     assert _outbox_storage() == (False, room)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("Order-1", "order-1"), ("a", "a "), ("café", "cafe"), ("ß", "ss")],
+    ids=["case", "trailing-space", "accent", "expansion"],
+)
+@pytest.mark.django_db
+def test_ids_that_differ_only_in_case_spaces_or_accents_are_two_events(first, second):
+    # MySQL/MariaDB's default collations took each pair for one key, and INSERT IGNORE then
+    # dropped the second event; Meta compares ids exactly and would have counted both.
+    rows = [
+        send_event("Purchase", event_id=event_id, action_source="chat")
+        for event_id in (first, second)
+    ]
+    assert rows[0].pk != rows[1].pk
+    assert sorted(OutboxEvent.objects.values_list("event_id", flat=True)) == sorted([first, second])
+    # Lookups (the admin's exact search, the duplicate's lookup) are exact too.
+    assert OutboxEvent.objects.get(event_id=second).pk == rows[1].pk
+    # The same id again is still the same event.
+    assert send_event("Purchase", event_id=second, action_source="chat").pk == rows[1].pk
+    assert OutboxEvent.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_event_names_that_differ_only_in_case_are_two_events():
+    send_event("Lead", event_id="lead-1", action_source="chat")
+    send_event("lead", event_id="lead-1", action_source="chat")
+    assert sorted(OutboxEvent.objects.values_list("event_name", flat=True)) == ["Lead", "lead"]
+
+
+def _identity_collations() -> dict[str, str | None]:
+    """``table.column``: collation of each column the outbox compares for identity, on
+    MySQL/MariaDB (SQLite and PostgreSQL compare them byte by byte with no collation set)."""
+    tables = {model._meta.db_table for model in checks.EXACT_COLUMNS}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN %s",
+            [tuple(sorted(tables))],
+        )
+        found = {f"{table}.{column}": collation for table, column, collation in cursor.fetchall()}
+    return {
+        f"{model._meta.db_table}.{name}": found[f"{model._meta.db_table}.{name}"]
+        for model, names in checks.EXACT_COLUMNS.items()
+        for name in names
+    }
+
+
+def _w008() -> list[str]:
+    return [
+        message.msg
+        for message in checks.check_key_collations(databases=[connection.alias])
+        if message.id == "django_capi.W008"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0011_makes_identity_columns_exact_and_reverses():
+    assert _w008() == []
+    mysql = connection.vendor == "mysql"
+    if mysql:
+        assert all(map(checks.is_exact_collation, _identity_collations().values()))
+    try:
+        call_command("migrate", "django_capi", "0010_outbox_hot_updates", verbosity=0)
+        if mysql:
+            # Back to the table's default (the server's, e.g. utf8mb4_general_ci): the check
+            # names every column that lost its exact collation.
+            loose = _identity_collations()
+            assert not any(map(checks.is_exact_collation, loose.values())), loose
+            (message,) = _w008()
+            assert all(f"{column} ({collation})" in message for column, collation in loose.items())
+        else:
+            assert _w008() == []
+    finally:
+        call_command("migrate", "django_capi", verbosity=0)
+    assert _w008() == []
+    if mysql:
+        assert all(map(checks.is_exact_collation, _identity_collations().values()))
