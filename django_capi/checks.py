@@ -36,6 +36,11 @@ Warnings (events go out, but worse than they could):
   ``"none"``: commits wake no drainer and events wait for the sweep, if there is one.
 - ``django_capi.W006``: ``API_VERSION`` is no longer served by Meta, or stops being served
   within 90 days: every request will then fail with code 2635 and the circuit opens.
+- ``django_capi.W008``: on MySQL/MariaDB, a column the outbox compares for identity (the event
+  key, the source object's id, the pixel ids) has a collation that ignores case, accents or
+  trailing spaces: two events whose ids differ only so are stored as one, and Meta never gets
+  the second. Its migration sets them exact; an ``ALTER`` since then may have undone it. Only
+  with databases to check (``check --database``, ``migrate``, ``capi_doctor``).
 
 Checks that need the settings are skipped while ``E003`` stands: its message says what to fix
 first. The lease/timeout relation is part of the settings' own validation (``E003``).
@@ -52,13 +57,13 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .conf import API_VERSIONS, SETTING_NAME, CapiSettings, api_version_end, capi_settings
 from .exceptions import CapiConfigurationError
-from .models import OutboxEvent
+from .models import DeliveryAttempt, OutboxEvent, PixelState
 from .outbox import databases as outbox_databases
 from .registry import ModelEvent, all_events, registered_models
 
@@ -316,6 +321,75 @@ def check_databases(
             )
         )
     return messages
+
+
+#: The columns compared for identity: the outbox's unique key, the source object's id (the
+#: admin's exact search) and every pixel id (compared with each other across tables).
+EXACT_COLUMNS = {
+    OutboxEvent: ("pixel_id", "event_name", "event_id", "source_id"),
+    DeliveryAttempt: ("pixel_id",),
+    PixelState: ("pixel_id",),
+}
+
+
+def is_exact_collation(name: str | None) -> bool:
+    """Whether a MySQL/MariaDB collation compares bytes, trailing spaces included: MariaDB's
+    ``*_nopad_bin`` and MySQL 8's ``utf8mb4_0900_bin``; ``*_bin`` pads with spaces."""
+    return name is not None and (name.endswith("_nopad_bin") or name == "utf8mb4_0900_bin")
+
+
+@register(TAG)
+def check_key_collations(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Messages:
+    """W008. Queries only the databases Django asks about, as its own database checks do."""
+    messages: Messages = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor != "mysql" or alias not in outbox_databases():
+            continue
+        try:
+            loose = _loose_columns(alias)
+        except DatabaseError:
+            continue  # an unreachable database is reported by whatever queries it next
+        if loose:
+            listed = ", ".join(f"{column} ({collation})" for column, collation in loose)
+            messages.append(
+                CheckWarning(
+                    f"On the database {alias!r} these outbox columns ignore case, accents or "
+                    f"trailing spaces: {listed}. Events whose ids differ only so (Order-1, "
+                    "order-1) are stored as one row and Meta never receives the second.",
+                    hint=f"Run `manage.py migrate django_capi --database {alias}`: its "
+                    "migrations give these columns a binary NO PAD collation. If they ran, a "
+                    "later ALTER reset them: ALTER TABLE … MODIFY each column with COLLATE "
+                    "utf8mb4_nopad_bin (MariaDB) or utf8mb4_0900_bin (MySQL 8).",
+                    id="django_capi.W008",
+                )
+            )
+    return messages
+
+
+def _loose_columns(alias: str) -> list[tuple[str, str]]:
+    """``table.column`` and collation of each identity column that is not exact; none while
+    the tables do not exist yet (``migrate`` creates them exact)."""
+    # None of these fields sets db_column: the column is the field's name.
+    wanted = {
+        (model._meta.db_table, name) for model, names in EXACT_COLUMNS.items() for name in names
+    }
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN %s",
+            [tuple(sorted({table for table, _ in wanted}))],
+        )
+        rows = cursor.fetchall()
+    return sorted(
+        (f"{table}.{column}", collation)
+        for table, column, collation in rows
+        if (table, column) in wanted and not is_exact_collation(collation)
+    )
 
 
 #: The hook each action source cannot do without: Meta rejects the event otherwise [APPD],

@@ -411,3 +411,27 @@ def test_check_says_contenttypes_is_missing_instead_of_crashing(tmp_path):
     assert "Traceback" not in output
     assert "django_capi.E007" in output
     assert 'Add "django.contrib.contenttypes" to INSTALLED_APPS' in output
+
+
+@pytest.mark.parametrize(
+    "collation, exact",
+    [
+        ("utf8mb4_nopad_bin", True),  # MariaDB
+        ("utf8mb3_nopad_bin", True),
+        ("utf8mb4_0900_bin", True),  # MySQL 8
+        ("utf8mb4_bin", False),  # PAD SPACE: "x" and "x " are one key
+        ("utf8mb4_general_ci", False),
+        ("utf8mb4_unicode_ci", False),
+        ("utf8mb4_0900_ai_ci", False),
+        (None, False),
+    ],
+)
+def test_only_binary_no_pad_collations_are_exact(collation, exact):
+    assert checks.is_exact_collation(collation) is exact
+
+
+@pytest.mark.django_db
+def test_key_collations_are_checked_only_on_the_databases_asked_for():
+    # Django's own database checks do the same: `check` without --database queries nothing.
+    assert checks.check_key_collations(databases=None) == []
+    assert checks.check_key_collations(databases=["default"]) == []

@@ -1,9 +1,11 @@
 """Events follow the database of the save; the due-rows query stays an index scan."""
 
+import contextlib
+import io
 from datetime import timedelta
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from django.test import Client
@@ -11,13 +13,14 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_capi import OutboxEvent, send_event
+from django_capi import OutboxEvent, checks, send_event
 from django_capi.dashboard import health_figures
 from django_capi.events import recorded_events
 from tests.factories import OutboxEventFactory
 from tests.shop.models import Order
 
 BOTH = {"default", "other"}
+BUYER = {"em": "buyer@example.com"}
 
 
 def paid_order(using: str) -> Order:
@@ -94,7 +97,13 @@ def _outbox_storage() -> tuple[bool, list[str]]:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT reloptions FROM pg_class WHERE relname = %s", [table])
             options = list(cursor.fetchone()[0] or [])
-    led = any(c["index"] and c["columns"][:1] == ["source_type_id"] for c in constraints.values())
+    # InnoDB needs an index for each foreign key constraint, here one on source_type_id
+    # alone, and keeps it: on MySQL/MariaDB only a wider one (the old capi_outbox_source) counts.
+    needed = ["source_type_id"] if connection.vendor == "mysql" else None
+    led = any(
+        c["index"] and c["columns"][:1] == ["source_type_id"] and c["columns"] != needed
+        for c in constraints.values()
+    )
     return led, options
 
 
@@ -223,3 +232,89 @@ def test_each_status_is_counted_through_its_own_partial_index(large_outbox):
         "failed": 500,
         "cancelled": 300,
     }
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("Order-1", "order-1"), ("a", "a "), ("café", "cafe"), ("ß", "ss")],
+    ids=["case", "trailing-space", "accent", "expansion"],
+)
+@pytest.mark.django_db
+def test_ids_that_differ_only_in_case_spaces_or_accents_are_two_events(first, second):
+    # MySQL/MariaDB's default collations took each pair for one key, and INSERT IGNORE then
+    # dropped the second event; Meta compares ids exactly and would have counted both.
+    rows = [
+        send_event("Purchase", event_id=event_id, action_source="chat", user_data=BUYER)
+        for event_id in (first, second)
+    ]
+    assert rows[0].pk != rows[1].pk
+    assert sorted(OutboxEvent.objects.values_list("event_id", flat=True)) == sorted([first, second])
+    # Lookups (the admin's exact search, the duplicate's lookup) are exact too.
+    assert OutboxEvent.objects.get(event_id=second).pk == rows[1].pk
+    # The same id again is still the same event.
+    assert (
+        send_event("Purchase", event_id=second, action_source="chat", user_data=BUYER).pk
+        == rows[1].pk
+    )
+    assert OutboxEvent.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_event_names_that_differ_only_in_case_are_two_events():
+    send_event("Lead", event_id="lead-1", action_source="chat", user_data=BUYER)
+    send_event("lead", event_id="lead-1", action_source="chat", user_data=BUYER)
+    assert sorted(OutboxEvent.objects.values_list("event_name", flat=True)) == ["Lead", "lead"]
+
+
+def _identity_collations() -> dict[str, str | None]:
+    """``table.column``: collation of each column the outbox compares for identity, on
+    MySQL/MariaDB (SQLite and PostgreSQL compare them byte by byte with no collation set)."""
+    tables = {model._meta.db_table for model in checks.EXACT_COLUMNS}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN %s",
+            [tuple(sorted(tables))],
+        )
+        found = {f"{table}.{column}": collation for table, column, collation in cursor.fetchall()}
+    return {
+        f"{model._meta.db_table}.{name}": found[f"{model._meta.db_table}.{name}"]
+        for model, names in checks.EXACT_COLUMNS.items()
+        for name in names
+    }
+
+
+def _w008() -> list[str]:
+    return [
+        message.msg
+        for message in checks.check_key_collations(databases=[connection.alias])
+        if message.id == "django_capi.W008"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0012_makes_identity_columns_exact_and_reverses():
+    assert _w008() == []
+    mysql = connection.vendor == "mysql"
+    if mysql:
+        assert all(map(checks.is_exact_collation, _identity_collations().values()))
+    try:
+        call_command("migrate", "django_capi", "0011_outbox_fewer_indexes", verbosity=0)
+        if mysql:
+            # Back to the table's default (the server's, e.g. utf8mb4_general_ci): the check
+            # names every column that lost its exact collation.
+            loose = _identity_collations()
+            assert not any(map(checks.is_exact_collation, loose.values())), loose
+            (message,) = _w008()
+            assert all(f"{column} ({collation})" in message for column, collation in loose.items())
+            doctor = io.StringIO()
+            with contextlib.suppress(CommandError):  # the unapplied migration is a problem too
+                call_command("capi_doctor", "--database", "default", stdout=doctor)
+            assert "[django_capi.W008]" in doctor.getvalue()
+        else:
+            assert _w008() == []
+    finally:
+        call_command("migrate", "django_capi", verbosity=0)
+    assert _w008() == []
+    if mysql:
+        assert all(map(checks.is_exact_collation, _identity_collations().values()))

@@ -36,6 +36,27 @@ def fill_pages(apps, schema_editor):
     _set_fillfactor(schema_editor, apps.get_model("django_capi", "OutboxEvent"), None)
 
 
+def keep_fk_index(apps, schema_editor):
+    """Nothing to do forwards; see drop_fk_index."""
+
+
+def drop_fk_index(apps, schema_editor):
+    # MySQL/MariaDB: InnoDB needs an index for the source_type foreign key, so removing
+    # capi_outbox_source made Django add one on source_type_id alone. Once capi_outbox_source
+    # is back it is redundant, and the reversed AlterField below would create another index
+    # under the same name (error 1061): drop it first.
+    if schema_editor.connection.vendor != "mysql":
+        return
+    outbox = apps.get_model("django_capi", "OutboxEvent")
+    table = outbox._meta.db_table
+    with schema_editor.connection.cursor() as cursor:
+        constraints = schema_editor.connection.introspection.get_constraints(cursor, table)
+    for name, constraint in constraints.items():
+        if constraint["index"] and constraint["columns"] == ["source_type_id"]:
+            quote = schema_editor.quote_name
+            schema_editor.execute(f"DROP INDEX {quote(name)} ON {quote(table)}")
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("contenttypes", "0002_remove_content_type_name"),
@@ -55,6 +76,8 @@ class Migration(migrations.Migration):
                 to="contenttypes.contenttype",
             ),
         ),
+        # DDL on MySQL, which cannot run it in the transaction RunPython would be wrapped in.
+        migrations.RunPython(keep_fk_index, drop_fk_index, atomic=False, elidable=False),
         migrations.RemoveIndex(model_name="outboxevent", name="capi_outbox_source"),
         migrations.RunPython(leave_room, fill_pages, elidable=False),
     ]

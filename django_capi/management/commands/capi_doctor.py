@@ -45,7 +45,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Settings": ("E003", "E001", "E002", "W003", "W006"),
     "Middleware": ("W001", "W002"),
     "Delivery": ("W007", "W004", "W005"),
-    "Databases": ("E004", "E005"),
+    "Databases": ("E004", "E005", "W008"),
 }
 
 
@@ -96,7 +96,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         databases = outbox_databases(options)
         messages: Messages = {}
-        for message in run_checks(tags=[checks.TAG]):
+        for message in run_checks(tags=[checks.TAG], databases=databases):
             if (message.id or "").startswith("django_capi."):
                 messages.setdefault(message.id or "", []).append(message)
         try:
@@ -245,7 +245,7 @@ class Command(BaseCommand):
 
     def _databases(self, report: Report, databases: Iterable[str], messages: Messages) -> None:
         report.section("Databases")
-        _from_checks(report, messages, "E004", "E005")
+        _from_checks(report, messages, "E004", "E005", "W008")
         for alias in databases:
             connection = connections[alias]
             try:
