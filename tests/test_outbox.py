@@ -209,6 +209,11 @@ def test_a_requests_record_and_its_write_back_commit_together():
     OutboxEventFactory.create_batch(2, due=True)
     lease = claim()
     connection = connections[lease.using]
+    if connection.vendor == "mysql":
+        # A transaction per write there: a deadlock victim is one write to run again.
+        with outbox.writing(lease):
+            assert not connection.in_atomic_block
+        return
     postgres = connection.vendor == "postgresql"
     default = _synchronous_commit(connection) if postgres else ""
     with pytest.raises(RuntimeError), outbox.writing(lease):
