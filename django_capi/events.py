@@ -132,6 +132,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         event_time = validation.event_timestamp(
             timezone.now() if draft.event_time is None else draft.event_time,
             draft.action_source,
+            warnings=warnings,
         )
     except EventValidationError as exc:
         problems += exc.problems
