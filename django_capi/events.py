@@ -132,6 +132,7 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
         event_time = validation.event_timestamp(
             timezone.now() if draft.event_time is None else draft.event_time,
             draft.action_source,
+            warnings=warnings,
         )
     except EventValidationError as exc:
         problems += exc.problems
@@ -315,7 +316,12 @@ def _resolve_pixel(conf: CapiSettings, requested: object) -> tuple[str, str | No
     if isinstance(requested, int) and not isinstance(requested, bool):
         requested = str(requested)
     if not is_pixel_id(requested):
-        return "", f"pixel_id must be a pixel's numeric id, not this {type(requested).__name__}"
+        # Stored under the default pixel, where the Pixel tag fires it; the value itself is
+        # not repeated: a token pasted in the wrong place must not reach the row.
+        return conf.pixel_id or "", (
+            f"pixel_id {pixel_id_fault(requested)}: a pixel id is its digits only, as a str "
+            f"or an int (configured pixels: {', '.join(conf.pixels) or 'none'})"
+        )
     assert isinstance(requested, str)  # noqa: S101 - for mypy
     if conf.pixel(requested) is None:
         configured = ", ".join(conf.pixels) or "none"
@@ -372,6 +378,17 @@ def record_built_events(events: Sequence[BuiltEvent], *, using: str, dry_run: bo
     _insert_many(connections[using], rows)
     send_on_commit(outbox_committed, using)
     return len(new)
+
+
+def pixel_id_fault(value: object) -> str:
+    """What is wrong with ``value`` as a pixel id, without repeating it."""
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}"
+    if not value.strip():
+        return "is empty" if not value else "is only spaces"
+    if is_pixel_id(value.strip()):
+        return "has spaces around its digits"
+    return "holds characters other than digits"
 
 
 def default_pixel_id() -> str:

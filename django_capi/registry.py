@@ -18,9 +18,16 @@ from django.db import models, router
 from django.db.models.signals import post_save
 
 from . import context, validation
-from .conf import capi_settings
+from .conf import capi_settings, is_pixel_id
 from .constants import ActionSource
-from .events import BuiltEvent, EventDraft, build_event, in_savepoint, record_event
+from .events import (
+    BuiltEvent,
+    EventDraft,
+    build_event,
+    in_savepoint,
+    pixel_id_fault,
+    record_event,
+)
 from .exceptions import CapiConfigurationError, CapiError, EventValidationError, HookError
 from .installation import event_id_namespace
 
@@ -100,8 +107,9 @@ class ModelEvent(Generic[M]):
         return None
 
     def pixel_id(self, instance: M) -> str | None:
-        """The pixel this event goes to: one of ``PIXELS``; by default (None) ``PIXEL_ID``.
-        A class attribute of that name (a pixel id) does as well, as ``action_source`` does."""
+        """The pixel this event goes to: one of ``PIXELS`` (a str, or an int taken as its
+        digits); by default (None) ``PIXEL_ID``. A class attribute of that name (a pixel id)
+        does as well, as ``action_source`` does."""
         return None
 
     def event_id(self, instance: M) -> str:
@@ -188,9 +196,7 @@ def pixel_id_for(instance: models.Model, event_name: str) -> str | None:
                 value = _pixel_of(model_event, instance)
             except HookError:
                 return None  # logged where it was raised
-            if isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)
-            return value if isinstance(value, str) else None
+            return _hook_pixel(model_event, value)[0]
     return None
 
 
@@ -241,7 +247,9 @@ def _capture(
         decided = event_id, {}, None
     if decided is None:
         return
-    event_id, browser, pixel_id = decided
+    event_id, browser, hooked = decided
+    pixel_id, pixel_error = _hook_pixel(model_event, hooked)
+    error = error or pixel_error
     if isinstance(browser, Mapping) and browser.get(context.CONSENT_KEY) is False:
         return  # the shopper refused tracking: Meta hears nothing of this order
     record_event(
@@ -262,6 +270,22 @@ def _pixel_of(model_event: ModelEvent[Any], instance: models.Model) -> object:
     if isinstance(declared, str | int) and not isinstance(declared, bool):
         return declared
     return _call(model_event, "pixel_id", instance)
+
+
+def _hook_pixel(model_event: ModelEvent[Any], value: object) -> tuple[str | None, str | None]:
+    """The ``pixel_id`` hook's pixel (an int is taken as its digits; None is the default
+    pixel), and why the row fails if the value is no pixel id: that row, like the Pixel
+    (``pixel_id_for``), then goes to the default pixel, never to an empty one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is None or is_pixel_id(value):
+        assert value is None or isinstance(value, str)  # noqa: S101 - for mypy
+        return value, None
+    return None, (
+        f"{type(model_event).__name__}.pixel_id() returned a value that "
+        f"{pixel_id_fault(value)}: return a configured pixel id (digits, as a str or an int), "
+        "or None for the default pixel"
+    )
 
 
 def _event_id(model_event: ModelEvent[Any], instance: models.Model) -> str:

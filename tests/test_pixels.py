@@ -243,15 +243,28 @@ def test_an_unconfigured_pixel_fails_the_row_with_the_fix_and_heals_once_configu
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("pixel_id", ["pixel-a", 1.5, ""])
-def test_a_pixel_id_that_is_no_id_fails_the_row_saying_so(pixel_id):
+@pytest.mark.parametrize(
+    ("pixel_id", "fault"),
+    [
+        ("pixel-a", "holds characters other than digits"),
+        (1.5, "is a float"),
+        ("", "is empty"),
+        (" 222 ", "has spaces around its digits"),
+    ],
+)
+def test_a_pixel_id_that_is_no_id_fails_the_row_saying_so(settings, pixel_id, fault):
+    with_pixels(settings, {SHOP_B: {"ACCESS_TOKEN": TOKEN_B}})
     with transaction.atomic():
         row = send_event(
             "Lead", user_data={"em": "a@b.co"}, action_source="chat", pixel_id=pixel_id
         )
     assert row is not None
-    assert row.status == Status.FAILED
-    assert "pixel_id must be a pixel's numeric id" in row.last_error
+    # Under the default pixel, where the Pixel tag fires it; never under "".
+    assert (row.pixel_id, row.status) == (PIXEL, Status.FAILED)
+    assert row.last_error == (
+        f"pixel_id {fault}: a pixel id is its digits only, as a str or an int "
+        f"(configured pixels: {PIXEL}, {SHOP_B})"
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -648,3 +661,54 @@ def test_a_debug_page_of_a_failed_post_shows_no_app_secret_nor_proof(rf):
     assert "pixel" in shown  # the client's locals are there ...
     for secret in ("secret-token", "secret-of-the-app", proof("secret-of-the-app", "secret-token")):
         assert secret not in shown  # ... their secrets are not
+
+
+@pytest.fixture
+def hooked_pixel(settings, isolated_registry):
+    """A Lead's pixel is whatever its ``pixel`` attribute holds, as the hook returns it."""
+    with_pixels(settings, {SHOP_B: {"ACCESS_TOKEN": TOKEN_B}})
+
+    @register(Lead)
+    class HookedPixel(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+
+        def user_data(self, instance: Lead) -> Mapping[str, object]:
+            return {"em": instance.email}
+
+        def pixel_id(self, instance: Lead) -> str | None:
+            return instance.pixel  # type: ignore[attr-defined, no-any-return]
+
+
+def hooked_lead(pixel: object) -> tuple[Lead, OutboxEvent]:
+    lead = LeadFactory.build()
+    lead.pixel = pixel  # type: ignore[attr-defined]
+    with transaction.atomic():
+        lead.save()
+    return lead, OutboxEvent.objects.get(event_name="Contact")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("pixel", "expected"), [(222, SHOP_B), (None, PIXEL)])
+def test_a_pixel_hook_may_return_an_int_or_none(hooked_pixel, pixel, expected):
+    lead, row = hooked_lead(pixel)
+    assert (row.pixel_id, row.status, row.last_error) == (expected, Status.PENDING, "")
+    assert (pixel_id_for(lead, "Contact") or PIXEL) == expected  # the Pixel fires it there too
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("pixel", "fault"), [(2.5, "is a float"), (" 222 ", "has spaces around its digits")]
+)
+def test_a_pixel_hook_returning_no_pixel_id_fails_the_row_on_the_default_pixel(
+    hooked_pixel, pixel, fault
+):
+    lead, row = hooked_lead(pixel)
+    assert (row.pixel_id, row.status) == (PIXEL, Status.FAILED)
+    assert row.last_error == (
+        f"HookedPixel.pixel_id() returned a value that {fault}: return a configured pixel id "
+        "(digits, as a str or an int), or None for the default pixel"
+    )
+    assert pixel_id_for(lead, "Contact") is None  # the Pixel's side: the default pixel
+    pixels = {call[1] for call in fbq_calls(render("{% capi_pixel lead %}", lead=lead))}
+    assert pixels == {PIXEL}

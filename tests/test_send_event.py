@@ -2,13 +2,16 @@
 
 import re
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.db import transaction
 from django.test import RequestFactory, override_settings
+from django.utils import timezone
 
 from django_capi import OutboxEvent, send_event
 from django_capi.context import use_browser_context
+from django_capi.delivery import drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -188,3 +191,18 @@ def test_a_row_the_database_refuses_becomes_a_failed_row(monkeypatch):
     assert row.last_error == (
         "the database refused the event (DataError); the traceback is in the log"
     )
+
+
+def test_a_future_event_time_is_delivered_as_is_with_a_warning(capi_graph):
+    tomorrow = int((timezone.now() + timedelta(days=1)).timestamp())
+    row = send_event(
+        "Lead", user_data={"em": "a@b.co"}, action_source="system_generated", event_time=tomorrow
+    )
+    assert row.status == OutboxEvent.Status.PENDING
+    (warning,) = row.warnings
+    assert "s in the future; Meta documents no limit, sent as is" in warning
+    assert drain().delivered == 1
+    (sent,) = capi_graph.requests[0].events
+    assert sent["event_time"] == tomorrow
+    row.refresh_from_db()
+    assert row.status == OutboxEvent.Status.DELIVERED

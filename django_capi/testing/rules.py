@@ -25,8 +25,6 @@ MAX_EVENTS = 1000
 #: ``event_time`` may be at most 7 days old, 62 for ``physical_store`` events.
 MAX_AGE = 7 * 86400
 MAX_AGE_PHYSICAL_STORE = 62 * 86400
-#: Meta leaves the future tolerance undocumented; five minutes absorbs clock skew only.
-FUTURE_TOLERANCE = 300
 #: Above this an ``event_time`` is far more likely milliseconds than a date after year 5000.
 MILLISECONDS_THRESHOLD = 100_000_000_000
 #: The same (pixel, event_name, event_id) within 48 hours of the first one is a duplicate.
@@ -374,8 +372,7 @@ def _check_event_time(value: object, action_source: str, now: float) -> None:
             TIMESTAMP_IN_FUTURE,
             "event_time is in the future: it looks like milliseconds; send Unix seconds.",
         )
-    if value > now + FUTURE_TOLERANCE:
-        raise Rejection(TIMESTAMP_IN_FUTURE, "event_time cannot be in the future.")
+    # A time in the future is accepted: Meta documents no limit (meta-capi.md §2).
     if action_source == "physical_store":
         if value < now - MAX_AGE_PHYSICAL_STORE:
             raise Rejection(
