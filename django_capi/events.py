@@ -932,7 +932,7 @@ def _insert_new(connection: BaseDatabaseWrapper, values: dict[str, Any]) -> bool
     insert = _insert_statement(connection.alias, tuple(values), returns=False)
     with connection.cursor() as cursor:
         cursor.execute(insert.sql, _parameters(connection, insert, values))
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)
 
 
 _ATTNAMES = [field.attname for field in OutboxEvent._meta.concrete_fields]
@@ -944,14 +944,14 @@ def _parameters(
     """The parameters of ``insert`` for the row of ``values``."""
     params = insert.constant.copy()
     for name, column, taken in insert.binds:
-        value = values[name]
+        value: Any = values[name]
         if type(value) is not taken:
             value = column.get_db_prep_save(
                 value.value if type(value) is _Json else value, connection
             )
-        elif taken is _Json:
+        elif isinstance(value, _Json):
             value = value.text
-        elif taken is datetime:
+        elif isinstance(value, datetime):
             value = (
                 connection.ops.adapt_datetimefield_value(value)
                 if value.utcoffset() is not None
