@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
@@ -88,7 +88,9 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     problems = validation.check_event_name(draft.event_name)
     problems += validation.check_event_id(draft.event_id)
     problems += validation.check_action_source(draft.action_source)
-    if not isinstance(draft.user_data, Mapping) or not isinstance(draft.browser, Mapping):
+    if not (type(draft.user_data) is dict or isinstance(draft.user_data, Mapping)) or not (
+        type(draft.browser) is dict or isinstance(draft.browser, Mapping)
+    ):  # exact dicts first: the check of an ABC costs a call into Python
         raise EventValidationError("user_data and request_context must be dicts")
     region_problems = validation.check_phone_region(draft.phone_region)
     problems += region_problems
@@ -128,10 +130,12 @@ def build_event(draft: EventDraft, *, default_phone_region: str | None = None) -
     )
     referrer_url = validation.clean_referrer_url(referrer_url, warnings)
     event_time = 0
+    now = timezone.now()
     try:
         event_time = validation.event_timestamp(
-            timezone.now() if draft.event_time is None else draft.event_time,
+            now if draft.event_time is None else draft.event_time,
             draft.action_source,
+            now=now,
             warnings=warnings,
         )
     except EventValidationError as exc:
@@ -214,6 +218,7 @@ def _browser_warnings(draft: EventDraft, user_data: Mapping[str, object]) -> lis
     return [] if draft.browser.get("event_source_url") else [NO_BROWSER_WARNING]
 
 
+@overload
 def record_event(
     *,
     event_name: str,
@@ -224,7 +229,37 @@ def record_event(
     source: models.Model | None = None,
     error: str | None = None,
     pixel_id: object = None,
-) -> OutboxEvent:
+    row: Literal[True] = True,
+) -> OutboxEvent: ...
+
+
+@overload
+def record_event(
+    *,
+    event_name: str,
+    event_id: str,
+    action_source: str,
+    build: Callable[[], BuiltEvent],
+    using: str,
+    source: models.Model | None = None,
+    error: str | None = None,
+    pixel_id: object = None,
+    row: bool,
+) -> OutboxEvent | None: ...
+
+
+def record_event(
+    *,
+    event_name: str,
+    event_id: str,
+    action_source: str,
+    build: Callable[[], BuiltEvent],
+    using: str,
+    source: models.Model | None = None,
+    error: str | None = None,
+    pixel_id: object = None,
+    row: bool = True,
+) -> OutboxEvent | None:
     """Write the outbox row for one event in the current transaction on ``using``.
 
     ``pixel_id`` is the pixel the event goes to: None for ``PIXEL_ID``, else one of the
@@ -242,6 +277,10 @@ def record_event(
     what is left, a missing table or column, is caught by a savepoint around the first row of
     each database in the process. A row the database refuses anyway is recorded as ``failed``
     where the transaction survives it. The integrator's hooks run in ``in_savepoint``.
+
+    Returns the row, or with ``row=False`` None when the row was inserted now: the INSERT
+    then returns nothing, sparing the read-back of its generated columns (model saves, which
+    discard the row, take this).
     """
     try:
         pixel_id, pixel_error = _resolve_pixel(capi_settings(), pixel_id)
@@ -283,22 +322,29 @@ def record_event(
     _warn_outside_transaction(connection)
     key = (pixel_id, event_name, event_id, action_source)
     try:
-        row = _store(connection, *key, fields, source)
+        stored = _store(connection, *key, fields, source, row=row)
     except DatabaseError as exc:
-        if fields["status"] == OutboxEvent.Status.FAILED:
+        if fields["status"] == _FAILED:
             raise
         logger.exception("storing %s %s for %s failed", event_name, event_id, _label(source))
         refused = (
             f"the database refused the event ({type(exc).__name__}); the traceback is in the log"
         )
-        row = _store(connection, *key, _failed_fields(refused, warnings), source)
-    if row.status == OutboxEvent.Status.PENDING:
+        fields = _failed_fields(refused, warnings)
+        stored = _store(connection, *key, fields, source, row=row)
+    # None: the row of ``fields`` was inserted now.
+    status, last_error = (
+        (fields["status"], fields["last_error"])
+        if stored is None
+        else (stored.status, stored.last_error)
+    )
+    if status == _PENDING:
         send_on_commit(outbox_committed, using)
     else:
         logger.warning(
-            "event %s %s for %s not sent: %s", event_name, event_id, _label(source), row.last_error
+            "event %s %s for %s not sent: %s", event_name, event_id, _label(source), last_error
         )
-    return row
+    return stored
 
 
 def _resolve_pixel(conf: CapiSettings, requested: object) -> tuple[str, str | None]:
@@ -417,7 +463,7 @@ def _pending_fields(
         "event_time": built.event_time,
         "payload": _Json.of(payload),
         "warnings": _Json.of([*warnings, *built.warnings]),
-        "status": OutboxEvent.Status.PENDING,
+        "status": _PENDING,
         "failure_reason": "",
         "last_error": "",
     }
@@ -428,10 +474,17 @@ def _failed_fields(error: str, warnings: list[str]) -> dict[str, Any]:
         "event_time": timezone.now(),
         "payload": _Json.of({}),
         "warnings": _Json.of(warnings),
-        "status": OutboxEvent.Status.FAILED,
-        "failure_reason": OutboxEvent.FailureReason.INVALID,
+        "status": _FAILED,
+        "failure_reason": _INVALID,
         "last_error": storable(error),
     }
+
+
+# The row's choices as plain strings: the INSERT binds a str as it is, an enum member only
+# after Django prepares it.
+_PENDING = str(OutboxEvent.Status.PENDING.value)
+_FAILED = str(OutboxEvent.Status.FAILED.value)
+_INVALID = str(OutboxEvent.FailureReason.INVALID.value)
 
 
 class _Json(NamedTuple):
@@ -453,14 +506,6 @@ class _Json(NamedTuple):
             value = storable_json(value)
             text = json.dumps(value)
         return cls(value, text)
-
-
-class _EncodedJson(json.JSONEncoder):
-    """Hands a ``_Json``'s text to the database adapter as it is (``json.dumps(cls=...)``
-    is how every backend's ``adapt_json_value`` encodes)."""
-
-    def encode(self, o: Any) -> str:
-        return o.text if isinstance(o, _Json) else super().encode(o)
 
 
 def in_savepoint(using: str, func: Callable[[], T]) -> T:
@@ -671,9 +716,12 @@ def _store(
     action_source: str,
     fields: dict[str, Any],
     source: models.Model | None,
-) -> OutboxEvent:
+    *,
+    row: bool = True,
+) -> OutboxEvent | None:
     """The row of this event: the one inserted now, else the one already there (given
-    ``fields`` if it failed while being built)."""
+    ``fields`` if it failed while being built). With ``row=False``, None when the row of
+    ``fields`` was inserted now."""
     using = connection.alias
     values = {
         "pixel_id": pixel_id,
@@ -686,16 +734,25 @@ def _store(
     if source is not None and source.pk is not None:
         values["source_type_id"] = _content_type_id(using, source)
         values["source_id"] = storable(str(source.pk))[:64]
+    inserted: OutboxEvent | bool | None  # None and False: the key was taken
     if using in _proven_outboxes:
-        row = _insert_unless_recorded(connection, values)
+        inserted = (
+            _insert_unless_recorded(connection, values) if row else _insert_new(connection, values)
+        )
     else:
         # The first row proves the table and its columns are there, in a savepoint: an
         # unmigrated outbox must not abort the shop's transaction.
         with transaction.atomic(using=using):
-            row = _insert_unless_recorded(connection, values)
+            inserted = (
+                _insert_unless_recorded(connection, values)
+                if row
+                else _insert_new(connection, values)
+            )
         _proven_outboxes.add(using)
-    if row is not None:
-        return row
+    if isinstance(inserted, OutboxEvent):
+        return inserted
+    if inserted is True:
+        return None
     # The rare path (an earlier save or a racing one recorded the event) affords a savepoint.
     with transaction.atomic(using=using):
         existing = _find(using, pixel_id, event_name, event_id)
@@ -705,7 +762,7 @@ def _store(
             raise IntegrityError("the database ignored the outbox row without storing it")
         if not _failed_while_built(existing):
             return existing
-        if fields["status"] == OutboxEvent.Status.FAILED:
+        if fields["status"] == _FAILED:
             fields = {**fields, "event_time": existing.event_time}
         for name, value in fields.items():
             setattr(existing, name, value.value if isinstance(value, _Json) else value)
@@ -733,19 +790,23 @@ class _Insert(NamedTuple):
     #: Named parameters (``%(attname)s``): on SQLite, Django converts positional ones with a
     #: regular expression over the whole statement, which cost more than the rest together.
     sql: str
-    #: For each attname the INSERT sets: its field, its position among the row's values (the
-    #: model's concrete fields' order), and the type of value it takes as it is (str, int) or
-    #: adapts directly (datetime), sparing ``get_db_prep_save`` (an AttributeError raised
-    #: inside its hasattr() alone cost more than the adaptation).
-    slots: dict[str, tuple[Field[Any, Any], int, type | None]]
-    #: The parameters of a row holding only defaults; the event's values replace some.
-    template: dict[str, Any]
+    #: For each attname the row sets: its field and the type of value that becomes the
+    #: parameter without the field's ``get_db_prep_save`` (whose hasattr() and lookups cost
+    #: more than the statement's own binding): ``str`` or ``int`` as it is, a ``_Json`` by its
+    #: text (what ``JSONField`` binds on every backend), an aware ``datetime`` by the backend's
+    #: adaptation. Any other value is prepared by its field.
+    binds: tuple[tuple[str, Field[Any, Any], type | None], ...]
+    #: The parameters of the columns the row leaves to their field's default.
+    constant: dict[str, Any]
+    #: Where each attname sits among the model's concrete fields (for the row read back).
+    positions: dict[str, int]
     #: A new row's values before the event's (defaults; those that are made per row, such as
     #: a dict, are made again by ``fresh``).
     defaults: tuple[Any, ...]
     fresh: tuple[tuple[int, Field[Any, Any]], ...]
     #: What the database returns (primary key first, then the ``db_default`` columns where
-    #: it can return them): position in the row, column, converters.
+    #: it can return them): position in the row, column, converters. Empty without
+    #: ``returns``.
     returned: tuple[tuple[int, Any, tuple[Callable[..., Any], ...]], ...]
 
 
@@ -755,7 +816,8 @@ def _insert_statement(using: str, names: tuple[str, ...], *, returns: bool = Tru
     default: the database's (``db_default``: its clock) or the field's. A column whose
     field default is NULL is left out, so the statement is as short as the row allows.
     ``returns``: with the primary key and the database defaults where the database can
-    return them (not for ``executemany``, which takes no statement returning rows)."""
+    return them; without, the statement returns nothing (``executemany`` takes no statement
+    returning rows, and a model save discards the row)."""
     connection = connections[using]
     ops = connection.ops
     meta = OutboxEvent._meta
@@ -774,7 +836,7 @@ def _insert_statement(using: str, names: tuple[str, ...], *, returns: bool = Tru
         values=", ".join(f"%({field.attname})s" for field in inserted),
         on_conflict=ops.on_conflict_suffix_sql(inserted, OnConflict.IGNORE, (), ()),
     )
-    returning = [meta.pk]
+    returning = [meta.pk] if returns else []
     if returns and connection.features.can_return_columns_from_insert:
         returning += by_database
         # Django 6.0 renamed return_insert_columns (5.2) to returning_columns; neither is in
@@ -787,16 +849,23 @@ def _insert_statement(using: str, names: tuple[str, ...], *, returns: bool = Tru
     columns = [field.get_col(meta.db_table) for field in returning]
     return _Insert(
         sql=sql,
-        slots={field.attname: (field, fields.index(field), _taken(field)) for field in inserted},
-        template={
+        binds=tuple(
+            (field.attname, field, _taken(field)) for field in inserted if field.attname in names
+        ),
+        constant={
             field.attname: field.get_db_prep_save(defaults[fields.index(field)], connection)
             for field in inserted
+            if field.attname not in names
         },
+        positions={field.attname: fields.index(field) for field in inserted},
         defaults=tuple(defaults),
         fresh=tuple(
             (index, field)
             for index, field in enumerate(fields)
-            if field in inserted and callable(field.default)
+            if field in inserted
+            and field.attname not in names
+            and field.has_default()
+            and callable(field.default)
         ),
         returned=tuple(
             (
@@ -810,13 +879,14 @@ def _insert_statement(using: str, names: tuple[str, ...], *, returns: bool = Tru
 
 
 def _taken(field: Field[Any, Any]) -> type | None:
-    """The type of value ``field`` prepares as it is (str in text columns, int in integer
-    ones) or, for datetime, by the backend's adaptation alone (when aware)."""
+    """The type of value ``field`` binds without preparation (``_Insert.binds``)."""
     internal = field.get_internal_type()
     if internal in ("CharField", "TextField"):
         return str
     if internal == "DateTimeField":
         return datetime
+    if internal == "JSONField":
+        return _Json
     target = getattr(field, "target_field", field)
     if target.get_internal_type() in ("AutoField", "BigAutoField", "IntegerField"):
         return int
@@ -841,7 +911,7 @@ def _insert_unless_recorded(
     is adapted as its field adapts it."""
     using = connection.alias
     insert = _insert_statement(using, tuple(values))
-    params, row = _parameters(connection, insert, values)
+    params = _parameters(connection, insert, values)
     with connection.cursor() as cursor:
         cursor.execute(insert.sql, params)
         if len(insert.returned) > 1:
@@ -856,6 +926,11 @@ def _insert_unless_recorded(
             meta = OutboxEvent._meta
             pk = connection.ops.last_insert_id(cursor, meta.db_table, str(meta.pk.column))
             returned_values = (pk,)
+    row = list(insert.defaults)
+    for index, made in insert.fresh:
+        row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
+    for name, value in values.items():
+        row[insert.positions[name]] = value.value if type(value) is _Json else value
     for (index, column, converters), value in zip(insert.returned, returned_values, strict=True):
         for converter in converters:
             value = converter(value, column, connection)
@@ -870,26 +945,31 @@ def _insert_unless_recorded(
     return instance
 
 
+def _insert_new(connection: BaseDatabaseWrapper, values: dict[str, Any]) -> bool:
+    """``_insert_unless_recorded`` returning nothing: whether the row was inserted (the
+    statement's row count), with no row read back."""
+    insert = _insert_statement(connection.alias, tuple(values), returns=False)
+    with connection.cursor() as cursor:
+        cursor.execute(insert.sql, _parameters(connection, insert, values))
+        return bool(cursor.rowcount == 1)
+
+
 _ATTNAMES = [field.attname for field in OutboxEvent._meta.concrete_fields]
 
 
 def _parameters(
     connection: BaseDatabaseWrapper, insert: _Insert, values: dict[str, Any]
-) -> tuple[dict[str, Any], list[Any]]:
-    """The parameters of ``insert`` for the row of ``values``, and the row's values in the
-    model's field order (defaults where ``values`` has none)."""
-    params = dict(insert.template)
-    row = list(insert.defaults)
-    for index, made in insert.fresh:
-        row[index] = made.get_default()  # a dict or list of its own, as Model() makes it
-    for name, value in values.items():
-        column, index, taken = insert.slots[name]
-        if isinstance(value, _Json):
-            params[name] = connection.ops.adapt_json_value(value, _EncodedJson)
-            row[index] = value.value
-            continue
+) -> dict[str, Any]:
+    """The parameters of ``insert`` for the row of ``values``."""
+    params = insert.constant.copy()
+    for name, column, taken in insert.binds:
+        value: Any = values[name]
         if type(value) is not taken:
-            value = column.get_db_prep_save(value, connection)
+            value = column.get_db_prep_save(
+                value.value if type(value) is _Json else value, connection
+            )
+        elif isinstance(value, _Json):
+            value = value.text
         elif isinstance(value, datetime):
             value = (
                 connection.ops.adapt_datetimefield_value(value)
@@ -897,20 +977,18 @@ def _parameters(
                 else column.get_db_prep_save(value, connection)  # naive: Django warns
             )
         params[name] = value
-        row[index] = values[name]
-    return params, row
+    return params
 
 
 def _insert_many(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]]) -> None:
-    """``_insert_unless_recorded``'s statement without RETURNING, executed for every row at
-    once (``executemany``: one multi-row INSERT on MariaDB, a pipeline on PostgreSQL); rows
-    whose key is taken are skipped. Every row sets the same columns (``values`` of
-    ``_insert_unless_recorded``). Not ``bulk_create``: compiling its statement costs more
-    than building the events."""
+    """``_insert_new``'s statement, executed for every row at once (``executemany``: one
+    multi-row INSERT on MariaDB, a pipeline on PostgreSQL); rows whose key is taken are
+    skipped. Every row sets the same columns (``values`` of ``_insert_unless_recorded``). Not
+    ``bulk_create``: compiling its statement costs more than building the events."""
     if not rows:
         return
     insert = _insert_statement(connection.alias, tuple(rows[0]), returns=False)
-    params = [_parameters(connection, insert, values)[0] for values in rows]
+    params = [_parameters(connection, insert, values) for values in rows]
     with connection.cursor() as cursor:
         cursor.executemany(insert.sql, params)
 

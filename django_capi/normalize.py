@@ -154,10 +154,22 @@ def normalize_user_data(
         value = data[key]
         normalizer = _NORMALIZERS.get(key)
         if normalizer is None:
+            # The common case, inline: ASCII text, which is storable without NUL (isascii()
+            # costs nothing in CPython), of a key without a format or in its format.
+            if (
+                type(value) is str
+                and value.isascii()
+                and "\x00" not in value
+                and key not in _INTEGER_IDS
+            ):
+                text = value.strip()
+                pattern = _PLAIN_FORMATS.get(key)
+                if text and (pattern is None or pattern.fullmatch(text)):
+                    result[key] = text
+                    continue
             value = _plain_value(key, value, problems)
         elif type(value) is str and (value.isascii() and "\x00" not in value or is_storable(value)):
-            # The common case, inline (_hash_values does the same for any value); ASCII text
-            # is storable without NUL, and isascii() costs nothing in CPython.
+            # The common case, inline (_hash_values does the same for any value).
             text = value.strip()
             if not text:
                 continue
@@ -165,7 +177,11 @@ def normalize_user_data(
                 value = text.lower()  # already hashed: hashing again would never match
             else:
                 try:
-                    value = hashlib.sha256(normalizer(text, record).encode()).hexdigest()
+                    value = (
+                        _repeated_digest(key, text, record)
+                        if key in _REPEATED_KEYS
+                        else _sha256(normalizer(text, record).encode()).hexdigest()
+                    )
                 except _Drop as drop:
                     problems.append(f"{key}: value {drop}; dropped")
                     continue
@@ -174,6 +190,18 @@ def normalize_user_data(
         if value is not None:
             result[key] = value
     return result
+
+
+_sha256 = hashlib.sha256
+#: Keys whose values a shop's customers share (a few hundred countries and regions): their
+#: digests are kept, so most records hash neither. Not the identifying keys, whose values
+#: rarely recur.
+_REPEATED_KEYS = frozenset({"country", "st"})
+
+
+@lru_cache(maxsize=1024)
+def _repeated_digest(key: str, text: str, record: _Record) -> str:
+    return _sha256(_NORMALIZERS[key](text, record).encode()).hexdigest()
 
 
 _KNOWN_KEYS = HASHED_KEYS | PLAIN_KEYS
@@ -387,6 +415,11 @@ _IPV4_RE = re.compile(
     r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
     r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 )
+#: The plain keys whose stripped ASCII text ``_plain_value`` returns as it is when it is in
+#: their format (an IPv4 address as ``ipaddress`` writes it, Meta's cookie layouts); any
+#: other plain key's text is returned as it is, except ``_INTEGER_IDS``, which are converted.
+_PLAIN_FORMATS = {"client_ip_address": _IPV4_RE, **_FB_COOKIES}
+_INTEGER_IDS = frozenset({"fb_login_id", "lead_id"})
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _ASCII_ZIP_RE = re.compile(r"[\s-]")
 _ZIP9_RE = re.compile(r"[0-9]{9}")
@@ -521,7 +554,7 @@ def _plain_value(key: str, value: object, problems: list[str]) -> str | int | No
     try:
         if key == "client_ip_address":
             return _ip_address(value)
-        if key in {"fb_login_id", "lead_id"}:
+        if key in _INTEGER_IDS:
             return _integer_id(value)
         text = _text(value)
         if text is not None and key in _FB_COOKIES and not _FB_COOKIES[key].fullmatch(text):

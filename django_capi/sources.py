@@ -311,6 +311,9 @@ def _plain_json(value: object, where: str, problems: list[str]) -> Any:
 # --- business messaging -------------------------------------------------------------------
 
 
+_CHANNEL_CHOICES = ", ".join(repr(name) for name in MESSAGING_CHANNELS)
+
+
 def clean_messaging_channel(
     channel: object,
     action_source: str,
@@ -321,17 +324,16 @@ def clean_messaging_channel(
 ) -> str | None:
     """``messaging_channel``, which business-messaging events need [BMSG]."""
     messaging = action_source == ActionSource.BUSINESS_MESSAGING
-    choices = ", ".join(repr(name) for name in MESSAGING_CHANNELS)
     if channel is None or channel == "":
         if messaging:
             problems.append(
                 "business_messaging event without messaging_channel (Meta requires it): "
-                f"pass messaging_channel= one of {choices}"
+                f"pass messaging_channel= one of {_CHANNEL_CHOICES}"
             )
         return None
     name = channel.strip().lower() if isinstance(channel, str) else None
     if name not in MESSAGING_CHANNELS:
-        problems.append(f"messaging_channel must be one of {choices}")
+        problems.append(f"messaging_channel must be one of {_CHANNEL_CHOICES}")
         return None
     assert name is not None  # noqa: S101 - for mypy
     if not messaging:

@@ -172,8 +172,9 @@ def clean_event_source_url(
         else:
             warnings.append("event_source_url: not a string; dropped")
         return None
-    url = _bounded_url("event_source_url", _encode_url(url), warnings)
-    if website and not _is_web_url(url):
+    encoded, web = _web_url(url)
+    url = _bounded_url("event_source_url", encoded, warnings)
+    if website and not web:
         problems.append(
             "event_source_url must be an absolute http(s) URL (Meta requires the page's "
             "address for website events)"
@@ -185,8 +186,8 @@ def clean_referrer_url(url: object, warnings: list[str]) -> str | None:
     """The referrer, optional for Meta: one that is not an http(s) URL is dropped."""
     if url is None or url == "":
         return None
-    encoded = _encode_url(url) if isinstance(url, str) else None
-    if encoded is None or not _is_web_url(encoded):
+    encoded, web = _web_url(url) if isinstance(url, str) else ("", False)
+    if not web:
         warnings.append("referrer_url: not an absolute http(s) URL; dropped")
         return None
     return _bounded_url("referrer_url", encoded, warnings)
@@ -211,6 +212,15 @@ def _bounded_url(key: str, url: str, warnings: list[str]) -> str:
             if error.reason == "unexpected end of data":  # a character cut in two
                 cut = cut[: len(cut) - 3 * (len(encoded) - error.start)]
     return cut
+
+
+@lru_cache(maxsize=256)
+def _web_url(url: str) -> tuple[str, bool]:
+    """``url`` encoded, and whether it is an absolute http(s) URL. Cached: a shop's events
+    come from a few pages (their addresses scrubbed of personal data before they get here),
+    and ``quote`` and ``urlsplit`` are written in Python."""
+    encoded = _encode_url(url)
+    return encoded, _is_web_url(encoded)
 
 
 def _encode_url(url: str) -> str:
@@ -238,7 +248,13 @@ def check_website_fields(action_source: str, user_data: Mapping[str, Any]) -> li
     return []
 
 
+#: The keys of the weak sets: data with any other key is matchable.
+_WEAK_KEYS = frozenset().union(*WEAK_USER_DATA_SETS)
+
+
 def check_matchable(user_data: Mapping[str, Any]) -> list[str]:
+    if not _WEAK_KEYS.issuperset(user_data):
+        return []
     keys = set(user_data)
     if any(keys <= weak for weak in WEAK_USER_DATA_SETS):
         named = ", ".join(sorted(keys)) or "none"
@@ -265,8 +281,10 @@ def clean_custom_data(
     if not isinstance(custom_data, Mapping):
         raise EventValidationError("custom_data must be a dict")
     problems: list[str] = []
-    converter = _JsonConverter(problems, warnings)
-    cleaned = converter.convert(custom_data, ("custom_data",), depth=0)
+    cleaned = _plain_copy(custom_data, 0) if type(custom_data) is dict else _UNUSUAL
+    if cleaned is _UNUSUAL:
+        converter = _JsonConverter(problems, warnings)
+        cleaned = converter.convert(custom_data, ("custom_data",), depth=0)
     assert isinstance(cleaned, dict)  # noqa: S101 - a Mapping always converts to a dict
     required = {"value", "currency"} if event_name == "Purchase" else set()
     for key in [key for key, value in cleaned.items() if value is None and key not in required]:
@@ -361,6 +379,76 @@ def _plain(item: object) -> bool:
     if type(item) is str:
         return item.isascii() and "\x00" not in item
     return type(item) is int and -_TOO_LARGE < item < _TOO_LARGE
+
+
+#: What ``_plain_copy`` returns for a value it leaves to ``_JsonConverter``.
+_UNUSUAL: Any = object()
+
+
+def _plain_copy(value: dict[Any, Any] | list[Any], depth: int) -> Any:
+    """``value`` as ``_JsonConverter`` converts it, when every value in it is of the kinds
+    shops send (dicts with storable string keys, lists, storable strings, finite numbers,
+    booleans, None) and converts without a problem or a warning; else ``_UNUSUAL``, and the
+    converter, which says what and where, walks it again. Without the converter's
+    bookkeeping (paths, the containers being walked) this walk costs a third of its: a
+    cycle only shows as a value nested too deep, and then the converter finds it."""
+    if depth >= MAX_CUSTOM_DATA_DEPTH:
+        return _UNUSUAL
+    depth += 1
+    if type(value) is dict:
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str or not (
+                key.isascii() and "\x00" not in key or is_storable(key)
+            ):
+                return _UNUSUAL
+            kind = type(item)
+            if kind is str:
+                if not (item.isascii() and "\x00" not in item or is_storable(item)):
+                    return _UNUSUAL
+            elif kind is int:
+                if not -_TOO_LARGE < item < _TOO_LARGE:
+                    return _UNUSUAL
+            elif kind is dict or kind is list:
+                item = _plain_copy(item, depth)
+                if item is _UNUSUAL:
+                    return _UNUSUAL
+            elif kind is Decimal:
+                item = _json_number(item)
+                if type(item) is Decimal or (type(item) is float and not math.isfinite(item)):
+                    return _UNUSUAL
+            elif not _plain_scalar(item, kind):
+                return _UNUSUAL
+            result[key] = item
+        return result
+    items: list[Any] = []
+    for item in value:
+        kind = type(item)
+        if kind is str:
+            if not (item.isascii() and "\x00" not in item or is_storable(item)):
+                return _UNUSUAL
+        elif kind is int:
+            if not -_TOO_LARGE < item < _TOO_LARGE:
+                return _UNUSUAL
+        elif kind is dict or kind is list:
+            item = _plain_copy(item, depth)
+            if item is _UNUSUAL:
+                return _UNUSUAL
+        elif kind is Decimal:
+            item = _json_number(item)
+            if type(item) is Decimal or (type(item) is float and not math.isfinite(item)):
+                return _UNUSUAL
+        elif not _plain_scalar(item, kind):
+            return _UNUSUAL
+        items.append(item)
+    return items
+
+
+def _plain_scalar(item: object, kind: type) -> bool:
+    """A finite float, a bool or None: its own JSON value."""
+    if kind is float:
+        return math.isfinite(item)  # type: ignore[arg-type]
+    return item is None or kind is bool
 
 
 class _JsonConverter:
