@@ -155,11 +155,13 @@ def normalize_user_data(
         normalizer = _NORMALIZERS.get(key)
         if normalizer is None:
             # The common case, inline: ASCII text, which is storable without NUL (isascii()
-            # costs nothing in CPython), of a key without a format or in its format.
+            # costs nothing in CPython), of a key without a format or in its format, and not
+            # so long that _plain_value would cut it.
             if (
                 type(value) is str
                 and value.isascii()
                 and "\x00" not in value
+                and len(value) <= MAX_BROWSER_VALUE_LENGTH
                 and key not in _INTEGER_IDS
             ):
                 text = value.strip()

@@ -398,50 +398,42 @@ def _plain_copy(value: dict[Any, Any] | list[Any], depth: int) -> Any:
     if type(value) is dict:
         result: dict[str, Any] = {}
         for key, item in value.items():
-            if type(key) is not str or not (
-                key.isascii() and "\x00" not in key or is_storable(key)
-            ):
+            if type(key) is not str or not _plain_text(key):
                 return _UNUSUAL
-            kind = type(item)
-            if kind is str:
-                if not (item.isascii() and "\x00" not in item or is_storable(item)):
-                    return _UNUSUAL
-            elif kind is int:
-                if not -_TOO_LARGE < item < _TOO_LARGE:
-                    return _UNUSUAL
-            elif kind is dict or kind is list:
-                item = _plain_copy(item, depth)
-                if item is _UNUSUAL:
-                    return _UNUSUAL
-            elif kind is Decimal:
-                item = _json_number(item)
-                if type(item) is Decimal or (type(item) is float and not math.isfinite(item)):
-                    return _UNUSUAL
-            elif not _plain_scalar(item, kind):
+            item = _plain_value(item, depth)
+            if item is _UNUSUAL:
                 return _UNUSUAL
             result[key] = item
         return result
     items: list[Any] = []
     for item in value:
-        kind = type(item)
-        if kind is str:
-            if not (item.isascii() and "\x00" not in item or is_storable(item)):
-                return _UNUSUAL
-        elif kind is int:
-            if not -_TOO_LARGE < item < _TOO_LARGE:
-                return _UNUSUAL
-        elif kind is dict or kind is list:
-            item = _plain_copy(item, depth)
-            if item is _UNUSUAL:
-                return _UNUSUAL
-        elif kind is Decimal:
-            item = _json_number(item)
-            if type(item) is Decimal or (type(item) is float and not math.isfinite(item)):
-                return _UNUSUAL
-        elif not _plain_scalar(item, kind):
+        item = _plain_value(item, depth)
+        if item is _UNUSUAL:
             return _UNUSUAL
         items.append(item)
     return items
+
+
+def _plain_text(text: str) -> bool:
+    """Whether ``text`` is stored as it is (ASCII without NUL is, the common case, at once)."""
+    return text.isascii() and "\x00" not in text or is_storable(text)
+
+
+def _plain_value(item: Any, depth: int) -> Any:
+    """One value of a container ``_plain_copy`` walks: its JSON value, or ``_UNUSUAL``."""
+    kind = type(item)
+    if kind is str:
+        return item if _plain_text(item) else _UNUSUAL
+    if kind is int:
+        return item if -_TOO_LARGE < item < _TOO_LARGE else _UNUSUAL
+    if kind is dict or kind is list:
+        return _plain_copy(item, depth)
+    if kind is Decimal:
+        number = _json_number(item)
+        if type(number) is Decimal or (type(number) is float and not math.isfinite(number)):
+            return _UNUSUAL
+        return number
+    return item if _plain_scalar(item, kind) else _UNUSUAL
 
 
 def _plain_scalar(item: object, kind: type) -> bool:

@@ -306,3 +306,47 @@ def test_a_nan_decimal_is_not_a_price():
     )
     with pytest.raises(EventValidationError):
         build_event(draft, default_phone_region=None)
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True, places=None),
+    hostile_text,
+)
+json_like = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@FUZZ
+@given(custom_data=st.dictionaries(hostile_text, json_like, max_size=5))
+def test_custom_data_fast_copy_agrees_with_the_converter(custom_data):
+    """Plain custom_data takes a fast copying walk; anything unusual goes through the
+    converter. A date beside the same values forces the converter for the whole dict: the
+    result, the warnings and the problems must be the same either way."""
+    from datetime import date
+
+    from django_capi.validation import clean_custom_data
+
+    def clean(value: dict[Any, Any]) -> tuple[Any, list[str], list[str]]:
+        warnings: list[str] = []
+        try:
+            return clean_custom_data(value, "Lead", warnings), warnings, []
+        except EventValidationError as exc:
+            return None, warnings, list(exc.problems)
+
+    forced_key = "\ufdd0forced"
+    if forced_key in custom_data:  # drawn by chance: nothing to compare
+        return
+    fast = clean(custom_data)
+    slow_result, slow_warnings, slow_problems = clean({**custom_data, forced_key: date(2020, 1, 2)})
+    if slow_result is not None:
+        assert slow_result.pop(forced_key) == "2020-01-02"
+    assert fast == (slow_result, slow_warnings, slow_problems)

@@ -102,3 +102,24 @@ def test_the_public_api():
     assert issubclass(django_capi.OutboxEvent, models.Model)
     with pytest.raises(AttributeError):
         django_capi.nothing_here  # noqa: B018
+
+
+@pytest.mark.django_db
+def test_default_event_ids_are_rfc_4122_version_5_uuids():
+    """The ids are written from SHA-1's hex without a ``uuid.UUID`` (for speed): they must be
+    exactly what ``uuid.uuid5`` gives, version and variant digits included."""
+    import random
+    import string
+    import uuid
+
+    from django_capi.installation import event_id_namespace
+
+    namespace = event_id_namespace("default")
+    chooser = random.Random(4122)
+    names = ["Purchase", "Lead", "", "Événement", "x" * 200]
+    for _ in range(300):
+        names.append("".join(chooser.choices(string.printable, k=chooser.randint(1, 30))))
+    for index, event_name in enumerate(names):
+        order = Order(pk=chooser.choice([index, 10**18 + index, -index]))
+        expected = uuid.uuid5(namespace, f"shop.order:{order.pk}:{event_name}")
+        assert registry.default_event_id(order, event_name) == str(expected)
