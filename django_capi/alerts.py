@@ -36,11 +36,6 @@ FAILURE_RATE = "failure_rate"
 MIN_EVENTS_FOR_RATE = 20
 #: How often the web process may look (the drainers look after every drain).
 WEB_CHECK_SECONDS = 60
-#: An incident's row is keyed "<kind>:<pixel id>" in ``AlertState.kind``, a 32-character
-#: column: "failure_rate:" and the 19 digits of the largest id Meta issues (its ids are
-#: 64-bit) fill it exactly. A longer id, which no Meta pixel has, shares the row of the ids
-#: it starts with.
-_KEY_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -64,11 +59,8 @@ def evaluate(using: str | None = None) -> list[AlertChange]:
 
     limit = timedelta(seconds=conf.alert_backlog_seconds)
     # Only rows past the end line (half the limit) are read: a pixel not among them ends.
-    waits: dict[str, timedelta] = {}
     rows = OutboxEvent.objects.using(using)
-    for found_pixel_id, age in due_ages_by_pixel(rows, longer_than=limit / 2).items():
-        stored = _stored(BACKLOG, found_pixel_id)
-        waits[stored] = max(age, waits.get(stored, age))
+    waits = due_ages_by_pixel(rows, longer_than=limit / 2)
     for pixel_id in sorted(waits.keys() | active[BACKLOG]):
         waited = waits.get(pixel_id)
         changes += _flip(
@@ -119,13 +111,13 @@ class ActiveAlert:
 
 def active_alerts(using: str) -> list[ActiveAlert]:
     """The incidents going on, by pixel and kind (one query of a table of a few rows)."""
-    rows = AlertState.objects.using(using).filter(active=True).values_list("kind", "message")
-    found = []
-    for key, message in rows.order_by("kind"):
-        kind, separator, pixel_id = key.partition(":")
-        if separator:
-            found.append(ActiveAlert(kind, pixel_id, message))
-    return found
+    rows = AlertState.objects.using(using).filter(active=True)
+    return [
+        ActiveAlert(kind, pixel_id, message)
+        for kind, pixel_id, message in rows.order_by("kind", "pixel_id").values_list(
+            "kind", "pixel_id", "message"
+        )
+    ]
 
 
 def evaluate_safely(using: str) -> None:
@@ -162,8 +154,7 @@ def _last_hour(using: str) -> dict[str, tuple[int, int]]:
         .annotate(n=Sum("batch_size"))
         .order_by()
     )
-    for found_pixel_id, outcome, n in found:
-        pixel_id = _stored(FAILURE_RATE, found_pixel_id)
+    for pixel_id, outcome, n in found:
         good, bad = counts.get(pixel_id, (0, 0))
         if outcome == DeliveryAttempt.Outcome.DELIVERED:
             good += n
@@ -171,16 +162,6 @@ def _last_hour(using: str) -> dict[str, tuple[int, int]]:
             bad += n
         counts[pixel_id] = (good, bad)
     return counts
-
-
-def _key(kind: str, pixel_id: str) -> str:
-    return f"{kind}:{pixel_id}"[:_KEY_LENGTH]
-
-
-def _stored(kind: str, pixel_id: str) -> str:
-    """``pixel_id`` as its alert row keeps it: figures are grouped by that, so an id too long
-    for the row is judged as one with the ids it shares the row with, never against it."""
-    return _key(kind, pixel_id).partition(":")[2]
 
 
 def _active(using: str) -> dict[str, set[str]]:
@@ -199,14 +180,12 @@ def _flip(
     if (start and active) or (not start and not (end and active)):
         return []  # nothing to change, as far as this caller saw
     states = AlertState.objects.using(using)
-    key = _key(kind, pixel_id)
+    row = states.filter(kind=kind, pixel_id=pixel_id)
     if start:
-        states.get_or_create(kind=key)
-        changed = states.filter(kind=key, active=False).update(
-            active=True, since=Now(), message=message
-        )
+        states.get_or_create(kind=kind, pixel_id=pixel_id)
+        changed = row.filter(active=False).update(active=True, since=Now(), message=message)
     else:
-        changed = states.filter(kind=key, active=True).update(active=False, message="")
+        changed = row.filter(active=True).update(active=False, message="")
     if not changed:
         return []
     change = AlertChange(

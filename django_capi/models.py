@@ -252,10 +252,12 @@ class PixelState(models.Model):
 
 
 class AlertState(models.Model):
-    """One kind of incident (a backlog, a failure rate) and whether it is going on: alerts go
-    out when it starts and when it ends, never once per event or per check."""
+    """One kind of incident (a backlog, a failure rate) on one pixel and whether it is going
+    on: alerts go out when it starts and when it ends, never once per event or per check."""
 
-    kind = models.CharField(_("kind"), max_length=32, unique=True)
+    kind = models.CharField(_("kind"), max_length=32)
+    # Every alert is a pixel's: the outbox and the requests it judges all name theirs.
+    pixel_id = models.CharField(_("pixel"), max_length=32)
     active = models.BooleanField(_("active"), default=False)
     since = models.DateTimeField(_("since"), null=True, blank=True)
     message = models.TextField(_("message"), blank=True)
@@ -263,9 +265,14 @@ class AlertState(models.Model):
     class Meta:
         verbose_name = _("alert")
         verbose_name_plural = _("alerts")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "pixel_id"], name="capi_alert_unique_kind_pixel"
+            )
+        ]
 
     def __str__(self) -> str:
-        return f"{self.kind} ({'active' if self.active else 'clear'})"
+        return f"{self.kind} on {self.pixel_id} ({'active' if self.active else 'clear'})"
 
 
 class Installation(models.Model):

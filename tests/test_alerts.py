@@ -10,7 +10,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from django_capi import alerts, signals
-from django_capi.models import DeliveryAttempt, OutboxEvent
+from django_capi.models import AlertState, DeliveryAttempt, OutboxEvent
 from tests.factories import OutboxEventFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -184,10 +184,22 @@ def test_rows_in_flight_and_retries_to_come_are_no_backlog():
     assert alerts.evaluate() == []
 
 
-def test_a_pixel_id_too_long_for_the_alert_row_alerts_once_and_does_not_flap(raised):
+def test_a_32_digit_pixel_id_gets_its_own_alert_row(raised, resolved):
     long_id = "1" * 32  # conf accepts up to 32 digits; Meta's ids have at most 19
+    near_id = "1" * 31 + "2"  # shares the first 31 digits
     attempts("retry", 30, long_id)
+    attempts("delivered", 30, near_id)
     (change,) = alerts.evaluate()
-    assert change.started and long_id.startswith(change.pixel_id)
-    assert alerts.evaluate() == alerts.evaluate() == []  # neither ended nor raised again
-    assert len(raised) == 1
+    assert (change.pixel_id, change.started) == (long_id, True)
+    assert alerts.evaluate() == []  # neither ended nor raised again
+    assert AlertState.objects.get(active=True).pixel_id == long_id
+    attempts("retry", 30, near_id)  # the other id's own incident, not the first one's
+    assert [(c.pixel_id, c.started) for c in alerts.evaluate()] == [(near_id, True)]
+    assert sorted(AlertState.objects.values_list("pixel_id", "active")) == [
+        (long_id, True),
+        (near_id, True),
+    ]
+    attempts("delivered", 600, long_id)
+    assert [(c.pixel_id, c.started) for c in alerts.evaluate()] == [(long_id, False)]
+    assert resolved == [("failure_rate", long_id)]
+    assert len(raised) == 2

@@ -462,9 +462,16 @@ def test_each_pixel_row_shows_its_own_alerts(
 ) -> None:
     AlertState.objects.bulk_create(
         [
-            AlertState(kind="failure_rate:222", active=True, message="pixel 222: 40 % <failed>"),
-            AlertState(kind="backlog:666", active=True, message="pixel 666: waited 20 min"),
-            AlertState(kind="backlog:333", active=False),  # over
+            AlertState(
+                kind="failure_rate",
+                pixel_id="222",
+                active=True,
+                message="pixel 222: 40 % <failed>",
+            ),
+            AlertState(
+                kind="backlog", pixel_id="666", active=True, message="pixel 666: waited 20 min"
+            ),
+            AlertState(kind="backlog", pixel_id="333", active=False),  # over
         ]
     )
     pixels = {p.pixel_id: p for p in health_figures(now=NOW).pixels}

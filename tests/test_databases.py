@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
+from django.db.migrations.loader import MigrationLoader
 from django.db.models.functions import Now
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -16,6 +17,7 @@ from django.utils import timezone
 from django_capi import OutboxEvent, checks, send_event
 from django_capi.dashboard import health_figures
 from django_capi.events import recorded_events
+from django_capi.models import AlertState
 from tests.factories import OutboxEventFactory
 from tests.shop.models import Order
 
@@ -318,3 +320,44 @@ def test_migration_0012_makes_identity_columns_exact_and_reverses():
     assert _w008() == []
     if mysql:
         assert all(map(checks.is_exact_collation, _identity_collations().values()))
+
+
+def _alert_state_uniques() -> set[tuple[str, ...]]:
+    """The column lists of the alert table's unique constraints, its key aside."""
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, AlertState._meta.db_table)
+    return {
+        tuple(c["columns"]) for c in constraints.values() if c["unique"] and not c["primary_key"]
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_alertstate_pixel_moves_uniqueness_to_kind_and_pixel_and_reverses():
+    loader = MigrationLoader(connection)
+    (name,) = [
+        name
+        for app, name in loader.disk_migrations
+        if app == "django_capi" and name.endswith("_alertstate_pixel")
+    ]
+    # Found by its name's end and its dependency, so the test survives a renumbering.
+    (before,) = loader.get_migration("django_capi", name).dependencies
+    assert _alert_state_uniques() == {("kind", "pixel_id")}
+    try:
+        call_command("migrate", "django_capi", before[1], verbosity=0)
+        assert _alert_state_uniques() == {("kind",)}
+        old_alerts = loader.project_state(before).apps.get_model("django_capi", "AlertState")
+        old_alerts.objects.create(kind="backlog", active=True, message="the whole outbox")
+        old_alerts.objects.create(kind="failure_rate")
+        call_command("migrate", "django_capi", name, verbosity=0)
+        # The rows of the whole outbox name no pixel: gone, not guessed.
+        assert not AlertState.objects.exists()
+        assert _alert_state_uniques() == {("kind", "pixel_id")}
+        AlertState.objects.create(kind="backlog", pixel_id="111", active=True)
+        AlertState.objects.create(kind="backlog", pixel_id="222", active=True)
+        call_command("migrate", "django_capi", before[1], verbosity=0)
+        # Two rows of one kind could not have come back under kind's own uniqueness.
+        assert not old_alerts.objects.exists()
+        assert _alert_state_uniques() == {("kind",)}
+    finally:
+        call_command("migrate", "django_capi", verbosity=0)
+    assert _alert_state_uniques() == {("kind", "pixel_id")}
