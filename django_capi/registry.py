@@ -286,15 +286,19 @@ def _hook_pixel(model_event: ModelEvent[Any], value: object) -> tuple[str | None
     """The ``pixel_id`` hook's pixel (an int is taken as its digits; None is the default
     pixel), and why the row fails if the value is no pixel id: that row, like the Pixel
     (``pixel_id_for``), then goes to the default pixel, never to an empty one."""
+    fault = None
     if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if value is None or is_pixel_id(value):
+        if abs(value) < 10**32:
+            value = str(value)
+        else:  # no pixel id is that long, and str() of a huge int raises
+            fault = "is an int of more than 32 digits"
+    if fault is None and (value is None or is_pixel_id(value)):
         assert value is None or isinstance(value, str)  # noqa: S101 - for mypy
         return value, None
     return None, (
         f"{type(model_event).__name__}.pixel_id() returned a value that "
-        f"{pixel_id_fault(value)}: return a configured pixel id (digits, as a str or an int), "
-        "or None for the default pixel"
+        f"{fault or pixel_id_fault(value)}: return a configured pixel id (digits, as a str or "
+        "an int), or None for the default pixel"
     )
 
 

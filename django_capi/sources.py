@@ -412,6 +412,8 @@ def _unix_seconds(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**11:
         return value
     # Fractional seconds (time.time()) are cut to whole ones, as the event's own event_time.
+    if isinstance(value, Decimal) and not value.is_finite():
+        return None  # math.isfinite() raises on a signalling NaN
     if isinstance(value, float | Decimal) and math.isfinite(value) and 0 < value < 10**11:
         return int(value)
     return None

@@ -204,13 +204,16 @@ def _bounded_url(key: str, url: str, warnings: list[str]) -> str:
     start = len(cut)
     while start >= 3 and _ESCAPE.fullmatch(cut, start - 3, start):
         start -= 3
-    if start < len(cut):
-        encoded = bytes.fromhex(cut[start:].replace("%", ""))
-        try:
-            encoded.decode()
-        except UnicodeDecodeError as error:
-            if error.reason == "unexpected end of data":  # a character cut in two
-                cut = cut[: len(cut) - 3 * (len(encoded) - error.start)]
+    encoded = bytes.fromhex(cut[start:].replace("%", ""))
+    # The last byte that starts a character (UTF-8's continuation bytes are 10xxxxxx): if
+    # fewer bytes follow it than it announces, the character was cut in two.
+    for back in range(1, min(4, len(encoded)) + 1):
+        lead = encoded[-back]
+        if lead & 0xC0 != 0x80:
+            length = 4 if lead >= 0xF0 else 3 if lead >= 0xE0 else 2 if lead >= 0xC0 else 1
+            if length > back:
+                cut = cut[: len(cut) - 3 * back]
+            break
     return cut
 
 

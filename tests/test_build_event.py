@@ -492,3 +492,23 @@ def test_a_huge_user_agent_or_page_url_is_cut_with_a_warning():
     built = build_event(draft(user_data={"em": "a@b.co", "client_user_agent": long_agent}))
     assert built.payload["user_data"]["client_user_agent"] == long_agent
     assert not [warning for warning in built.warnings if "longer than" in warning]
+
+
+def test_a_cut_url_never_ends_inside_a_character_after_a_legacy_escape():
+    """The cut looks for the last character's first byte: a Latin-1 escape (%E9) before a
+    euro sign cut in two must not hide the cut."""
+    from urllib.parse import unquote_to_bytes
+
+    limit = validation.MAX_BROWSER_VALUE_LENGTH
+    head = "https://x.example/?q="
+    url = head + "a" * (limit - len(head) - 9) + "%E9" + "€€"
+    warnings: list[str] = []
+    cut = validation.clean_event_source_url(url, "website", [], warnings)
+    # The first euro sign's %E2%82 ended the first 8,192 characters: both go, %E9 stays.
+    assert cut == head + "a" * (limit - len(head) - 9) + "%E9"
+    assert len(warnings) == 1
+    # A character whole at the cut stays whole.
+    ends_whole = head + "a" * (limit - len(head) - 12) + "%E9" + "€€"
+    whole = validation.clean_event_source_url(ends_whole, "website", [], [])
+    assert whole.endswith("%E9%E2%82%AC")
+    assert unquote_to_bytes(whole[-9:]).decode("utf-8") == "€"

@@ -698,7 +698,13 @@ def test_a_pixel_hook_may_return_an_int_or_none(hooked_pixel, pixel, expected):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    ("pixel", "fault"), [(2.5, "is a float"), (" 222 ", "has spaces around its digits")]
+    ("pixel", "fault"),
+    [
+        (2.5, "is a float"),
+        (" 222 ", "has spaces around its digits"),
+        # str() of it raises (and would name the test): the save must still succeed.
+        pytest.param(10**5000, "is an int of more than 32 digits", id="huge-int"),
+    ],
 )
 def test_a_pixel_hook_returning_no_pixel_id_fails_the_row_on_the_default_pixel(
     hooked_pixel, pixel, fault

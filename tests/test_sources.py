@@ -357,6 +357,10 @@ def test_original_event_time_takes_fractional_seconds_as_the_event_time_does(sec
             {"original_event_data": {"event_time": "last week"}},
             "original_event_data['event_time'] must be a datetime or Unix seconds",
         ),
+        (
+            {"original_event_data": {"event_time": Decimal("sNaN")}},  # float() of it raises
+            "original_event_data['event_time'] must be a datetime or Unix seconds",
+        ),
         ({"original_event_data": {"order_id": ""}}, "['order_id'] must be a string"),
         (
             {"custom_data": {"value": 1, "currency": "EUR", "order_id": 1.5}},
