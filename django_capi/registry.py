@@ -253,7 +253,9 @@ def _capture(
     except CapiError as exc:
         error = str(exc)
         event_id = default_event_id(instance, model_event.event_name, model=model_event.model)
-        decided = event_id, {}, None
+        # A pixel the class declares is known without a hook: the failed row stays on the
+        # pixel the fixed hook will save to, so it heals there.
+        decided = event_id, {}, _declared_pixel(model_event)
     if decided is None:
         return
     event_id, browser, hooked = decided
@@ -276,10 +278,16 @@ def _capture(
 
 def _pixel_of(model_event: ModelEvent[Any], instance: models.Model) -> object:
     """The ``pixel_id`` hook's value, or the class attribute that replaces the hook."""
+    declared = _declared_pixel(model_event)
+    return declared if declared is not None else _call(model_event, "pixel_id", instance)
+
+
+def _declared_pixel(model_event: ModelEvent[Any]) -> object:
+    """The pixel given as a class attribute instead of a hook, or None."""
     declared = model_event.pixel_id
     if isinstance(declared, str | int) and not isinstance(declared, bool):
         return declared
-    return _call(model_event, "pixel_id", instance)
+    return None
 
 
 def _hook_pixel(model_event: ModelEvent[Any], value: object) -> tuple[str | None, str | None]:

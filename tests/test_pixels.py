@@ -313,6 +313,38 @@ def test_the_pixel_may_be_a_class_attribute_as_the_action_source_is(settings, is
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_failing_hook_keeps_the_row_on_the_declared_pixel_where_it_heals(
+    settings, isolated_registry
+):
+    with_pixels(settings, {SHOP_A: {"ACCESS_TOKEN": TOKEN_A}})
+
+    @register(Lead)
+    class BrandLead(ModelEvent[Lead]):
+        event_name = "Contact"
+        action_source = "system_generated"
+        pixel_id = SHOP_A  # type: ignore[assignment]
+        broken = True
+
+        def should_send(self, instance: Lead, created: bool) -> bool:
+            if self.broken:
+                raise LookupError("no brand")
+            return True
+
+        def user_data(self, instance: Lead) -> Mapping[str, object]:
+            return {"em": instance.email}
+
+    with transaction.atomic():
+        lead = LeadFactory()
+    row = OutboxEvent.objects.get(event_name="Contact")
+    assert (row.pixel_id, row.status) == (SHOP_A, Status.FAILED)
+    BrandLead.broken = False
+    with transaction.atomic():
+        lead.save()
+    row = OutboxEvent.objects.get(event_name="Contact")  # still one row: the failed one healed
+    assert (row.pixel_id, row.status, row.last_error) == (SHOP_A, Status.PENDING, "")
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_failing_pixel_hook_fails_the_row_and_never_the_save(settings, isolated_registry):
     @register(Lead)
     class BrokenLead(ModelEvent[Lead]):
