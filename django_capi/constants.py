@@ -42,3 +42,16 @@ STANDARD_EVENTS = frozenset(
         "ViewContent",
     }
 )
+
+
+#: The ``user_data`` keys that drive Meta's matching, in the order the health page shows them.
+#: Each row stores which it has as bits of ``OutboxEvent.match_keys`` in this order: only
+#: append to it (a key removed or moved would change what stored bits mean).
+MATCH_KEYS = ("em", "ph", "external_id", "fbc", "fbp", "client_ip_address", "client_user_agent")
+
+
+def match_key_bits(user_data: object) -> int:
+    """The ``match_keys`` bits of ``user_data``: bit *i* set when it has ``MATCH_KEYS[i]``."""
+    if not isinstance(user_data, dict):
+        return 0
+    return sum(1 << index for index, key in enumerate(MATCH_KEYS) if key in user_data)

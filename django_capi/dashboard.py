@@ -19,6 +19,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import router
 from django.db.models import CharField, Count, F, Max, Q, QuerySet, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
+from django.db.models.lookups import GreaterThan
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -27,14 +28,13 @@ from django.utils.translation import gettext as _
 
 from . import alerts, charts, outbox
 from .conf import DEFAULTS, capi_settings
+from .constants import MATCH_KEYS
 from .exceptions import CapiConfigurationError
 from .models import OutboxEvent, PixelState
 from .queries import oldest_due_age
 
 Status = OutboxEvent.Status
 
-#: The ``user_data`` keys that drive Meta's matching, in the order the page shows them.
-MATCH_KEYS = ("em", "ph", "external_id", "fbc", "fbp", "client_ip_address", "client_user_agent")
 HOURS = 48
 DAYS = 30
 COVERAGE_DAYS = 7
@@ -259,14 +259,15 @@ def _coverage(
 ) -> tuple[list[KeyCoverage], set[str]]:
     """Match-key coverage per event name, and the pixels seen, from one grouped query.
 
-    ``has_key`` runs in the database, on PostgreSQL (``?`` on jsonb) and SQLite
-    (``JSON_TYPE``) alike. Bounded by ``created_at`` (index capi_outbox_created). Grouping by
+    Each row's ``match_keys`` bits say which keys its ``user_data`` has, so no payload is
+    read. Bounded by ``created_at`` (index capi_outbox_created). Grouping by
     pixel and status too lists every pixel with recent rows at no extra cost; only pending
     and delivered events count towards coverage, since failed and cancelled ones never reach
     Meta.
     """
     has = {
-        f"has_{key}": Count("pk", filter=Q(payload__user_data__has_key=key)) for key in MATCH_KEYS
+        f"has_{key}": Count("pk", filter=GreaterThan(F("match_keys").bitand(1 << bit), 0))
+        for bit, key in enumerate(MATCH_KEYS)
     }
     grouped = (
         rows.filter(created_at__gte=since)

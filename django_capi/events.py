@@ -30,7 +30,7 @@ from django.utils import timezone
 from . import context, normalize, sources, validation
 from .browser import browser_context
 from .conf import SETTING_NAME, CapiSettings, capi_settings, is_pixel_id
-from .constants import ActionSource
+from .constants import ActionSource, match_key_bits
 from .exceptions import (
     CapiConfigurationError,
     CapiError,
@@ -462,6 +462,7 @@ def _pending_fields(
     return {
         "event_time": built.event_time,
         "payload": _Json.of(payload),
+        "match_keys": match_key_bits(payload.get("user_data")),
         "warnings": _Json.of([*warnings, *built.warnings]),
         "status": _PENDING,
         "failure_reason": "",
@@ -473,6 +474,7 @@ def _failed_fields(error: str, warnings: list[str]) -> dict[str, Any]:
     return {
         "event_time": timezone.now(),
         "payload": _Json.of({}),
+        "match_keys": 0,
         "warnings": _Json.of(warnings),
         "status": _FAILED,
         "failure_reason": _INVALID,
@@ -888,7 +890,12 @@ def _taken(field: Field[Any, Any]) -> type | None:
     if internal == "JSONField":
         return _Json
     target = getattr(field, "target_field", field)
-    if target.get_internal_type() in ("AutoField", "BigAutoField", "IntegerField"):
+    if target.get_internal_type() in (
+        "AutoField",
+        "BigAutoField",
+        "IntegerField",
+        "PositiveSmallIntegerField",
+    ):
         return int
     return None
 

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import connections, router, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Now
+from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
 from . import pixels
 from .conf import capi_settings
-from .constants import ActionSource
+from .constants import ActionSource, match_key_bits
 from .context import USER_DATA_KEYS
 from .delivery import SEND_MARGIN, DrainReport, drain
 from .models import AttemptEvent, DeliveryAttempt, OutboxEvent
@@ -177,8 +178,8 @@ def purge(
     )
     with_browser = rows.exclude(expired_delivery).filter(
         unsendable,
+        GreaterThan(F("match_keys").bitand(_BROWSER_BITS), 0),
         created_at__lt=now - timedelta(days=scrub_after_days),
-        payload__user_data__has_any_keys=list(USER_DATA_KEYS),
     )
     if dry_run:
         return PurgeResult(deleted=old_delivered.count(), scrubbed=with_browser.count())
@@ -187,7 +188,7 @@ def purge(
         with transaction.atomic(using=using):
             AttemptEvent.objects.using(using).filter(event_id__in=ids).delete()
             rows.filter(pk__in=ids).update(
-                payload={}, warnings=[], last_error="", last_attempt=None
+                payload={}, match_keys=0, warnings=[], last_error="", last_attempt=None
             )
         deleted += len(ids)
     # Requests as old as the deliveries purged and linked to no event any more: no kept
@@ -202,15 +203,25 @@ def purge(
     while True:
         with transaction.atomic(using=using):
             # Locked and re-checked, so a replay cannot slip in between read and write.
-            batch = list(with_browser.select_for_update().only("pk", "payload")[:batch_size])
+            batch = list(
+                with_browser.select_for_update().only("pk", "payload", "match_keys")[:batch_size]
+            )
             for row in batch:
-                for key in USER_DATA_KEYS:
-                    row.payload["user_data"].pop(key, None)
-            rows.bulk_update(batch, ["payload"])
+                user_data = row.payload.get("user_data")
+                if isinstance(user_data, dict):
+                    for key in USER_DATA_KEYS:
+                        user_data.pop(key, None)
+                # Cleared even where the payload disagreed, so the row is not picked again.
+                row.match_keys &= ~_BROWSER_BITS
+            rows.bulk_update(batch, ["payload", "match_keys"])
         scrubbed += len(batch)
         if len(batch) < batch_size:
             break
     return PurgeResult(deleted=deleted, scrubbed=scrubbed)
+
+
+#: The ``match_keys`` bits of the browser's keys, which the purge scrubs.
+_BROWSER_BITS = match_key_bits(dict.fromkeys(USER_DATA_KEYS))
 
 
 def _too_old() -> Q:

@@ -6,6 +6,7 @@ from typing import Any
 import factory
 from django.utils import timezone
 
+from django_capi.constants import match_key_bits
 from django_capi.models import OutboxEvent
 from tests.shop.models import Lead, Order
 
@@ -105,6 +106,10 @@ class OutboxEventFactory(factory.django.DjangoModelFactory):
     event_time = factory.LazyAttribute(lambda row: timezone.now() - row.age)
     action_source = "system_generated"
     payload = factory.LazyAttribute(_payload)
+    # As OutboxEvent.save() sets it: bulk_create() does not call it.
+    match_keys = factory.LazyAttribute(
+        lambda row: match_key_bits(row.payload.get("user_data")) if row.payload else 0
+    )
     status = Status.PENDING
 
     @classmethod

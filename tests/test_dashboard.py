@@ -16,7 +16,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from django_capi import charts
-from django_capi.dashboard import MATCH_KEYS, health_figures, health_view
+from django_capi.constants import MATCH_KEYS
+from django_capi.dashboard import health_figures, health_view
 from django_capi.models import AlertState, OutboxEvent, PixelState
 from tests.factories import OutboxEventFactory
 

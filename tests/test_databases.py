@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_capi import OutboxEvent, checks, send_event
+from django_capi import OutboxEvent, checks, outbox, send_event
 from django_capi.dashboard import health_figures
 from django_capi.events import recorded_events
 from django_capi.models import AlertState
@@ -361,3 +362,67 @@ def test_migration_alertstate_pixel_moves_uniqueness_to_kind_and_pixel_and_rever
     finally:
         call_command("migrate", "django_capi", verbosity=0)
     assert _alert_state_uniques() == {("kind", "pixel_id")}
+
+
+def _payload_column_type() -> str:
+    with connection.cursor() as cursor:
+        columns = connection.introspection.get_table_description(cursor, OutboxEvent._meta.db_table)
+    (column,) = [column for column in columns if column.name == "payload"]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT %s::regtype::text", [column.type_code])
+            return cursor.fetchone()[0]
+    return str(column.type_code)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0014_fills_match_keys_from_payloads_and_reverses():
+    postgres = connection.vendor == "postgresql"
+    assert _payload_column_type() == "json" or not postgres
+    try:
+        call_command("migrate", "django_capi", "0013_alertstate_pixel", verbosity=0)
+        assert _payload_column_type() == "jsonb" or not postgres
+        old = MigrationLoader(connection).project_state(("django_capi", "0013_alertstate_pixel"))
+        old_outbox = old.apps.get_model("django_capi", "OutboxEvent")
+        common = {"pixel_id": "1", "event_name": "Lead", "event_time": timezone.now()}
+        old_outbox.objects.create(
+            event_id="both",
+            payload={"user_data": {"em": ["h"], "client_user_agent": "UA", "zp": ["z"]}},
+            **common,
+        )
+        old_outbox.objects.create(event_id="none", payload={"user_data": {}}, **common)
+        old_outbox.objects.create(event_id="unbuilt", payload={}, **common)
+        call_command("migrate", "django_capi", verbosity=0)
+        assert _payload_column_type() == "json" or not postgres
+        bits = dict(OutboxEvent.objects.values_list("event_id", "match_keys"))
+        assert bits == {"both": 0b1000001, "none": 0, "unbuilt": 0}  # em, client_user_agent
+        # The payloads read back as they were written.
+        both = OutboxEvent.objects.get(event_id="both")
+        assert both.payload["user_data"]["zp"] == ["z"]
+        assert list(OutboxEvent.objects.filter(payload={}).values_list("event_id", flat=True)) == [
+            "unbuilt"
+        ]
+        call_command("migrate", "django_capi", "0013_alertstate_pixel", verbosity=0)
+        assert old_outbox.objects.get(event_id="both").payload == both.payload
+    finally:
+        call_command("migrate", "django_capi", verbosity=0)
+    assert _payload_column_type() == "json" or not postgres
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_payload_is_stored_and_claimed_as_the_text_written():
+    """PostgreSQL keeps the payload as json, the text the capture wrote (jsonb would print
+    it anew, keys reordered and spaces changed), and a claim hands over that text."""
+    order = paid_order("default")
+    row = OutboxEvent.objects.get(source_id=str(order.pk))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT payload::text FROM django_capi_outboxevent WHERE id = %s", [row.pk])
+        (stored,) = cursor.fetchone()
+    # json.dumps' own separators and key order: the text as Python wrote it.
+    assert stored.startswith('{"event_name": "Purchase", ')
+    assert json.loads(stored) == row.payload
+    lease = outbox.claim(limit=10, lease_seconds=60, using="default")
+    (claimed,) = lease.rows
+    assert claimed.payload == stored
+    assert claimed.event_time == row.event_time

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import router, transaction
+from django.test import override_settings
 from django.utils import timezone
 
 from django_capi import outbox
@@ -279,3 +283,56 @@ def test_the_claim_for_sqlite_without_returning_leases_each_row_once(monkeypatch
     assert {row.attempts for row in first.rows + second.rows} == {1}
     assert claim().rows == []
     assert outbox.mark_delivered(first, first.rows, OK) == [rows[0].pk, rows[1].pk]
+
+
+def _stored_as_claimed(row: OutboxEvent) -> tuple[object, ...]:
+    """``row`` as a claim should return it (``_claimed``), its attempt counted."""
+    row.refresh_from_db()
+    return (
+        row.pk,
+        row.pixel_id,
+        row.event_time,
+        row.action_source,
+        row.attempts + 1,
+        row.bisect_group,
+        row.payload,
+    )
+
+
+def _claimed(row: outbox.LeasedRow) -> tuple[object, ...]:
+    """A claimed row's values, its payload decoded (ORM writes on PostgreSQL go through jsonb,
+    which prints the text anew)."""
+    values = dataclasses.astuple(row)
+    return (*values[:-1], json.loads(row.payload))
+
+
+@pytest.mark.parametrize("path", ["one statement", "compare-and-set"])
+def test_a_claimed_row_reads_as_the_row_stored(monkeypatch, path):
+    """Every claim path returns the row's values exactly: PostgreSQL's reads the event time
+    as microseconds since the epoch, the others as a datetime."""
+    if path == "compare-and-set":
+        monkeypatch.setattr(outbox, "_sqlite_returns_rows", lambda connection: False)
+        monkeypatch.setattr(outbox, "_locks_in_one_statement", lambda connection: False)
+    times = [
+        timezone.now() - timedelta(hours=1, microseconds=1),
+        datetime(2026, 3, 29, 0, 59, 59, 999999, tzinfo=ZoneInfo("Europe/London")),
+        datetime(1999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+    ]
+    rows = [
+        OutboxEventFactory(event_time=when, payload={"event_name": "Lead", "n": ["é", 1.5]})
+        for when in times
+    ]
+    expected = [_stored_as_claimed(row) for row in rows]
+    claimed = sorted(claim().rows, key=lambda row: row.pk)
+    assert [_claimed(row) for row in claimed] == expected
+    assert [row.event_time for row in claimed] == times
+    assert all(row.event_time.utcoffset() == timedelta(0) for row in claimed)
+
+
+@override_settings(USE_TZ=False, TIME_ZONE="America/New_York")
+def test_without_use_tz_a_claimed_row_keeps_the_local_time_stored():
+    local = datetime(2026, 7, 1, 9, 30, 0, 250)
+    expected = _stored_as_claimed(OutboxEventFactory(event_time=local))
+    (claimed,) = claim().rows
+    assert claimed.event_time == local
+    assert _claimed(claimed) == expected
