@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import router, transaction
+from django.db import connection, router, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -317,6 +317,8 @@ def test_a_claimed_row_reads_as_the_row_stored(monkeypatch, path):
         timezone.now() - timedelta(hours=1, microseconds=1),
         datetime(2026, 3, 29, 0, 59, 59, 999999, tzinfo=ZoneInfo("Europe/London")),
         datetime(1999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(1969, 7, 20, 20, 17, 40, 500000, tzinfo=UTC),  # before the epoch
+        datetime(2026, 1, 1, 12, tzinfo=UTC),  # no microseconds
     ]
     rows = [
         OutboxEventFactory(event_time=when, payload={"event_name": "Lead", "n": ["é", 1.5]})
@@ -336,3 +338,27 @@ def test_without_use_tz_a_claimed_row_keeps_the_local_time_stored():
     (claimed,) = claim().rows
     assert claimed.event_time == local
     assert _claimed(claimed) == expected
+
+
+def test_a_claim_reads_an_event_time_written_in_another_form():
+    """Rows written by other means than Django (a script, another program) may hold a time
+    in another form than Django's (SQLite keeps the text as given): a claim reads it as the
+    ORM does."""
+    texts = ["2026-03-01 09:00:00.5", "2026-03-01 09:00"]
+    if connection.vendor == "sqlite":
+        texts.append("2026-03-01T10:00:00.5+01:00")
+    rows = OutboxEventFactory.create_batch(len(texts))
+    with connection.cursor() as cursor:
+        for row, text in zip(rows, texts, strict=True):
+            cursor.execute(
+                "UPDATE django_capi_outboxevent SET event_time = %s WHERE id = %s", [text, row.pk]
+            )
+    claimed = sorted(claim().rows, key=lambda row: row.pk)
+    assert [row.event_time for row in claimed] == [
+        datetime(2026, 3, 1, 9, 0, 0, 500000, tzinfo=UTC),
+        datetime(2026, 3, 1, 9, 0, tzinfo=UTC),
+        datetime(2026, 3, 1, 9, 0, 0, 500000, tzinfo=UTC),
+    ][: len(texts)]
+    assert [row.event_time for row in claimed] == [
+        row.event_time for row in OutboxEvent.objects.order_by("pk")
+    ]
