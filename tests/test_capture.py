@@ -9,6 +9,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_capi import ModelEvent, OutboxEvent, event_id_for, register
+from django_capi.constants import match_key_bits
 from django_capi.registry import default_event_id
 from tests.factories import LeadFactory, OrderFactory
 from tests.shop.models import GiftOrder, Lead, Order
@@ -47,6 +48,21 @@ def test_a_paid_order_writes_one_pending_purchase():
     assert row.attempts == 0
     assert row.next_attempt_at is not None
     assert row.created_at is not None
+
+
+def test_a_row_keeps_which_match_keys_its_payload_has():
+    """``match_keys`` (what the health page counts) follows the payload: written with it at
+    the capture, and again by a save that changes the payload."""
+    pay(OrderFactory())
+    row = OutboxEvent.objects.get()
+    assert row.match_keys == match_key_bits(row.payload["user_data"])
+    assert row.match_keys & 0b1  # em
+    del row.payload["user_data"]["em"]
+    row.save(update_fields=["payload"])
+    row.refresh_from_db()
+    assert "em" not in row.payload["user_data"]
+    assert row.match_keys == match_key_bits(row.payload["user_data"])
+    assert not row.match_keys & 0b1
 
 
 def test_rollback_leaves_no_row():

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from django_capi import operations
+from django_capi.constants import match_key_bits
 from django_capi.models import AttemptEvent, DeliveryAttempt, OutboxEvent
 from tests.factories import OrderFactory, OutboxEventFactory
 
@@ -156,10 +157,17 @@ def test_purge_keeps_only_the_dedup_key_of_old_deliveries_and_scrubs_in_batches(
     # The key stays, so saving the order again cannot report a second Purchase.
     for row in OutboxEvent.objects.filter(pk__in=old_delivered):
         assert (row.status, row.payload, row.event_id) == ("delivered", {}, row.event_id)
+        assert row.match_keys == 0
     assert not DeliveryAttempt.objects.exists()
-    assert OutboxEvent.objects.get(pk=rows[2].pk).payload["user_data"] == {"em": "e" * 64}
+    scrubbed = OutboxEvent.objects.get(pk=rows[2].pk)
+    assert scrubbed.payload["user_data"] == {"em": "e" * 64}
+    # The health page's coverage no longer counts the keys scrubbed, and no later purge
+    # picks the row again.
+    assert scrubbed.match_keys == match_key_bits({"em": "e" * 64}) == 0b1
     for keep in (rows[3], rows[4], rows[5]):
-        assert OutboxEvent.objects.get(pk=keep.pk).payload["user_data"] == BROWSER
+        kept = OutboxEvent.objects.get(pk=keep.pk)
+        assert kept.payload["user_data"] == BROWSER
+        assert kept.match_keys == match_key_bits(BROWSER)
     out = StringIO()
     call_command("capi_purge", stdout=out)
     assert out.getvalue().startswith("0 delivered event(s) were emptied (their keys stay); 0")
