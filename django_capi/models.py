@@ -9,8 +9,18 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q
-from django.db.models.fields.json import JSONExact
+from django.db.models.fields.json import (
+    ContainedBy,
+    DataContains,
+    HasAnyKeys,
+    HasKey,
+    HasKeys,
+    JSONExact,
+    KeyTransform,
+    KeyTransformFactory,
+)
 from django.db.models.functions import Coalesce, Now
+from django.db.models.lookups import In
 from django.db.models.sql.compiler import SQLCompiler
 from django.utils.translation import gettext_lazy as _
 
@@ -23,10 +33,11 @@ class PayloadField(models.JSONField):
     The outbox writes a payload once and sends it as stored: a drainer reads it back as text
     and puts it in the request unchanged. ``jsonb`` would parse it on the way in and print
     it anew on every read (~15 ms per 1,000 payloads, the largest share of a claim);
-    ``json`` hands the stored text over as it is. Nothing queries inside a payload on the
-    hot paths (``OutboxEvent.match_keys`` answers the health page), and equality, the one
-    lookup the outbox uses (``payload={}``), compares as ``jsonb``. Other databases store
-    JSON as text already.
+    ``json`` hands the stored text over as it is. ``json`` has none of ``jsonb``'s operators,
+    so every lookup and key transform of a payload reads it as ``jsonb`` (a parse per row:
+    fine for maintenance and an integrator's queries; the hot paths query no payload, and
+    ``OutboxEvent.match_keys`` answers the health page). Other databases store JSON as text
+    already and are unchanged.
     """
 
     def db_type(self, connection: BaseDatabaseWrapper) -> str | None:
@@ -35,22 +46,50 @@ class PayloadField(models.JSONField):
         return super().db_type(connection)
 
     def from_db_value(self, value: Any, expression: Any, connection: BaseDatabaseWrapper) -> Any:
-        # psycopg decodes json itself (Django has it hand over jsonb as text only).
-        if connection.vendor == "postgresql":
+        # psycopg decodes json itself (Django has it hand over jsonb as text, which a key
+        # transform's value is: _JsonbKeyTransform).
+        if connection.vendor == "postgresql" and not isinstance(expression, KeyTransform):
             return value
         return super().from_db_value(value, expression, connection)
 
+    def get_transform(self, name: str) -> Any:
+        transform = super().get_transform(name)
+        if isinstance(transform, KeyTransformFactory):
+            return _JsonbKeyTransformFactory(name)
+        return transform
 
-@PayloadField.register_lookup
-class PayloadExact(JSONExact):
-    """``payload=…``: PostgreSQL has no equality for ``json``; both sides compare as jsonb."""
+
+class _JsonbKeyTransform(KeyTransform):
+    """``payload__key…``, as ``jsonb`` on PostgreSQL, so its lookups find their operators."""
 
     def as_postgresql(
         self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
     ) -> tuple[str, Any]:
-        lhs, lhs_params = self.process_lhs(compiler, connection)
-        rhs, rhs_params = self.process_rhs(compiler, connection)
-        return f"({lhs})::jsonb = {rhs}", (*lhs_params, *rhs_params)
+        sql, params = super().as_postgresql(compiler, connection)
+        return f"({sql})::jsonb", params
+
+
+class _JsonbKeyTransformFactory(KeyTransformFactory):
+    def __call__(self, *args: Any, **kwargs: Any) -> _JsonbKeyTransform:
+        return _JsonbKeyTransform(self.key_name, *args, **kwargs)
+
+
+class _ReadAsJsonb:
+    """A lookup on the payload column itself that reads it as ``jsonb`` on PostgreSQL."""
+
+    def process_lhs(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, lhs: Any = None
+    ) -> tuple[str, Any]:
+        sql, params = super().process_lhs(compiler, connection, lhs)  # type: ignore[misc]
+        if connection.vendor == "postgresql" and not isinstance(lhs or self.lhs, KeyTransform):  # type: ignore[attr-defined]
+            sql = f"({sql})::jsonb"
+        return sql, params
+
+
+for _lookup in (JSONExact, DataContains, ContainedBy, HasKey, HasKeys, HasAnyKeys, In):
+    PayloadField.register_lookup(
+        type(f"Payload{_lookup.__name__}", (_ReadAsJsonb, _lookup), {}), _lookup.lookup_name
+    )
 
 
 class OutboxEvent(models.Model):
@@ -204,11 +243,15 @@ class OutboxEvent(models.Model):
         return f"{self.event_name} {self.event_id} ({self.status})"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        payload = self.payload if isinstance(self.payload, dict) else {}
-        self.match_keys = match_key_bits(payload.get("user_data"))
         update_fields = kwargs.get("update_fields")
-        if update_fields is not None and "payload" in update_fields:
-            kwargs["update_fields"] = {*update_fields, "match_keys"}
+        if update_fields is not None:
+            kwargs["update_fields"] = update_fields = set(update_fields)  # any iterable
+        writes_payload = "payload" in update_fields if update_fields is not None else True
+        if writes_payload and "payload" not in self.get_deferred_fields():
+            payload = self.payload if isinstance(self.payload, dict) else {}
+            self.match_keys = match_key_bits(payload.get("user_data"))
+            if update_fields is not None:
+                update_fields.add("match_keys")
         super().save(*args, **kwargs)
 
 

@@ -178,7 +178,10 @@ def purge(
     )
     with_browser = rows.exclude(expired_delivery).filter(
         unsendable,
-        GreaterThan(F("match_keys").bitand(_BROWSER_BITS), 0),
+        # The bits, and the payload itself where the bits are 0: a row written around the
+        # capture and save() (bulk_create, SQL, a process older than migration 0014).
+        GreaterThan(F("match_keys").bitand(_BROWSER_BITS), 0)
+        | Q(match_keys=0, payload__user_data__has_any_keys=list(USER_DATA_KEYS)),
         created_at__lt=now - timedelta(days=scrub_after_days),
     )
     if dry_run:
@@ -211,8 +214,9 @@ def purge(
                 if isinstance(user_data, dict):
                     for key in USER_DATA_KEYS:
                         user_data.pop(key, None)
-                # Cleared even where the payload disagreed, so the row is not picked again.
-                row.match_keys &= ~_BROWSER_BITS
+                # From the payload (which the bits may not have matched), without the
+                # browser's bits whatever it held, so the row is not picked again.
+                row.match_keys = match_key_bits(user_data) & ~_BROWSER_BITS
             rows.bulk_update(batch, ["payload", "match_keys"])
         scrubbed += len(batch)
         if len(batch) < batch_size:

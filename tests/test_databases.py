@@ -426,3 +426,59 @@ def test_the_payload_is_stored_and_claimed_as_the_text_written():
     (claimed,) = lease.rows
     assert claimed.payload == stored
     assert claimed.event_time == row.event_time
+
+
+@pytest.mark.django_db
+def test_every_json_lookup_of_the_payload_works_on_every_database():
+    """PostgreSQL keeps the payload as json, which has none of jsonb's operators: each
+    lookup and key transform reads it as jsonb, so an integrator's query behaves as on
+    the other databases."""
+    purchase = OutboxEventFactory(
+        payload={"event_name": "Purchase", "custom_data": {"currency": "EUR", "value": 12.5}}
+    )
+    lead = OutboxEventFactory(payload={"event_name": "Lead", "user_data": {"em": ["h"]}})
+    unbuilt = OutboxEventFactory(payload={})
+    rows = OutboxEvent.objects.order_by("pk")
+
+    def found(**lookup):
+        return [row.pk for row in rows.filter(**lookup)]
+
+    assert found(payload={}) == [unbuilt.pk]
+    assert found(payload__in=[{}, lead.payload]) == [lead.pk, unbuilt.pk]
+    if connection.features.supports_json_field_contains:  # not SQLite's
+        assert found(payload__contains={"event_name": "Lead"}) == [lead.pk]
+        assert found(payload__contained_by={"event_name": "Lead", "x": 1}) == [unbuilt.pk]
+    assert found(payload__has_key="custom_data") == [purchase.pk]
+    assert found(payload__has_keys=["event_name", "user_data"]) == [lead.pk]
+    assert found(payload__has_any_keys=["user_data", "custom_data"]) == [purchase.pk, lead.pk]
+    assert found(payload__user_data__has_key="em") == [lead.pk]
+    assert found(payload__custom_data__currency="EUR") == [purchase.pk]
+    assert found(payload__custom_data__value__gt=10) == [purchase.pk]
+    assert found(payload__event_name__in=["Lead", "Other"]) == [lead.pk]
+    assert list(rows.values_list("payload__event_name", "payload__custom_data")) == [
+        ("Purchase", {"currency": "EUR", "value": 12.5}),
+        ("Lead", None),
+        (None, None),
+    ]
+    assert rows.get(pk=purchase.pk).payload == purchase.payload
+
+
+@pytest.mark.django_db
+def test_match_keys_follow_any_save_of_the_payload():
+    row = OutboxEventFactory(payload={"user_data": {"em": ["x"]}})
+    row.payload = {"user_data": {"ph": ["y"]}}
+    row.status = OutboxEvent.Status.CANCELLED
+    row.save(update_fields=(name for name in ["status", "payload"]))  # any iterable
+    stored = OutboxEvent.objects.get(pk=row.pk)
+    assert (stored.status, stored.payload, stored.match_keys) == (
+        "cancelled",
+        {"user_data": {"ph": ["y"]}},
+        0b10,
+    )
+    # A save that leaves the payload alone does not load it.
+    deferred = OutboxEvent.objects.only("pk", "status").get(pk=row.pk)
+    deferred.status = OutboxEvent.Status.PENDING
+    with CaptureQueriesContext(connection) as queries:
+        deferred.save(update_fields=["status"])
+    assert len(queries.captured_queries) == 1
+    assert OutboxEvent.objects.get(pk=row.pk).match_keys == 0b10

@@ -198,3 +198,31 @@ def test_purge_keeps_the_requests_a_kept_event_is_linked_to():
     assert list(DeliveryAttempt.objects.all()) == [retried]  # the pending event's history
     assert list(AttemptEvent.objects.values_list("event_id", flat=True)) == [young.pk]
     assert OutboxEvent.objects.get(pk=old.pk).last_attempt_id is None
+
+
+def test_purge_scrubs_rows_written_around_the_capture():
+    """A row inserted without its match_keys (bulk_create, SQL, a process older than
+    migration 0014) is still found by its payload and scrubbed."""
+    long_ago = timezone.now() - timedelta(days=400)
+    OutboxEvent.objects.bulk_create(
+        [
+            OutboxEvent(
+                event_id="around",
+                pixel_id="1234567890",
+                event_name="Lead",
+                event_time=long_ago,
+                action_source="website",
+                payload={"user_data": dict(BROWSER)},
+                status=Status.DELIVERED,
+                delivered_at=timezone.now(),
+            )
+        ]
+    )
+    OutboxEvent.objects.update(created_at=long_ago)
+    assert OutboxEvent.objects.get().match_keys == 0
+    result = operations.purge(delivered_after_days=10_000, scrub_after_days=30)
+    assert result.scrubbed == 1
+    row = OutboxEvent.objects.get()
+    assert row.payload["user_data"] == {"em": "e" * 64}
+    assert row.match_keys == match_key_bits({"em": "e" * 64})
+    assert operations.purge(delivered_after_days=10_000, scrub_after_days=30).scrubbed == 0

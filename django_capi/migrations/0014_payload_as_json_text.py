@@ -3,8 +3,9 @@ keys each row has in a column of its own (``match_keys``), for the health page.
 
 On PostgreSQL changing the column's type rewrites the table under an exclusive lock, and
 filling ``match_keys`` updates every row: on a large outbox run it when the shop is quiet,
-or purge delivered rows first (``capi_purge``). Other databases keep JSON as text already;
-there only ``match_keys`` is added and filled.
+or purge delivered rows first (``capi_purge``). Stop processes running older code first:
+they read the payload as ``jsonb`` text and fail on ``json``. Other databases keep JSON as
+text already; there only ``match_keys`` is added and filled.
 """
 
 from django.db import migrations, models
