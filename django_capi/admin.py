@@ -408,9 +408,9 @@ def _check_parameters(request: HttpRequest, date_hierarchy: str | None) -> None:
     """Raise ``IncorrectLookupParameters`` (the admin then shows its "?e=1" page) for what
     would fail the changelist's queries instead: a NUL or lone surrogate in any other
     lookup (PostgreSQL refuses it), a regular expression (a malformed one fails on every
-    database), a lookup inside the payload (PostgreSQL's ``json`` has none of ``jsonb``'s
-    operators: ``PayloadField``), a date-hierarchy year with no next year (Django computes
-    10000)."""
+    database), a lookup inside the payload (none is offered: each would parse every payload
+    of the outbox, ``PayloadField``), a date-hierarchy year with no next year (Django
+    computes 10000)."""
     for key, values in request.GET.lists():
         if key in _CHECKED_PARAMETERS:
             continue

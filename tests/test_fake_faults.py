@@ -29,10 +29,11 @@ Status = OutboxEvent.Status
 
 
 def make_due() -> None:
-    OutboxEvent.objects.filter(status="pending").update(
-        next_attempt_at=timezone.now() - timedelta(seconds=1)
-    )
-    PixelState.objects.update(paused_until=None, next_probe_at=timezone.now())
+    # A second ago, not now: SQLite's clock (Now()) has milliseconds, Python's microseconds,
+    # so "now" written from Python still lies ahead of a drain in the same millisecond.
+    a_second_ago = timezone.now() - timedelta(seconds=1)
+    OutboxEvent.objects.filter(status="pending").update(next_attempt_at=a_second_ago)
+    PixelState.objects.update(paused_until=None, next_probe_at=a_second_ago)
 
 
 def faults_url(emulator) -> str:
