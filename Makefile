@@ -77,8 +77,9 @@ test: browser-deps lint typecheck migrations test-sqlite test-postgres
 # each on SQLite, PostgreSQL and MariaDB, by nox (noxfile.py; docs/development.md). The
 # interpreters come from pyenv when they are not on PATH. NOX_ARGS narrows it to sessions
 # (`.venv/bin/nox -l` lists them); CAPI_MATRIX_DATABASES=mariadb (or sqlite,postgres) to databases.
-# The whole matrix takes about 2.5-3 hours on the 2-core development machine (a pass: SQLite 6
-# min, PostgreSQL 15, MariaDB 10-13; docs/development.md has each combination's result).
+# The whole matrix takes about 70 minutes on the 2-core development machine, one pass after
+# another (a pass: SQLite 3 min, PostgreSQL 6-8, MariaDB 5, each session's install 1-2;
+# docs/development.md has each combination's result).
 NOX_ARGS ?=
 PYENV_BINS := $(wildcard $(HOME)/.pyenv/versions/3.11.*/bin $(HOME)/.pyenv/versions/3.12.*/bin \
   $(HOME)/.pyenv/versions/3.13.*/bin)
