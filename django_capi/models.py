@@ -46,8 +46,8 @@ class PayloadField(models.JSONField):
         return super().db_type(connection)
 
     def from_db_value(self, value: Any, expression: Any, connection: BaseDatabaseWrapper) -> Any:
-        # psycopg decodes json itself (Django has it hand over jsonb as text, which a key
-        # transform's value is: _JsonbKeyTransform).
+        # psycopg decodes the json column itself. A key transform's value is jsonb
+        # (_JsonbKeyTransform), which Django has psycopg hand over as text: decoded here.
         if connection.vendor == "postgresql" and not isinstance(expression, KeyTransform):
             return value
         return super().from_db_value(value, expression, connection)
