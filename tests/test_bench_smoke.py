@@ -4,12 +4,14 @@ asserted (docs/benchmarks.md reports them)."""
 
 import json
 import os
+import socket
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from bench import run
+from bench import standin as standin_module
 from bench.standin import StandIn
 
 EVENTS = [{"event_name": "Purchase", "event_id": f"e{n}"} for n in range(3)]
@@ -30,6 +32,26 @@ def test_the_standin_counts_a_urlencoded_form(standin):
     assert answer.status_code == 200
     assert answer.json()["events_received"] == 3
     assert standin.stats()["encodings"] == {"form": 1}
+
+
+def test_the_standin_answers_without_nagles_delay(standin, monkeypatch):
+    """Headers and body are two writes: with Nagle's algorithm on its socket, the body would
+    wait up to 40 ms for a kept-alive client's delayed ACK of the headers, on every request
+    of the bench's drains (it did until 2026-12-05)."""
+    accepted = []
+    original = standin_module._Server.process_request
+
+    def record(server, request, address):
+        accepted.append(request)
+        original(server, request, address)
+
+    monkeypatch.setattr(standin_module._Server, "process_request", record)
+    with requests.Session() as kept_alive:
+        body = {"data": EVENTS, "access_token": "t"}
+        answer = kept_alive.post(f"{standin.url}/v25.0/1/events", json=body, timeout=5)
+        assert answer.status_code == 200
+        (connection,) = accepted
+        assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_the_standin_counts_a_multipart_form(standin):

@@ -148,6 +148,29 @@ def test_form_body_with_a_list_of_json_strings(graph: GraphEmulator) -> None:
     assert graph.received_events()[0].data == make_event()
 
 
+def test_answers_are_not_held_back_by_nagles_algorithm(
+    graph: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer is two writes (headers, body): with Nagle's algorithm the body waits for
+    the client's delayed ACK of the headers, up to 40 ms per request on a kept-alive
+    connection, which would slow every test and demo that sends through the emulator."""
+    from django_capi.testing import server
+
+    accepted: list[socket.socket] = []
+    original = server.Server.process_request
+
+    def record(self: server.Server, request: Any, address: Any) -> None:
+        accepted.append(request)
+        original(self, request, address)
+
+    monkeypatch.setattr(server.Server, "process_request", record)
+    with requests.Session() as kept_alive:
+        body = {"data": [make_event()], "access_token": TOKEN}
+        assert kept_alive.post(graph.events_url(PIXEL), json=body, timeout=5).status_code == 200
+        (connection,) = accepted
+        assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_chunked_request_body(graph: GraphEmulator) -> None:
     form = urlencode({"data": json.dumps([make_event()]), "access_token": TOKEN}).encode()
 

@@ -108,6 +108,9 @@ class Server(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "capi-graph-emulator"
+    # Headers and body are two writes: with Nagle's algorithm the body would wait for the
+    # client's delayed ACK of the headers (up to 40 ms on a kept-alive connection).
+    disable_nagle_algorithm = True
     server: Server
 
     def do_POST(self) -> None:
