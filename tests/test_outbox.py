@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -197,6 +198,73 @@ def test_a_claim_skips_rows_another_claim_is_locking_instead_of_waiting():
         with connection.cursor() as cursor:
             cursor.execute("RESET lock_timeout")
     assert [row.pk for row in claim().rows] == [rows[0].pk, rows[1].pk]
+
+
+@pytest.mark.postgres
+def test_a_write_back_aborted_to_break_a_deadlock_runs_again_and_keeps_the_record():
+    """A write-back meets a writer that locks the same rows in the other order: PostgreSQL
+    aborts the write-back (its deadlock_timeout is the shorter), which runs again with its
+    rows locked in key order, inside the same transaction as the request's record."""
+    from django.db import connection, connections
+
+    from django_capi.models import DeliveryAttempt
+
+    first, second = OutboxEventFactory.create_batch(2, due=True)
+    lease = claim()
+    table = OutboxEvent._meta.db_table
+    writer_pid = connection.connection.info.backend_pid
+    holding, errors, took_first = threading.Event(), [], []
+
+    def other_writer() -> None:
+        other, watch = (connections.create_connection("default") for _ in range(2))
+        try:
+            other.set_autocommit(False)
+            with other.cursor() as cursor:
+                cursor.execute("SET LOCAL deadlock_timeout = '30s'")
+                cursor.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [second.pk])  # noqa: S608
+                holding.set()
+                with watch.cursor() as watching:  # until the write-back waits for `second`
+                    for _ in range(500):
+                        watching.execute(
+                            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                            [writer_pid],
+                        )
+                        if watching.fetchone()[0] == "Lock":
+                            break
+                        time.sleep(0.01)
+                cursor.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [first.pk])  # noqa: S608
+                took_first.append(True)  # only once the write-back let go of `first`
+            other.commit()
+        except Exception as error:  # noqa: BLE001 - reported by the test below
+            errors.append(error)
+            other.rollback()
+        finally:
+            other.close()
+            watch.close()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET deadlock_timeout = '50ms'")
+        with outbox.writing(lease):
+            attempt = outbox.record_attempt(
+                lease, "1", result=OK, outcome=DeliveryAttempt.Outcome.DELIVERED, batch_size=2
+            )
+            written = outbox.mark_delivered(lease, lease.rows, OK, attempt=attempt)
+    finally:
+        thread.join(30)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET deadlock_timeout")
+    assert not errors
+    assert took_first  # the write-back was the deadlock's victim, and went on
+    assert written == [first.pk, second.pk]
+    assert list(OutboxEvent.objects.order_by("pk").values_list("status", "last_attempt_id")) == [
+        ("delivered", attempt),
+        ("delivered", attempt),
+    ]
+    assert DeliveryAttempt.objects.get().pk == attempt
 
 
 def _synchronous_commit(connection) -> str:
