@@ -114,7 +114,10 @@ class GraphResult:
 
 class GraphClient:
     """Posts batches of events for one pixel. Subclass and override ``create_session`` to
-    mount adapters (proxies, client certificates); everything else reads the settings."""
+    mount adapters (proxies, client certificates); everything else reads the settings.
+
+    A drain may call ``post_events`` from a thread of its own (while it claims the next
+    batch), never two at once: an override must not use the database."""
 
     def __init__(self, conf: CapiSettings | None = None) -> None:
         self.conf = conf or capi_settings()

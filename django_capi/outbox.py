@@ -527,6 +527,15 @@ def abandon(lease: Lease, *, delay: timedelta) -> int:
     return _update(held, leased_until=None, next_attempt_at=Now() + delay)
 
 
+def unclaim(lease: Lease) -> int:
+    """Give back every row this lease still holds, due as before and with the attempt the
+    claim counted taken back: the rows were claimed ahead and never sent."""
+    held = OutboxEvent.objects.using(lease.using).filter(
+        lease_token=lease.token, leased_until__isnull=False, status=PENDING
+    )
+    return _update(held, leased_until=None, attempts=F("attempts") - 1)
+
+
 def record_attempt(
     lease: Lease,
     pixel_id: str,

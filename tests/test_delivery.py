@@ -95,6 +95,121 @@ def test_batches_hold_at_most_batch_size_events(capi_graph, settings):
     assert [len(request.events) for request in capi_graph.requests] == [4, 4, 2]
 
 
+# --- the next batch, claimed while the last request is in flight ----------------------------
+
+
+@pytest.fixture
+def claims(monkeypatch) -> list[int]:
+    """The rows each claim of the drain took, in order."""
+    taken: list[int] = []
+    claim = outbox.claim
+
+    def counted(**kwargs):
+        lease = claim(**kwargs)
+        taken.append(len(lease.rows))
+        return lease
+
+    monkeypatch.setattr(outbox, "claim", counted)
+    return taken
+
+
+class WaitsForAClaim(GraphClient):
+    """Holds each request until the drain has claimed again (5 s at most), and notes how many
+    claims there had been by then."""
+
+    def __init__(self, claims: list[int]) -> None:
+        super().__init__()
+        self.claims, self.seen = claims, []
+
+    def post_events(self, pixel_id, events):
+        before, deadline = len(self.claims), time.monotonic() + 5
+        while len(self.claims) == before and time.monotonic() < deadline:
+            time.sleep(0.002)
+        self.seen.append(len(self.claims))
+        return super().post_events(pixel_id, events)
+
+
+def leases() -> list[tuple[int, object]]:
+    return list(OutboxEvent.objects.order_by("pk").values_list("attempts", "leased_until"))
+
+
+def test_the_next_batch_is_claimed_while_the_last_request_is_in_flight(
+    capi_graph, settings, claims
+):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 4}
+    OutboxEventFactory.create_batch(10)
+    client = WaitsForAClaim(claims)
+    report = drain(client=client)
+    client.close()
+    assert (report.delivered, report.requests) == (10, 3)
+    # Each request was answered only once the next batch was claimed; the empty claim that
+    # ends every drain came during the last one, so there are no more claims than before.
+    assert client.seen == [2, 3, 4]
+    assert claims == [4, 4, 2, 0]
+    assert leases() == [(1, None)] * 10
+
+
+def test_a_failed_request_gives_the_batch_claimed_ahead_back_unsent(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    rows = OutboxEventFactory.create_batch(4)
+    capi_graph.script(HttpStatus(503))
+    report = drain()
+    assert (report.retrying, report.delivered, report.requests) == (2, 2, 2)
+    # The two rows claimed during the failed request were given back with their attempt,
+    # then claimed again and sent once.
+    assert leases() == [(1, None)] * 4
+    assert statuses() == {"pending": 2, "delivered": 2}
+    assert capi_graph.event_ids()[-2:] == [row.event_id for row in rows[2:]]
+
+
+def test_a_rate_limit_keeps_the_batch_claimed_ahead_unsent(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+    capi_graph.script(GraphError(code=17))
+    report = drain()
+    assert (report.postponed, report.requests) == (2, 1)
+    assert len(capi_graph.requests) == 1
+    # The rows claimed ahead are neither sent nor charged an attempt, and wait for the pause.
+    assert leases() == [(0, None)] * 4
+    assert drain().requests == 0
+
+
+def test_a_drain_stopped_by_its_time_limit_gives_back_the_batch_claimed_ahead(
+    capi_graph, settings
+):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+    report = drain(time_limit=0)
+    assert (report.delivered, report.unfinished) == (2, 1)
+    assert leases() == [(1, None), (1, None), (0, None), (0, None)]
+    assert drain().delivered == 2
+
+
+def test_no_batch_is_claimed_ahead_of_the_last_one_allowed(capi_graph, settings, claims):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+    assert drain(max_batches=1).delivered == 2
+    assert claims == [2]
+    assert leases() == [(1, None), (1, None), (0, None), (0, None)]
+
+
+def test_a_failed_write_back_gives_back_the_batch_claimed_ahead_too(
+    capi_graph, settings, monkeypatch
+):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+
+    def broken(*args, **kwargs):
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(outbox, "mark_delivered", broken)
+    with pytest.raises(DatabaseError):
+        drain()
+    # The batch sent is given back for a retry (its attempt counts); the one claimed ahead
+    # as it was.
+    assert leases() == [(1, None), (1, None), (0, None), (0, None)]
+
+
 def test_each_pixel_gets_its_own_request(capi_graph):
     OutboxEventFactory.create_batch(2, pixel_id="111")
     OutboxEventFactory.create_batch(3, pixel_id="222")
