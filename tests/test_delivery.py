@@ -174,9 +174,7 @@ def test_a_rate_limit_keeps_the_batch_claimed_ahead_unsent(capi_graph, settings)
     assert drain().requests == 0
 
 
-def test_a_drain_stopped_by_its_time_limit_gives_back_the_batch_claimed_ahead(
-    capi_graph, settings
-):
+def test_a_drain_stopped_by_its_time_limit_gives_back_the_batch_claimed_ahead(capi_graph, settings):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
     OutboxEventFactory.create_batch(4)
     report = drain(time_limit=0)
