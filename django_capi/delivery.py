@@ -6,12 +6,13 @@ only place that decides what Meta's answer means for a row.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from functools import partial
@@ -19,7 +20,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Self
 
-from django.db import router
+from django.db import DatabaseError, router
 from django.dispatch import Signal
 
 from . import outbox, pixels, signals
@@ -97,8 +98,11 @@ def drain(
                 # No batch is claimed ahead of the last one a limit allows.
                 claim_next = partial(_claim, using, client.conf, only)
                 claim_ahead = _ClaimAhead(None if batches + 1 == max_batches else claim_next)
-                batch = _deliver(claimed, client, sender, claim_ahead)
-                ahead = claim_ahead.taken()
+                try:
+                    batch = _deliver(claimed, client, sender, claim_ahead)
+                finally:
+                    # Given back below should this batch's end raise (even in a notice).
+                    ahead = claim_ahead.taken()
                 report += batch
                 batches += 1
                 if batch.claimed == 0:
@@ -165,8 +169,9 @@ class _ClaimAhead:
         claim, self.claim = self.claim, None
         try:
             self.claimed = claim()
-        except Exception:
+        except DatabaseError:
             # The claim is made again after this batch, where an error stops the drain.
+            # Anything else (a soft time limit, a bug) stops it now.
             logger.warning("django-capi: could not claim the next batch ahead", exc_info=True)
 
     def give_back(self) -> None:
@@ -237,7 +242,7 @@ def _unclaim(lease: outbox.Lease) -> None:
     rows come back when the lease lapses otherwise)."""
     try:
         outbox.unclaim(lease)
-    except Exception:
+    except DatabaseError:
         logger.exception("django-capi: could not give back a batch claimed ahead")
 
 
@@ -323,8 +328,15 @@ class _PixelDelivery:
         ahead = self.claim_ahead
         if not (last and ahead is not None and ahead.wanted and self.sender is not None):
             return self.client.post_events(self.pixel_id, payloads)
-        in_flight = self.sender.submit(self.client.post_events, self.pixel_id, payloads)
-        ahead.run()
+        # In the caller's context: what it set (a trace, a log's request id) goes along.
+        in_flight = self.sender.submit(
+            contextvars.copy_context().run, self.client.post_events, self.pixel_id, payloads
+        )
+        try:
+            ahead.run()
+        finally:
+            # Nothing of this lease is written or given back while its request is out.
+            wait([in_flight])
         result = in_flight.result()
         if result.error is not None:
             ahead.give_back()

@@ -13,8 +13,8 @@ updates the row in place (HOT: no index entry; migration 0010 leaves pages room 
 how a write-back learns exactly which rows it wrote where the database cannot return them.
 
 Round trips: on PostgreSQL a claim is one ``UPDATE … WHERE pk IN (SELECT … FOR UPDATE SKIP
-LOCKED LIMIT n) RETURNING …`` and a write-back one ``UPDATE … WHERE pk IN (SELECT … ORDER BY
-pk FOR UPDATE) RETURNING pk``; on SQLite (3.35 and later) a claim is one ``UPDATE … WHERE pk
+LOCKED LIMIT n) RETURNING …`` and a write-back one ``UPDATE … WHERE pk = ANY(ids) AND <still
+owned> RETURNING pk``; on SQLite (3.35 and later) a claim is one ``UPDATE … WHERE pk
 IN (SELECT … LIMIT n) RETURNING …``; other databases take the portable path (a locking SELECT
 then an UPDATE in one transaction, or SQLite's compare-and-set). A request's record and its
 write-back share one transaction (``writing``), and the drainer's transactions do not wait for
@@ -27,10 +27,12 @@ History: each request is one ``DeliveryAttempt`` row. A write-back stamps the ro
 with it (``last_attempt``, in the same UPDATE); only events the request did not deliver are
 linked to it row by row (``AttemptEvent``), so a delivered event costs no INSERT of its own.
 
-Deadlocks: every multi-row UPDATE that may wait for another locks its rows in primary-key
-order first (``_update``, ``_update_owned``), and the per-pixel sweeps (postpone, resume)
-skip rows another worker holds instead of waiting for them; two workers can then never wait
-for each other.
+Deadlocks: no writer of this app waits for a row a lease holds. Claims and the per-pixel
+sweeps (postpone, resume) skip rows another worker holds, and the admin's actions and the
+purge match only rows no lease holds. The other multi-row updates lock their rows in
+primary-key order first (``_update``); a write-back on PostgreSQL locks its own leased rows
+in its plan's order, and runs again in key order should another application's writer of
+the same rows make it a deadlock's victim (``_update_owned``).
 """
 
 from __future__ import annotations
@@ -678,14 +680,15 @@ def _update_owned(
         return []
     if _locks_in_one_statement(connections[lease.using]):
         try:
-            # One UPDATE that says which rows it wrote. Its plan, an index scan of the
-            # primary key for ``pk = ANY(ids)``, visits and so locks the rows in key order,
-            # as every other multi-row update here does; locking them first in a subquery
-            # made sure of it but cost a lock per row (~3 ms per 1,000 rows, a sixth of the
-            # write-back). Should a plan visit them otherwise and meet another writer of the
-            # same rows, PostgreSQL aborts one of the two (after ``deadlock_timeout``): a
-            # write-back so aborted runs again, locking its rows in key order first. The
-            # savepoint (inside ``writing``) keeps the request's record when that happens.
+            # One UPDATE that says which rows it wrote, locking them in the order its plan
+            # visits them (key order for an index scan of the primary key, physical order
+            # for a bitmap scan); locking them first in key order in a subquery cost a lock
+            # per row (~3 ms per 1,000 rows, a sixth of the write-back). No writer of this
+            # app waits for a leased row (module docstring), so only another application's
+            # UPDATE of these rows can close a cycle; PostgreSQL then aborts one of the two
+            # after ``deadlock_timeout``. A write-back so aborted runs again, locking its
+            # rows in key order first; the savepoint (inside ``writing``) keeps the
+            # request's record.
             with transaction.atomic(using=lease.using):
                 return sorted(pk for (pk,) in _update_returning(owned, changes, ["pk"]))
         except OperationalError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import random
@@ -206,6 +207,91 @@ def test_a_failed_write_back_gives_back_the_batch_claimed_ahead_too(
     # The batch sent is given back for a retry (its attempt counts); the one claimed ahead
     # as it was.
     assert leases() == [(1, None), (1, None), (0, None), (0, None)]
+
+
+class Interrupted(Exception):
+    """Not a database error: what Celery's soft time limit raises, say."""
+
+
+def test_an_error_claiming_ahead_that_is_not_the_databases_stops_the_drain(
+    capi_graph, settings, monkeypatch
+):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+    claim, events = outbox.claim, []
+
+    def interrupted_second(**kwargs):
+        if any(event == "claim" for event, _ in events):
+            raise Interrupted
+        events.append(("claim", time.monotonic()))
+        return claim(**kwargs)
+
+    abandon = outbox.abandon
+
+    def noted_abandon(lease, **kwargs):
+        events.append(("give back", time.monotonic()))
+        return abandon(lease, **kwargs)
+
+    class Slow(GraphClient):
+        def post_events(self, pixel_id, payloads):
+            time.sleep(0.2)
+            result = super().post_events(pixel_id, payloads)
+            events.append(("answered", time.monotonic()))
+            return result
+
+    monkeypatch.setattr(outbox, "claim", interrupted_second)
+    monkeypatch.setattr(outbox, "abandon", noted_abandon)
+    client = Slow()
+    with pytest.raises(Interrupted):
+        drain(client=client)
+    client.close()
+    # The rows in flight were given back only once their request was answered.
+    assert [event for event, _ in events] == ["claim", "answered", "give back"]
+    assert all(leased is None for _, leased in leases())
+
+
+def test_a_notice_that_interrupts_the_drain_gives_back_the_batch_claimed_ahead(
+    capi_graph, settings
+):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+
+    def interrupt(**kwargs):
+        raise KeyboardInterrupt
+
+    signals.event_delivered.connect(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            drain()
+    finally:
+        signals.event_delivered.disconnect(interrupt)
+    # The first batch was delivered; the one claimed ahead was given back unsent.
+    assert leases() == [(1, None), (1, None), (0, None), (0, None)]
+    assert statuses() == {"delivered": 2, "pending": 2}
+
+
+current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("current_trace")
+
+
+def test_requests_sent_while_claiming_ahead_keep_the_callers_context(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+
+    class Traced(GraphClient):
+        seen: list[str | None] = []
+
+        def post_events(self, pixel_id, payloads):
+            self.seen.append(current_trace.get(None))
+            return super().post_events(pixel_id, payloads)
+
+    token = current_trace.set("trace-1")
+    client = Traced()
+    try:
+        assert drain(client=client).requests == 2
+    finally:
+        current_trace.reset(token)
+        client.close()
+    assert Traced.seen == ["trace-1", "trace-1"]
 
 
 def test_each_pixel_gets_its_own_request(capi_graph):
