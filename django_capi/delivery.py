@@ -11,8 +11,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from functools import partial
@@ -20,7 +21,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Self
 
-from django.db import DatabaseError, router
+from django.db import DatabaseError, connections, router
 from django.dispatch import Signal
 
 from . import outbox, pixels, signals
@@ -92,17 +93,23 @@ def drain(
     batches = 0
     ahead: _Claimed | None = None
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-capi-send") as sender:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-capi-send") as sender,
+            _claimer(using) as claimer,
+        ):
             while True:
                 claimed, ahead = ahead or _claim(using, client.conf, only), None
                 # No batch is claimed ahead of the last one a limit allows.
                 claim_next = partial(_claim, using, client.conf, only)
-                claim_ahead = _ClaimAhead(None if batches + 1 == max_batches else claim_next)
+                claim_ahead = _ClaimAhead(
+                    None if batches + 1 == max_batches else claim_next, claimer
+                )
                 try:
                     batch = _deliver(claimed, client, sender, claim_ahead)
-                finally:
-                    # Given back below should this batch's end raise (even in a notice).
-                    ahead = claim_ahead.taken()
+                except BaseException:  # even a notice's KeyboardInterrupt
+                    claim_ahead.give_back()
+                    raise
+                ahead = claim_ahead.taken()
                 report += batch
                 batches += 1
                 if batch.claimed == 0:
@@ -147,41 +154,81 @@ def _claim(using: str, conf: CapiSettings, only: Collection[int] | None) -> _Cla
     return _Claimed(lease, gate.probing)
 
 
+@contextmanager
+def _claimer(using: str) -> Iterator[Executor | None]:
+    """A thread, with a connection of its own, for the claims made ahead where they may run
+    beside a write-back (``outbox.claims_beside_writes``): a claim then overlaps the current
+    batch's request and write-back. Elsewhere the drain's own thread claims ahead, while the
+    request is in flight."""
+    if not outbox.claims_beside_writes(using):
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-capi-claim") as claimer:
+        try:
+            yield claimer
+        finally:
+            # The thread's connection, closed on the thread that opened it.
+            claimer.submit(_close_connection, using).result()
+
+
+def _close_connection(using: str) -> None:
+    connections[using].close()
+
+
 class _ClaimAhead:
     """The next batch, claimed while the current batch's last request is in flight: the
     claim's round trips and the database's work on its rows overlap Meta's (the stand-in's
-    in ``make bench``). Only the database runs on this thread; the request runs on the
-    drain's sender thread, one at a time as always. A claim ahead is given back unsent
-    (``outbox.unclaim``) when that request fails, since its answer may pause the pixel,
-    open its circuit or start a bisection, which the next claim must see."""
+    in ``make bench``) and, on a ``claimer`` thread, the write-back's too. Only the database
+    runs there; the request runs on the drain's sender thread, one at a time as always. A
+    claim ahead is given back unsent (``outbox.unclaim``) when that request fails, since
+    its answer may pause the pixel, open its circuit or start a bisection, which the next
+    claim must see."""
 
-    def __init__(self, claim: Callable[[], _Claimed] | None) -> None:
-        self.claim = claim
+    def __init__(self, claim: Callable[[], _Claimed] | None, claimer: Executor | None) -> None:
+        self.claim, self.claimer = claim, claimer
+        self.claiming: Future[_Claimed | None] | None = None
         self.claimed: _Claimed | None = None
 
     @property
     def wanted(self) -> bool:
-        return self.claim is not None and self.claimed is None
+        return self.claim is not None
 
-    def run(self) -> None:
+    def start(self) -> None:
+        """Claim, on the claimer thread if there is one (``taken`` waits for it), else now."""
         if self.claim is None:
             return
         claim, self.claim = self.claim, None
+        if self.claimer is None:
+            self.claimed = self._run(claim)
+        else:
+            self.claiming = self.claimer.submit(contextvars.copy_context().run, self._run, claim)
+
+    @staticmethod
+    def _run(claim: Callable[[], _Claimed]) -> _Claimed | None:
         try:
-            self.claimed = claim()
+            return claim()
         except DatabaseError:
             # The claim is made again after this batch, where an error stops the drain.
-            # Anything else (a soft time limit, a bug) stops it now.
+            # Anything else (a soft time limit, a bug) stops it.
             logger.warning("django-capi: could not claim the next batch ahead", exc_info=True)
-
-    def give_back(self) -> None:
-        claimed, self.claimed = self.claimed, None
-        if claimed is not None:
-            _unclaim(claimed.lease)
+            return None
 
     def taken(self) -> _Claimed | None:
+        """The batch claimed ahead, once claimed; raises what stopped its claim."""
+        claiming, self.claiming = self.claiming, None
+        if claiming is not None:
+            self.claimed = claiming.result()
         claimed, self.claimed = self.claimed, None
         return claimed
+
+    def give_back(self) -> None:
+        try:
+            claimed = self.taken()
+        except Exception:
+            logger.exception("django-capi: could not claim the next batch ahead")
+            return
+        if claimed is not None:
+            _unclaim(claimed.lease)
 
 
 def _deliver(
@@ -208,7 +255,6 @@ def _deliver(
             report += delivery.run(probe=pixel_id in claimed.probing)
     except BaseException:
         _give_back(lease, client.conf.retry_base_seconds)
-        claim_ahead.give_back()
         raise
     finally:
         # Receivers and mail servers are slow or broken at times; they run once every row
@@ -333,7 +379,7 @@ class _PixelDelivery:
             contextvars.copy_context().run, self.client.post_events, self.pixel_id, payloads
         )
         try:
-            ahead.run()
+            ahead.start()
         finally:
             # Nothing of this lease is written or given back while its request is out.
             wait([in_flight])

@@ -320,6 +320,14 @@ def _readable(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
     return rows.annotate(text=_PAYLOAD_TEXT)
 
 
+def claims_beside_writes(using: str) -> bool:
+    """Whether a claim may run on a second connection while a write-back of this worker runs:
+    on PostgreSQL, where a claim skips every locked row in one statement and a write-back
+    locks only its own lease's rows, neither waits for the other. SQLite has one writer, and
+    a claim on MySQL or MariaDB can deadlock with a write-back (``_deadlock_retries``)."""
+    return _locks_in_one_statement(connections[using])
+
+
 def _locks_in_one_statement(connection: BaseDatabaseWrapper) -> bool:
     """Whether one ``UPDATE … WHERE pk IN (SELECT … ORDER BY … FOR UPDATE) RETURNING …`` can
     pick, lock, write and return rows (PostgreSQL): the statement alone holds the locks, and
