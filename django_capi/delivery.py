@@ -11,9 +11,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from functools import partial
@@ -95,15 +94,17 @@ def drain(
     try:
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-capi-send") as sender,
-            _claimer(using) as claimer,
+            _Claimer(using) as claimer,
         ):
             while True:
                 claimed, ahead = ahead or _claim(using, client.conf, only), None
-                # No batch is claimed ahead of the last one a limit allows.
+                # No batch is claimed ahead of the last one a limit allows, nor of a batch
+                # that found fewer rows due than it could take (the next claim most likely
+                # finds none: a small drain opens no second connection for it).
+                last = batches + 1 == max_batches
+                short = len(claimed.lease.rows) < client.conf.batch_size
                 claim_next = partial(_claim, using, client.conf, only)
-                claim_ahead = _ClaimAhead(
-                    None if batches + 1 == max_batches else claim_next, claimer
-                )
+                claim_ahead = _ClaimAhead(None if last or short else claim_next, claimer)
                 try:
                     batch = _deliver(claimed, client, sender, claim_ahead)
                 except BaseException:  # even a notice's KeyboardInterrupt
@@ -154,72 +155,83 @@ def _claim(using: str, conf: CapiSettings, only: Collection[int] | None) -> _Cla
     return _Claimed(lease, gate.probing)
 
 
-@contextmanager
-def _claimer(using: str) -> Iterator[Executor | None]:
-    """A thread, with a connection of its own, for the claims made ahead where they may run
-    beside a write-back (``outbox.claims_beside_writes``): a claim then overlaps the current
-    batch's request and write-back. Elsewhere the drain's own thread claims ahead, while the
-    request is in flight."""
-    if not outbox.claims_beside_writes(using):
-        yield None
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-capi-claim") as claimer:
-        try:
-            yield claimer
-        finally:
+class _Claimer:
+    """Where the claims made ahead run. Where they may run beside a write-back
+    (``outbox.claims_beside_writes``): on a thread with a connection of its own, both opened
+    at the first claim, so that a claim overlaps the current batch's write-back as well as
+    its request. Elsewhere: on the drain's own thread, at once, while the request is in
+    flight."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.beside_writes = outbox.claims_beside_writes(using)
+        self.thread: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread is not None:
             # The thread's connection, closed on the thread that opened it.
-            claimer.submit(_close_connection, using).result()
+            self.thread.submit(self._close).result()
+            self.thread.shutdown()
 
+    def submit(self, claim: Callable[[], _Claimed]) -> Future[_Claimed]:
+        if not self.beside_writes:
+            claimed: Future[_Claimed] = Future()
+            try:
+                claimed.set_result(claim())
+            except Exception as error:  # noqa: BLE001 -- raised where it is taken
+                claimed.set_exception(error)
+            return claimed
+        if self.thread is None:
+            self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-capi-claim")
+        return self.thread.submit(contextvars.copy_context().run, self._claim, claim)
 
-def _close_connection(using: str) -> None:
-    connections[using].close()
+    def _claim(self, claim: Callable[[], _Claimed]) -> _Claimed:
+        try:
+            return claim()
+        except DatabaseError:
+            self._close()  # a broken connection is opened anew for the next claim
+            raise
+
+    def _close(self) -> None:
+        connections[self.using].close()
 
 
 class _ClaimAhead:
     """The next batch, claimed while the current batch's last request is in flight: the
     claim's round trips and the database's work on its rows overlap Meta's (the stand-in's
-    in ``make bench``) and, on a ``claimer`` thread, the write-back's too. Only the database
-    runs there; the request runs on the drain's sender thread, one at a time as always. A
-    claim ahead is given back unsent (``outbox.unclaim``) when that request fails, since
-    its answer may pause the pixel, open its circuit or start a bisection, which the next
-    claim must see."""
+    in ``make bench``) and, on the claimer's thread, the write-back's too. The request runs
+    on the drain's sender thread, one at a time as always. A claim ahead is given back unsent
+    (``outbox.unclaim``) when that request fails, since its answer may pause the pixel, open
+    its circuit or start a bisection, which the next claim must see."""
 
-    def __init__(self, claim: Callable[[], _Claimed] | None, claimer: Executor | None) -> None:
+    def __init__(self, claim: Callable[[], _Claimed] | None, claimer: _Claimer) -> None:
         self.claim, self.claimer = claim, claimer
-        self.claiming: Future[_Claimed | None] | None = None
-        self.claimed: _Claimed | None = None
+        self.claiming: Future[_Claimed] | None = None
 
     @property
     def wanted(self) -> bool:
         return self.claim is not None
 
     def start(self) -> None:
-        """Claim, on the claimer thread if there is one (``taken`` waits for it), else now."""
-        if self.claim is None:
-            return
-        claim, self.claim = self.claim, None
-        if self.claimer is None:
-            self.claimed = self._run(claim)
-        else:
-            self.claiming = self.claimer.submit(contextvars.copy_context().run, self._run, claim)
-
-    @staticmethod
-    def _run(claim: Callable[[], _Claimed]) -> _Claimed | None:
-        try:
-            return claim()
-        except DatabaseError:
-            # The claim is made again after this batch, where an error stops the drain.
-            # Anything else (a soft time limit, a bug) stops it.
-            logger.warning("django-capi: could not claim the next batch ahead", exc_info=True)
-            return None
+        if self.claim is not None:
+            claim, self.claim = self.claim, None
+            self.claiming = self.claimer.submit(claim)
 
     def taken(self) -> _Claimed | None:
-        """The batch claimed ahead, once claimed; raises what stopped its claim."""
+        """The batch claimed ahead, once claimed; ``None`` if none was or the database
+        refused it (the claim is then made again after this batch, where an error stops the
+        drain). Raises whatever else stopped the claim (a bug)."""
         claiming, self.claiming = self.claiming, None
-        if claiming is not None:
-            self.claimed = claiming.result()
-        claimed, self.claimed = self.claimed, None
-        return claimed
+        if claiming is None:
+            return None
+        try:
+            return claiming.result()
+        except DatabaseError:
+            logger.warning("django-capi: could not claim the next batch ahead", exc_info=True)
+            return None
 
     def give_back(self) -> None:
         try:
@@ -258,8 +270,10 @@ def _deliver(
         raise
     finally:
         # Receivers and mail servers are slow or broken at times; they run once every row
-        # of the lease is written, so they can never make a lease lapse, and they run even
-        # when a write-back failed, so an alert decided on is never lost.
+        # of the lease is written, so they can never make it lapse, and they run even when
+        # a write-back failed, so an alert decided on is never lost. The lease claimed
+        # ahead may lapse behind a slow one: its rows are renewed before they are sent,
+        # and those another worker took meanwhile are left to it (``_sendable``).
         for notice in notices:
             try:
                 notice()
@@ -290,6 +304,21 @@ def _unclaim(lease: outbox.Lease) -> None:
         outbox.unclaim(lease)
     except DatabaseError:
         logger.exception("django-capi: could not give back a batch claimed ahead")
+
+
+def _wait_out(request: Future[GraphResult]) -> None:
+    """Wait for a request in flight to end, even when interrupted (a soft time limit, Ctrl-C),
+    and raise the interruption then: nothing of its lease is written or given back while it
+    may still reach Meta."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            wait([request])
+            break
+        except BaseException as error:  # noqa: BLE001 -- raised below, once the request ended
+            interrupted = interrupted or error
+    if interrupted is not None:
+        raise interrupted
 
 
 class _PixelDelivery:
@@ -381,8 +410,7 @@ class _PixelDelivery:
         try:
             ahead.start()
         finally:
-            # Nothing of this lease is written or given back while its request is out.
-            wait([in_flight])
+            _wait_out(in_flight)
         result = in_flight.result()
         if result.error is not None:
             ahead.give_back()

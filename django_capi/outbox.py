@@ -323,9 +323,15 @@ def _readable(rows: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
 def claims_beside_writes(using: str) -> bool:
     """Whether a claim may run on a second connection while a write-back of this worker runs:
     on PostgreSQL, where a claim skips every locked row in one statement and a write-back
-    locks only its own lease's rows, neither waits for the other. SQLite has one writer, and
-    a claim on MySQL or MariaDB can deadlock with a write-back (``_deadlock_retries``)."""
-    return _locks_in_one_statement(connections[using])
+    locks only its own lease's rows, so no cycle of waits can form between them. SQLite has
+    one writer, and a claim on MySQL or MariaDB can deadlock with a write-back
+    (``_deadlock_retries``). Not with Django's connection pool (``OPTIONS["pool"]``): a
+    second connection may not be free there, and the claim would wait for the pool's
+    timeout."""
+    connection = connections[using]
+    return _locks_in_one_statement(connection) and not connection.settings_dict.get(
+        "OPTIONS", {}
+    ).get("pool")
 
 
 def _locks_in_one_statement(connection: BaseDatabaseWrapper) -> bool:

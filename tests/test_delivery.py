@@ -7,13 +7,14 @@ import contextvars
 import logging
 import math
 import random
+import signal
 import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.db import DatabaseError, connection, connections
+from django.db import DatabaseError, OperationalError, connection, connections
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -139,16 +140,34 @@ def test_the_next_batch_is_claimed_while_the_last_request_is_in_flight(
     capi_graph, settings, claims
 ):
     settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 4}
-    OutboxEventFactory.create_batch(10)
+    OutboxEventFactory.create_batch(12)
     client = WaitsForAClaim(claims)
     report = drain(client=client)
     client.close()
-    assert (report.delivered, report.requests) == (10, 3)
+    assert (report.delivered, report.requests) == (12, 3)
     # Each request was answered only once the next batch was claimed; the empty claim that
     # ends every drain came during the last one, so there are no more claims than before.
     assert client.seen == [2, 3, 4]
-    assert claims == [4, 4, 2, 0]
-    assert leases() == [(1, None)] * 10
+    assert claims == [4, 4, 4, 0]
+    assert leases() == [(1, None)] * 12
+
+
+def test_a_batch_short_of_the_batch_size_claims_nothing_ahead(capi_graph, settings, monkeypatch):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 4}
+    OutboxEventFactory.create_batch(6)
+    claim, threads = outbox.claim, []
+
+    def noted(**kwargs):
+        lease = claim(**kwargs)
+        threads.append((len(lease.rows), threading.current_thread() is threading.main_thread()))
+        return lease
+
+    monkeypatch.setattr(outbox, "claim", noted)
+    assert drain().delivered == 6
+    # The full batch's successor was claimed ahead (beside it, on PostgreSQL); the short
+    # one's, the empty claim that ends the drain, once it was done, on the drain's thread.
+    ahead_on_main = connection.vendor != "postgresql"
+    assert threads == [(4, True), (2, ahead_on_main), (0, True)]
 
 
 def test_a_failed_request_gives_the_batch_claimed_ahead_back_unsent(capi_graph, settings):
@@ -296,6 +315,71 @@ def test_a_notice_that_interrupts_the_drain_gives_back_the_batch_claimed_ahead(
     # The first batch was delivered; the one claimed ahead was given back unsent.
     assert leases() == [(1, None), (1, None), (0, None), (0, None)]
     assert statuses() == {"delivered": 2, "pending": 2}
+
+
+class Alarm(Exception):
+    """Raised on the drain's thread by a timer, as Celery's soft time limit is."""
+
+
+def test_an_interruption_during_the_last_request_waits_for_it_before_giving_rows_back(
+    capi_graph, settings, monkeypatch
+):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(4)
+    events = []
+    abandon = outbox.abandon
+
+    def noted_abandon(lease, **kwargs):
+        events.append("give back")
+        return abandon(lease, **kwargs)
+
+    class Slow(GraphClient):
+        def post_events(self, pixel_id, payloads):
+            time.sleep(0.5)
+            events.append("answered")
+            return super().post_events(pixel_id, payloads)
+
+    def alarm(signum, frame):
+        raise Alarm
+
+    monkeypatch.setattr(outbox, "abandon", noted_abandon)
+    previous = signal.signal(signal.SIGALRM, alarm)
+    client = Slow()
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(Alarm):
+            drain(client=client)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        client.close()
+    assert events == ["answered", "give back"]
+    assert all(leased is None for _, leased in leases())
+    assert statuses() == {"pending": 4}
+
+
+@pytest.mark.postgres
+def test_a_claimers_connection_that_failed_is_opened_anew(capi_graph, settings, monkeypatch):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(6)
+    claim, calls, sessions = outbox.claim, [], []
+
+    def failing_once(**kwargs):
+        calls.append(threading.current_thread().name)
+        wrapper = connections[kwargs["using"]]
+        wrapper.ensure_connection()
+        sessions.append(wrapper.connection)
+        if len(calls) == 2:  # the first claim ahead, on the claimer's thread
+            raise OperationalError("the server closed the connection")
+        return claim(**kwargs)
+
+    monkeypatch.setattr(outbox, "claim", failing_once)
+    assert drain().delivered == 6
+    # The claim that failed was made again on the drain's thread, after its batch; the
+    # claimer's next claim had a new connection.
+    assert calls[1] == calls[3] != calls[2] == threading.main_thread().name
+    assert sessions[3] is not sessions[1]
+    assert sessions[1].closed
 
 
 current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("current_trace")

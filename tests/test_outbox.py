@@ -430,3 +430,13 @@ def test_a_claim_reads_an_event_time_written_in_another_form():
     assert [row.event_time for row in claimed] == [
         row.event_time for row in OutboxEvent.objects.order_by("pk")
     ]
+
+
+def test_claims_run_beside_write_backs_on_postgresql_unless_a_pool_counts_connections(
+    monkeypatch,
+):
+    assert outbox.claims_beside_writes(connection.alias) == (connection.vendor == "postgresql")
+    # A pool's second connection may not be free: the claim would wait for its timeout.
+    options = {**connection.settings_dict.get("OPTIONS", {}), "pool": {"max_size": 2}}
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", options)
+    assert not outbox.claims_beside_writes(connection.alias)
