@@ -74,13 +74,16 @@ def drain(
     max_batches: int | None = None,
     only: Collection[int] | None = None,
     on_batch: Callable[[DrainReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     quiet: bool = False,
 ) -> DrainReport:
     """Deliver due events of one database until none are left (or a limit is reached). Safe
     to run in many processes at once: each batch is leased to one of them. Must not run
     inside a transaction. ``only`` restricts it to those row ids (the admin's "send now").
     ``on_batch`` sees the running total after each batch (``capi_drain``'s progress);
-    ``quiet`` leaves the summary unlogged, for a caller that prints it itself.
+    once ``should_stop()`` is true the drain ends with the batch in hand, as at a limit (a
+    service's stop signal); ``quiet`` leaves the summary unlogged, for a caller that prints
+    it itself.
 
     While a batch's last request is in flight, the next batch is claimed (``_ClaimAhead``):
     the database's work and Meta's overlap, one request in flight at a time as before."""
@@ -101,7 +104,7 @@ def drain(
                 # No batch is claimed ahead of the last one a limit allows, nor of a batch
                 # that found fewer rows due than it could take (the next claim most likely
                 # finds none: a small drain opens no second connection for it).
-                last = batches + 1 == max_batches
+                last = batches + 1 == max_batches or (should_stop is not None and should_stop())
                 short = len(claimed.lease.rows) < client.conf.batch_size
                 claim_next = partial(_claim, using, client.conf, only)
                 claim_ahead = _ClaimAhead(None if last or short else claim_next, claimer)
@@ -117,8 +120,10 @@ def drain(
                     break
                 if on_batch is not None:
                     on_batch(report)
-                if batches == max_batches or (
-                    deadline is not None and time.monotonic() >= deadline
+                if (
+                    batches == max_batches
+                    or (deadline is not None and time.monotonic() >= deadline)
+                    or (should_stop is not None and should_stop())
                 ):
                     # A batch short of the limit took every row that was due: nothing is left.
                     if batch.claimed >= client.conf.batch_size:

@@ -212,6 +212,16 @@ def test_no_batch_is_claimed_ahead_of_the_last_one_allowed(capi_graph, settings,
     assert leases() == [(1, None), (1, None), (0, None), (0, None)]
 
 
+def test_a_stop_request_ends_the_drain_with_the_batch_in_hand(capi_graph, settings):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(6)
+    report = drain(should_stop=lambda: bool(capi_graph.requests))
+    assert (report.delivered, report.requests, report.unfinished) == (2, 1, 1)
+    # The batch claimed ahead went back unsent, its attempt with it.
+    assert leases() == [(1, None)] * 2 + [(0, None)] * 4
+    assert drain().delivered == 4
+
+
 def test_a_failed_write_back_gives_back_the_batch_claimed_ahead_too(
     capi_graph, settings, monkeypatch
 ):

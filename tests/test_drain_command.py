@@ -107,3 +107,27 @@ def test_capi_drain_loop_reports_caught_up_without_unfinished(capi_graph, settin
     assert "unfinished" not in out.getvalue()
     assert len(capi_graph.event_ids()) == 5
     assert signal.getsignal(signal.SIGINT) is sigint  # Ctrl-C works again after it
+
+
+def test_capi_drain_loop_drains_a_backlog_in_one_drain_and_stops_after_a_batch(
+    capi_graph, settings, monkeypatch
+):
+    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
+    OutboxEventFactory.create_batch(5)
+    drains, command = [], capi_drain.Command()
+
+    def counted(**kwargs):
+        drains.append(kwargs)
+        return drain(**kwargs)
+
+    def stop_when_idle(self, seconds):
+        self.stopping = True
+
+    monkeypatch.setattr(capi_drain, "drain", counted)
+    monkeypatch.setattr(capi_drain.Command, "_sleep", stop_when_idle)
+    call_command(command, "--loop", "--database", "default", stdout=StringIO())
+    # The backlog in one drain (so its batches are claimed ahead), then the idle poll.
+    assert len(drains) == 2
+    assert len(capi_graph.event_ids()) == 5
+    # Its drains stop once the command is told to (test_delivery: after the batch in hand).
+    assert [kwargs["should_stop"]() for kwargs in drains] == [True, True]

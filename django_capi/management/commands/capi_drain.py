@@ -25,6 +25,8 @@ from django_capi.management.options import add_database_option, outbox_databases
 logger = logging.getLogger("django_capi.delivery")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: With ``--loop``, how long one database is drained before the next gets its turn.
+LOOP_SLICE_SECONDS = 10.0
 
 
 class Progress:
@@ -33,21 +35,23 @@ class Progress:
     def __init__(self, write: Callable[[str], None], prefix: str, every: float) -> None:
         self.write, self.prefix, self.every = write, prefix, every
         self.report = DrainReport()
+        self.earlier = DrainReport()  # what the run's drains before the current one did
         self.started = self.last_line = time.monotonic()
 
+    def begin(self) -> None:
+        """Another drain of the run starts: its totals add to what the run has done."""
+        self.earlier = self.report
+
     def update(self, total: DrainReport) -> None:
-        """``total``: the run's report so far."""
-        self.report = total
+        """``total``: the current drain's report so far."""
+        report = DrainReport()
+        report += self.earlier
+        report += total
+        self.report = report
         now = time.monotonic()
         if self.every > 0 and now - self.last_line >= self.every:
             self.last_line = now
             self.write(f"{self.prefix}… {self.line()}")
-
-    def add(self, batch: DrainReport) -> None:
-        total = DrainReport()
-        total += self.report
-        total += batch
-        self.update(total)
 
     def line(self) -> str:
         seconds = time.monotonic() - self.started
@@ -127,11 +131,13 @@ class Command(BaseCommand):
                 client = GraphClient()
             claimed = 0
             for alias in databases:
-                batch = self._drain_once(alias, client)
-                claimed += batch.claimed
-                if batch.claimed:
-                    runs.setdefault(alias, Progress(self._write, self._prefix(alias), every))
-                    runs[alias].add(batch)
+                run = runs.get(alias) or Progress(self._write, self._prefix(alias), every)
+                run.begin()
+                report = self._drain_once(alias, client, run)
+                claimed += report.claimed
+                if report.claimed:
+                    runs[alias] = run
+                    run.update(report)
                 elif alias in runs:
                     # Caught up: one line for everything delivered since the last one.
                     self._write(f"{self._prefix(alias)}caught up: {runs.pop(alias).line()}")
@@ -146,13 +152,21 @@ class Command(BaseCommand):
         client.close()
         self._write("Stopped.")
 
-    def _drain_once(self, alias: str, client: GraphClient) -> DrainReport:
+    def _drain_once(self, alias: str, client: GraphClient, run: Progress) -> DrainReport:
         # A long-lived worker must survive a database restart or a deadlock: it logs, lets
         # Django drop the broken connection, and tries again on the next round.
         close_old_connections()
         try:
-            # One batch at a time, so a stop request waits for one batch at most.
-            return drain(using=alias, client=client, max_batches=1, quiet=True)
+            # A stop request ends the drain after the batch in hand; another database waits
+            # for one slice at most.
+            return drain(
+                using=alias,
+                client=client,
+                time_limit=LOOP_SLICE_SECONDS,
+                on_batch=run.update,
+                should_stop=lambda: self.stopping,
+                quiet=True,
+            )
         except Exception:
             logger.exception("django-capi drain of %r failed; retrying", alias)
             close_old_connections()
