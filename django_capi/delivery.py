@@ -186,7 +186,7 @@ class _Claimer:
             claimed: Future[_Claimed] = Future()
             try:
                 claimed.set_result(claim())
-            except DatabaseError as error:  # anything else (a soft time limit) stops it now
+            except Exception as error:  # noqa: BLE001 -- raised where it is taken
                 claimed.set_exception(error)
             return claimed
         if self.thread is None:

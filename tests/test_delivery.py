@@ -307,28 +307,6 @@ def test_an_error_claiming_ahead_that_is_not_the_databases_stops_the_drain(
     assert all(leased is None for _, leased in leases())
 
 
-def test_an_interruption_claiming_ahead_on_the_drains_thread_is_never_swallowed(
-    capi_graph, settings, monkeypatch
-):
-    settings.DJANGO_CAPI = {**settings.DJANGO_CAPI, "BATCH_SIZE": 2}
-    OutboxEventFactory.create_batch(4)
-    capi_graph.script(HttpStatus(503))  # the batch claimed ahead is then given back
-    claim, calls = outbox.claim, []
-
-    def interrupted_second(**kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise Interrupted
-        return claim(**kwargs)
-
-    monkeypatch.setattr(outbox, "claims_beside_writes", lambda using: False)
-    monkeypatch.setattr(outbox, "claim", interrupted_second)
-    with pytest.raises(Interrupted):
-        drain()
-    assert len(calls) == 2
-    assert all(leased is None for _, leased in leases())
-
-
 def test_a_notice_that_interrupts_the_drain_gives_back_the_batch_claimed_ahead(
     capi_graph, settings
 ):
